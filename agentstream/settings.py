@@ -1,0 +1,150 @@
+"""One settings object that picks, per part, the production or the embedded backend.
+
+Sources, strongest first: explicit arguments, ``AGENTSTREAM_*`` environment variables,
+the TOML file named by ``AGENTSTREAM_CONFIG`` (default ``agentstream.toml`` if present),
+then defaults (the embedded stack under ``.agentstream/``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from schemas.codec import DEFAULT_MAX_EVENT_BYTES
+
+
+def _config_file() -> Path:
+    return Path(os.environ.get("AGENTSTREAM_CONFIG", "agentstream.toml"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AGENTSTREAM_", extra="forbid")
+
+    data_dir: Path = Path(".agentstream")
+
+    # --- log ---------------------------------------------------------------------------
+    kafka_url: str = "kafka://127.0.0.1:19092"
+    kafka_embedded: bool = Field(
+        default=True,
+        description="start and supervise the Tansu broker on kafka_url's port (`agentstream up`)",
+    )
+    partitions: int = Field(default=6, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    max_event_bytes: int = Field(default=DEFAULT_MAX_EVENT_BYTES, ge=256)
+
+    # --- producer ----------------------------------------------------------------------
+    producer_acks: Literal["all", "1", "0"] = "all"
+    producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
+    producer_linger_ms: int = Field(default=5, ge=0)
+    producer_max_batch_bytes: int = Field(default=1 << 20, ge=1024)
+    producer_buffer_events: int = Field(
+        default=100_000, ge=1, description="events accepted but not yet acknowledged, at most"
+    )
+    producer_idempotence: bool | None = Field(
+        default=None, description="default: on for external Kafka, off for the embedded broker"
+    )
+
+    # --- analytics ---------------------------------------------------------------------
+    clickhouse_url: str | None = Field(
+        default=None, description="chdb://PATH (default: DATA_DIR/clickhouse) or http(s)://"
+    )
+
+    # --- graph -------------------------------------------------------------------------
+    graph_url: str = Field(
+        default="falkordb://127.0.0.1:16379",
+        description="falkordb://host:port (embedded, supervised by `up` on loopback) "
+        "or bolt:// / neo4j:// (Neo4j)",
+    )
+    graph_name: str = "agentstream"
+    neo4j_user: str | None = None
+    neo4j_password: str | None = None
+
+    # --- memory ------------------------------------------------------------------------
+    chroma_url: str | None = Field(
+        default=None, description="a path (default: DATA_DIR/chroma) or http://host:port"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file()
+        if config_file.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _check_urls(self) -> Settings:
+        if urlparse(self.kafka_url).scheme != "kafka":
+            raise ValueError(f"kafka_url must look like kafka://host:port, got {self.kafka_url!r}")
+        if urlparse(self.graph_url).scheme not in (
+            "falkordb",
+            "bolt",
+            "neo4j",
+            "neo4j+s",
+            "bolt+s",
+        ):
+            raise ValueError(
+                f"graph_url must be falkordb://, bolt:// or neo4j://, got {self.graph_url!r}"
+            )
+        ch = self.analytics_url
+        if urlparse(ch).scheme not in ("chdb", "http", "https"):
+            raise ValueError(f"clickhouse_url must be chdb://PATH or http(s)://, got {ch!r}")
+        return self
+
+    # --- derived -----------------------------------------------------------------------
+    @property
+    def bootstrap_servers(self) -> str:
+        """kafka://h1:p1,h2:p2 -> h1:p1,h2:p2 (what aiokafka and faust want)."""
+        return self.kafka_url.removeprefix("kafka://").rstrip("/")
+
+    @property
+    def kafka_port(self) -> int:
+        return int(self.bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
+
+    @property
+    def idempotence(self) -> bool:
+        """Tansu rejects InitProducerId v0 (LOCAL_STACK.md): off there, on for real Kafka."""
+        if self.producer_idempotence is not None:
+            return self.producer_idempotence
+        return not self.kafka_embedded
+
+    @property
+    def analytics_url(self) -> str:
+        return self.clickhouse_url or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def memory_location(self) -> str:
+        return self.chroma_url or str((self.data_dir / "chroma").resolve())
+
+    @property
+    def graph_embedded(self) -> bool:
+        return urlparse(self.graph_url).scheme == "falkordb"
+
+    @property
+    def graph_port(self) -> int:
+        return urlparse(self.graph_url).port or 6379
+
+    @property
+    def graph_host(self) -> str:
+        return urlparse(self.graph_url).hostname or "127.0.0.1"
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,141 @@
+"""Typed payloads for every event type: the ``data`` of the envelope.
+
+Field names on the wire reuse OpenTelemetry GenAI semantic conventions where one exists
+(``gen_ai.request.model``, ``gen_ai.usage.input_tokens``, ``gen_ai.tool.name``,
+``gen_ai.tool.call.id``, ...) so traces and events line up without a mapping table.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
+Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
+NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
+Scalar = str | int | float | bool | None
+
+
+class _Closed(
+    msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """Closed (unknown fields are rejected), immutable, defaults left off the wire."""
+
+
+class Payload(_Closed):
+    """Base of all payloads."""
+
+
+# --- think -------------------------------------------------------------------------------
+
+
+class Thought(Payload):
+    """A model call that produced reasoning text."""
+
+    text: str
+    model: str = msgspec.field(name="gen_ai.request.model")
+    provider: str | None = msgspec.field(default=None, name="gen_ai.provider.name")
+    input_tokens: NonNegInt = msgspec.field(default=0, name="gen_ai.usage.input_tokens")
+    output_tokens: NonNegInt = msgspec.field(default=0, name="gen_ai.usage.output_tokens")
+    latency_ms: NonNegFloat = 0.0
+    cost_usd: NonNegFloat = 0.0
+
+
+class PlanStep(_Closed):
+    id: NonEmptyStr
+    description: str
+    depends_on: list[str] = []
+
+
+class Plan(Payload):
+    goal: str
+    steps: list[PlanStep]
+
+
+class Decision(Payload):
+    chosen: NonEmptyStr
+    alternatives: list[str] = []
+    confidence: Probability = 1.0
+    rationale: str | None = None
+
+
+# --- act ---------------------------------------------------------------------------------
+
+
+class ActionStarted(Payload):
+    """A tool call begins; ``expected`` is the outcome the agent predicts (checked later)."""
+
+    call_id: NonEmptyStr = msgspec.field(name="gen_ai.tool.call.id")
+    tool: NonEmptyStr = msgspec.field(name="gen_ai.tool.name")
+    arguments: dict[str, Any] = {}
+    expected: str | None = None
+
+
+class ActionCompleted(Payload):
+    """A tool call ended. Version 2: ``status`` replaced v1's boolean ``ok``."""
+
+    call_id: NonEmptyStr = msgspec.field(name="gen_ai.tool.call.id")
+    tool: NonEmptyStr = msgspec.field(name="gen_ai.tool.name")
+    status: Literal["ok", "error"]
+    result: str = ""
+    actual: str | None = None
+    error_type: str | None = msgspec.field(default=None, name="error.type")
+    duration_ms: NonNegFloat = 0.0
+
+
+class Message(Payload):
+    """One agent talking to another."""
+
+    to_agent: NonEmptyStr
+    text: str
+    conversation_id: str | None = msgspec.field(default=None, name="gen_ai.conversation.id")
+
+
+# --- learn -------------------------------------------------------------------------------
+
+
+class Lesson(Payload):
+    situation: str
+    action: str
+    outcome: str
+    insight: str
+
+
+class Feedback(Payload):
+    score: float
+    source: Literal["human", "critic", "environment", "test", "self"]
+    comment: str | None = None
+
+
+# --- lifecycle ---------------------------------------------------------------------------
+
+
+class AgentStarted(Payload):
+    name: str
+    role: str | None = None
+    model: str | None = msgspec.field(default=None, name="gen_ai.request.model")
+
+
+class AgentStopped(Payload):
+    reason: str = "done"
+
+
+class RunStarted(Payload):
+    goal: str
+
+
+class RunFinished(Payload):
+    status: Literal["succeeded", "failed", "cancelled"]
+    summary: str = ""
+
+
+# ActionCompleted as it was before v2; kept so old events can still be read and upcast.
+class ActionCompletedV1(Payload):
+    call_id: NonEmptyStr = msgspec.field(name="gen_ai.tool.call.id")
+    tool: NonEmptyStr = msgspec.field(name="gen_ai.tool.name")
+    ok: bool
+    result: str = ""
+    actual: str | None = None
+    duration_ms: NonNegFloat = 0.0
