@@ -19,7 +19,7 @@ Services live in a registry: an ordered list of :class:`Service` values. Each on
 to build its argv from :class:`~agentstream.settings.Settings`, whether it is enabled, which
 loopback port it listens on (if any), how to tell it is ready, and what it depends on.
 A Python service (faust worker, projection runner, archiver...) is a few lines, added to
-:func:`default_services` below::
+:func:`default_services` below (``api_port`` stands for a setting you would add)::
 
     python_service("worker", ["worker"], depends_on=("broker",))
     python_service("projections", ["project", "--all"], depends_on=("broker", "graph"))
@@ -191,7 +191,7 @@ def _check_topics(settings: Settings, counts: dict[str, int]) -> str:
         listed = ", ".join(f"{n} has {c}" for n, c in wrong.items())
         raise StackError(
             "broker",
-            f"{listed} partitions, settings say {settings.partitions}",
+            f"topics have another partition count than {settings.partitions}: {listed}",
             "run `agentstream down` then `agentstream up` (the embedded log is in memory), "
             "or set AGENTSTREAM_PARTITIONS to match",
         )
@@ -815,6 +815,8 @@ class Stack:
     # --- down ----------------------------------------------------------------------------
     def down(self) -> list[DownResult]:
         """Stop exactly the processes recorded as started here, dependents first."""
+        if not self.state_path.exists():
+            return []  # nothing recorded; do not create the data directory just to say so
         with self._locked():
             records = self._load()
             order = [s.name for s in self._services]

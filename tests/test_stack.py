@@ -371,7 +371,10 @@ def test_partition_mismatch_on_running_broker_is_a_clear_error(env: Env):
     with pytest.raises(StackError) as exc:
         Stack(env.settings(partitions=5), services=default_services()[:1]).up()
     assert exc.value.part == "broker"
-    assert "partitions, settings say 5" in exc.value.problem
+    assert exc.value.problem == (
+        "topics have another partition count than 5: "
+        + ", ".join(f"{t.name} has {PARTITIONS}" for t in TOPICS)
+    )
     assert "AGENTSTREAM_PARTITIONS" in exc.value.fix
 
 
