@@ -1,0 +1,125 @@
+"""``agentstream simulate``: publish the deterministic multi-agent workload to the broker.
+
+The workload itself lives in :mod:`streams.simulator`; this module picks the broker from the
+settings, makes sure the events topic exists, shows progress and reports one last line
+with the exact number of events produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Any
+
+import typer
+
+from agentstream.console import console, err_console, fail
+
+
+def simulate(
+    agents: Annotated[int, typer.Option("--agents", min=1, help="number of agents")] = 4,
+    runs: Annotated[
+        int | None,
+        typer.Option(
+            "--runs",
+            min=0,
+            help="number of runs (default: 10; with --events: as many as needed)",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="same seed, same events")] = 0,
+    events: Annotated[
+        int | None,
+        typer.Option("--events", min=0, help="stop after this many events", show_default=False),
+    ] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option("--rate", min=0.001, help="pace at this many events/s", show_default=False),
+    ] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar")] = True,
+) -> None:
+    """Publish a deterministic, realistic multi-agent workload to the agent-events topic."""
+    from pydantic import ValidationError
+
+    from agentstream.settings import load_settings
+    from streams.simulator import SimulationConfig
+
+    # aiokafka logs every failed connection attempt; the one-line error below says it all
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+    try:
+        settings = load_settings()
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        fail(f"settings: {where}: {first['msg']} — fix AGENTSTREAM_{where.upper()}")
+    if runs is None:
+        runs = 10 if events is None else None
+    config = SimulationConfig(agents=agents, runs=runs, seed=seed, max_events=events)
+    produced, seconds = asyncio.run(_publish(settings, config, rate, progress))
+    per_s = produced / seconds if seconds > 0 else 0.0
+    console.print(
+        f"produced {produced} events ({per_s:,.0f} events/s; agents {agents}, "
+        f"runs {'auto' if runs is None else runs}, seed {seed}) "
+        f"to topic agent-events at {settings.bootstrap_servers}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+async def _publish(
+    settings: Any, config: Any, rate: float | None, progress: bool
+) -> tuple[int, float]:
+    from aiokafka.errors import KafkaError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from schemas.topics import EVENTS, TOPICS
+    from streams.admin import ensure_topics
+    from streams.producer import EventProducer, ProducerError
+    from streams.simulator import generate, publish
+
+    bootstrap = settings.bootstrap_servers
+    try:
+        spec = next(t for t in TOPICS if t.name == EVENTS)
+        await asyncio.wait_for(
+            ensure_topics(bootstrap, settings.partitions, settings.replication_factor, [spec]),
+            timeout=15,
+        )
+    except (KafkaError, OSError, TimeoutError) as err:
+        fail(
+            f"cannot reach the Kafka broker at {bootstrap} ({type(err).__name__}) — start it "
+            "with `agentstream up` or set AGENTSTREAM_KAFKA_URL"
+        )
+    producer = EventProducer.from_settings(settings, delivery_timeout_ms=30_000)
+    bar = Progress(
+        TextColumn("simulate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not progress,
+    )
+    try:
+        with bar:
+            task = bar.add_task("events", total=config.max_events)
+            await producer.start()
+            try:
+                result = await publish(
+                    generate(config),
+                    producer,
+                    rate=rate,
+                    on_progress=lambda n: bar.update(task, completed=n),
+                )
+            finally:
+                await producer.close()
+    except ProducerError as err:
+        fail(
+            f"{err} ({producer.stats.acknowledged} events were acknowledged before the failure)"
+            " — check the broker (`agentstream status`)"
+        )
+    return result.events, result.seconds
+
+
+def register(app: typer.Typer) -> None:
+    app.command("simulate")(simulate)
