@@ -1,0 +1,696 @@
+"""The Parquet archive of ``agent-events``: the durable, replayable copy of the log.
+
+The embedded broker keeps everything in memory, so the archive is the only copy of history
+that survives a restart there; with real Kafka it is the long-term copy that outlives
+retention and the fast source for rebuilding read models.
+
+Layout (hive-partitioned, readable by pyarrow.dataset, DuckDB, chDB, Spark)::
+
+    ROOT/events/date=YYYY-MM-DD/hour=HH/g0001-p03-o000001200-o000001399.parquet
+    ROOT/dlq/date=YYYY-MM-DD/hour=HH/g0001-p03-o000001200-o000001399.parquet
+    ROOT/_tmp/     files being written (never read; deleted on start)
+    ROOT/.lock     one archiver per directory (flock)
+
+``events`` rows are :data:`ARCHIVE_SCHEMA`: the flat row of ``schemas.arrow`` (log
+partition/offset filled) plus the log generation, the record timestamp, the key and the
+original value bytes, so the archive is a byte-exact copy of the log (subject,
+dataschema and old event versions included). Their date/hour is the event's own time
+(UTC). Records that fail validation go, with their bytes and the reason, to ``dlq`` rows
+(:data:`DLQ_SCHEMA`), bucketed by the record timestamp: nothing is dropped.
+
+A *segment* is one partition's contiguous offset range, ``[first, last]``. It may span
+several hour buckets (and the dlq), so it is written as one file per bucket, all with the
+same name; each file's footer lists its siblings (``agentstream.segment``). A segment is
+written to ``_tmp``, fsynced, renamed into place and the directories fsynced; only then is
+the consumer offset committed. On start the archive's own files say where to resume (the
+highest archived offset per partition + 1), whatever the consumer group says, and a
+segment with a missing sibling (crash between renames) is deleted and written again. So a
+kill -9 at any point neither loses nor duplicates an event.
+
+*Generations*: the embedded broker restarts with empty partitions and offsets from 0.
+On start the archiver fetches, per partition, the record at the last archived offset and
+compares its bytes with the archived copy; if any differs or is missing, the log is a new
+incarnation and archiving starts generation ``g+1`` from offset 0. A reader orders
+history by (generation, partition, offset).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from schemas.arrow import EVENT_ROW_SCHEMA, events_to_table
+from schemas.codec import EventCodec
+from schemas.envelope import Event
+from schemas.errors import InvalidEvent
+from schemas.topics import EVENTS
+
+log = logging.getLogger(__name__)
+
+EVENTS_DIR = "events"
+DLQ_DIR = "dlq"
+TMP_DIR = "_tmp"
+LOCK_FILE = ".lock"
+SEGMENT_KEY = b"agentstream.segment"
+DEFAULT_GROUP = "agentstream-archiver"
+
+LOG_COLUMNS = [
+    pa.field("log_generation", pa.int32(), nullable=False),
+    pa.field("log_timestamp", pa.timestamp("ms", tz="UTC"), nullable=False),
+    pa.field("log_key", pa.binary()),
+    pa.field("raw", pa.binary(), nullable=False),
+]
+
+ARCHIVE_SCHEMA = pa.schema(
+    list(EVENT_ROW_SCHEMA) + LOG_COLUMNS,
+    metadata={**(EVENT_ROW_SCHEMA.metadata or {}), b"agentstream.archive.version": b"1"},
+)
+"""An archived valid event: the flat event row + where it was in the log + its bytes."""
+
+DLQ_SCHEMA = pa.schema(
+    [
+        pa.field("log_partition", pa.int32(), nullable=False),
+        pa.field("log_offset", pa.int64(), nullable=False),
+        *LOG_COLUMNS,
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),
+        pa.field("path", pa.string()),
+    ],
+    metadata={b"agentstream.archive.version": b"1", b"agentstream.row": b"dlq"},
+)
+"""An archived invalid record: where it was, its bytes, and why it was rejected."""
+
+_NAME_RE = re.compile(r"^g(?P<g>\d+)-p(?P<p>\d+)-o(?P<a>\d+)-o(?P<b>\d+)\.parquet$")
+
+
+# --- naming and layout (pure) -----------------------------------------------------------
+
+
+def segment_file_name(generation: int, partition: int, first: int, last: int) -> str:
+    """``g0001-p03-o000001200-o000001399.parquet``: sorts and parses without opening."""
+    return f"g{generation:04d}-p{partition:02d}-o{first:09d}-o{last:09d}.parquet"
+
+
+def parse_segment_file_name(name: str) -> tuple[int, int, int, int] | None:
+    """(generation, partition, first offset, last offset), or None for any other file."""
+    m = _NAME_RE.match(name)
+    if m is None:
+        return None
+    return int(m["g"]), int(m["p"]), int(m["a"]), int(m["b"])
+
+
+def bucket_dir(when: datetime) -> str:
+    """``date=YYYY-MM-DD/hour=HH`` of a moment, in UTC."""
+    utc = when.astimezone(UTC)
+    return f"date={utc:%Y-%m-%d}/hour={utc:%H}"
+
+
+def bucket_of_ms(timestamp_ms: int) -> str:
+    return bucket_dir(datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC))
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class ArchiveFile:
+    """One file of one segment; ``kind`` is ``events`` or ``dlq``."""
+
+    generation: int
+    partition: int
+    first_offset: int
+    last_offset: int
+    kind: str
+    relpath: str  # relative to the archive root
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """All files of one partition's offset range."""
+
+    generation: int
+    partition: int
+    first_offset: int
+    last_offset: int
+    files: tuple[ArchiveFile, ...]
+
+    def of_kind(self, kind: str) -> list[ArchiveFile]:
+        return [f for f in self.files if f.kind == kind]
+
+
+def scan_files(root: Path) -> list[ArchiveFile]:
+    """Every segment file under ``root`` (events and dlq), sorted by log position."""
+    found: list[ArchiveFile] = []
+    for kind in (EVENTS_DIR, DLQ_DIR):
+        base = root / kind
+        if not base.is_dir():
+            continue
+        for path in base.glob("date=*/hour=*/*.parquet"):
+            parsed = parse_segment_file_name(path.name)
+            if parsed is not None:
+                found.append(ArchiveFile(*parsed, kind, str(path.relative_to(root))))
+    found.sort()
+    return found
+
+
+def group_segments(files: Iterable[ArchiveFile]) -> list[Segment]:
+    """Files grouped into segments, ordered by (generation, partition, first offset)."""
+    by_key: dict[tuple[int, int, int, int], list[ArchiveFile]] = {}
+    for f in files:
+        by_key.setdefault((f.generation, f.partition, f.first_offset, f.last_offset), []).append(f)
+    return [Segment(*key, files=tuple(sorted(v))) for key, v in sorted(by_key.items())]
+
+
+def segment_siblings(root: Path, file: ArchiveFile) -> list[str]:
+    """The relative paths of every file of this file's segment, from its footer."""
+    meta = pq.read_metadata(root / file.relpath).metadata or {}
+    info = json.loads(meta[SEGMENT_KEY])
+    return list(info["files"])
+
+
+def segment_complete(root: Path, segment: Segment) -> bool:
+    """Every sibling its footer lists is in place (false after a crash between renames)."""
+    present = {f.relpath for f in segment.files}
+    try:
+        listed = set(segment_siblings(root, segment.files[0]))
+    except (OSError, KeyError, ValueError, pa.ArrowInvalid):
+        return False
+    return listed <= present
+
+
+def complete_segments(root: Path) -> list[Segment]:
+    """The archive's segments, leaving out the last one of a partition if it is partial."""
+    segments = group_segments(scan_files(root))
+    last_of: dict[tuple[int, int], Segment] = {}
+    for s in segments:
+        last_of[(s.generation, s.partition)] = s
+    partial = {id(s) for s in last_of.values() if not segment_complete(root, s)}
+    return [s for s in segments if id(s) not in partial]
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveState:
+    """What the archive holds: its newest generation and, per partition, the last offset."""
+
+    generation: int  # 0 when the archive is empty
+    last_offsets: dict[int, int]  # of ``generation``, per partition
+    segments: int
+    files: int
+
+
+def archive_state(root: Path) -> ArchiveState:
+    segments = complete_segments(root)
+    generation = max((s.generation for s in segments), default=0)
+    last: dict[int, int] = {}
+    for s in segments:
+        if s.generation == generation:
+            last[s.partition] = max(last.get(s.partition, -1), s.last_offset)
+    return ArchiveState(generation, last, len(segments), sum(len(s.files) for s in segments))
+
+
+def read_record_bytes(root: Path, segment: Segment, offset: int) -> bytes | None:
+    """The archived value bytes at ``offset`` in ``segment`` (events or dlq)."""
+    for f in segment.files:
+        t = pq.read_table(root / f.relpath, columns=["raw"], filters=[("log_offset", "=", offset)])
+        if t.num_rows:
+            return t.column("raw")[0].as_py()
+    return None
+
+
+def repair(root: Path) -> list[str]:
+    """Delete in-progress files and partial trailing segments; return what was deleted.
+
+    Run before archiving starts (under the lock): a kill -9 leaves at most one partial
+    segment per partition, and its events are still in the log after the last commit.
+    """
+    removed: list[str] = []
+    tmp = root / TMP_DIR
+    if tmp.is_dir():
+        removed += [str(p.relative_to(root)) for p in tmp.iterdir()]
+        shutil.rmtree(tmp)
+    segments = group_segments(scan_files(root))
+    last_of: dict[tuple[int, int], Segment] = {}
+    for s in segments:
+        last_of[(s.generation, s.partition)] = s
+    for s in last_of.values():
+        if not segment_complete(root, s):
+            for f in s.files:
+                (root / f.relpath).unlink(missing_ok=True)
+                removed.append(f.relpath)
+            _fsync_dirs({(root / f.relpath).parent for f in s.files})
+    return removed
+
+
+# --- durable writes -----------------------------------------------------------------------
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dirs(dirs: Iterable[Path]) -> None:
+    for d in sorted(set(dirs)):
+        if d.is_dir():
+            _fsync_path(d)
+
+
+def _make_dirs(path: Path) -> None:
+    """mkdir -p, fsyncing each parent whose entry list changed (so the dir survives a crash)."""
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir()
+        _fsync_path(d.parent)
+
+
+@dataclass
+class _BucketBuffer:
+    """Rows of one bucket waiting to be written as a row group."""
+
+    events: list[Event] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)
+    raws: list[bytes] = field(default_factory=list)
+    errors: list[InvalidEvent] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+def _event_table(generation: int, partition: int, buf: _BucketBuffer) -> pa.Table:
+    n = len(buf)
+    table = events_to_table(buf.events, [partition] * n, buf.offsets)
+    extra = [
+        pa.array([generation] * n, pa.int32()),
+        pa.array(buf.timestamps, pa.timestamp("ms", tz="UTC")),
+        pa.array(buf.keys, pa.binary()),
+        pa.array(buf.raws, pa.binary()),
+    ]
+    return pa.Table.from_arrays(list(table.columns) + extra, schema=ARCHIVE_SCHEMA)
+
+
+def _dlq_table(generation: int, partition: int, buf: _BucketBuffer) -> pa.Table:
+    n = len(buf)
+    return pa.Table.from_arrays(
+        [
+            pa.array([partition] * n, pa.int32()),
+            pa.array(buf.offsets, pa.int64()),
+            pa.array([generation] * n, pa.int32()),
+            pa.array(buf.timestamps, pa.timestamp("ms", tz="UTC")),
+            pa.array(buf.keys, pa.binary()),
+            pa.array(buf.raws, pa.binary()),
+            pa.array([e.reason.value for e in buf.errors], pa.string()),
+            pa.array([e.detail for e in buf.errors], pa.string()),
+            pa.array([e.path for e in buf.errors], pa.string()),
+        ],
+        schema=DLQ_SCHEMA,
+    )
+
+
+class SegmentWriter:
+    """One partition's open segment: a temp Parquet file per bucket, streamed in row groups.
+
+    ``close()`` makes it durable (fsync, rename, fsync directories) and returns the paths;
+    ``abort()`` deletes the temp files (their records are still in the log).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        generation: int,
+        partition: int,
+        row_group_rows: int = 20_000,
+        compression: str = "zstd",
+    ) -> None:
+        self.root, self.generation, self.partition = root, generation, partition
+        self.row_group_rows = row_group_rows
+        self.compression = compression
+        self.first_offset: int | None = None
+        self.last_offset: int | None = None
+        self.records = 0
+        self.bytes = 0
+        self.opened_at = time.monotonic()
+        self._buffers: dict[tuple[str, str], _BucketBuffer] = {}
+        self._writers: dict[tuple[str, str], tuple[pq.ParquetWriter, Path]] = {}
+        self._tmp = root / TMP_DIR
+
+    def add(self, record: ConsumerRecord, outcome: Event | InvalidEvent) -> None:
+        """Append one record (in offset order) with its decoded event or rejection."""
+        value: bytes = record.value or b""
+        if self.first_offset is None:
+            self.first_offset = record.offset
+            self.opened_at = time.monotonic()
+        elif record.offset <= (self.last_offset or -1):
+            raise ValueError(f"offset {record.offset} is not after {self.last_offset}")
+        self.last_offset = record.offset
+        if isinstance(outcome, InvalidEvent):
+            key = (DLQ_DIR, bucket_of_ms(record.timestamp))
+        else:
+            key = (EVENTS_DIR, bucket_dir(outcome.time))
+        buf = self._buffers.setdefault(key, _BucketBuffer())
+        buf.offsets.append(record.offset)
+        buf.timestamps.append(record.timestamp)
+        buf.keys.append(record.key)
+        buf.raws.append(value)
+        if isinstance(outcome, InvalidEvent):
+            buf.errors.append(outcome)
+        else:
+            buf.events.append(outcome)
+        self.records += 1
+        self.bytes += len(value)
+        if len(buf) >= self.row_group_rows:
+            self._flush(key)
+
+    def _flush(self, key: tuple[str, str]) -> None:
+        buf = self._buffers.pop(key, None)
+        if not buf:
+            return
+        kind, _ = key
+        table = (_dlq_table if kind == DLQ_DIR else _event_table)(
+            self.generation, self.partition, buf
+        )
+        if key not in self._writers:
+            _make_dirs(self._tmp)
+            tmp_path = self._tmp / f"p{self.partition:02d}-{kind}-{len(self._writers)}.parquet"
+            writer = pq.ParquetWriter(tmp_path, table.schema, compression=self.compression)
+            self._writers[key] = (writer, tmp_path)
+        self._writers[key][0].write_table(table, row_group_size=max(len(buf), 1))
+
+    def close(self) -> list[str]:
+        """Write the rest, make every file durable and visible; return their relative paths."""
+        if self.first_offset is None or self.last_offset is None:
+            return []
+        for key in list(self._buffers):
+            self._flush(key)
+        name = segment_file_name(
+            self.generation, self.partition, self.first_offset, self.last_offset
+        )
+        finals = {key: self.root / key[0] / key[1] / name for key in self._writers}
+        relpaths = sorted(str(p.relative_to(self.root)) for p in finals.values())
+        info = json.dumps(
+            {
+                "generation": self.generation,
+                "partition": self.partition,
+                "first_offset": self.first_offset,
+                "last_offset": self.last_offset,
+                "records": self.records,
+                "files": relpaths,
+            }
+        )
+        for writer, tmp_path in self._writers.values():
+            writer.add_key_value_metadata({SEGMENT_KEY.decode(): info})
+            writer.close()
+            _fsync_path(tmp_path)
+        for key, (_, tmp_path) in self._writers.items():
+            _make_dirs(finals[key].parent)
+            os.replace(tmp_path, finals[key])
+        _fsync_dirs({p.parent for p in finals.values()} | {self._tmp})
+        self._writers.clear()
+        return relpaths
+
+    def abort(self) -> None:
+        for writer, tmp_path in self._writers.values():
+            with contextlib.suppress(Exception):
+                writer.close()
+            tmp_path.unlink(missing_ok=True)
+        self._writers.clear()
+        self._buffers.clear()
+
+
+# --- the log side -------------------------------------------------------------------------
+
+
+async def fetch_high_watermarks(
+    consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition], deadline_s: float = 15.0
+) -> dict[TopicPartition, int]:
+    """The true high watermark of each partition, as a fetch response reports it.
+
+    ``end_offsets`` is wrong on the embedded broker (start of the last batch + 1), so this
+    seeks just before it and fetches: the fetch response carries the right value. The
+    consumer's positions are left wherever the fetch left them; seek afterwards.
+    """
+    tps = list(tps)
+    if not tps:
+        return {}
+    consumer.assign(tps)
+    begin = await consumer.beginning_offsets(tps)
+    end = await consumer.end_offsets(tps)
+    for tp in tps:
+        consumer.seek(tp, max(end[tp] - 1, begin[tp]))
+    found: dict[TopicPartition, int] = {}
+    stop_at = time.monotonic() + deadline_s
+    while len(found) < len(tps):
+        if time.monotonic() > stop_at:
+            missing = sorted(tp.partition for tp in tps if tp not in found)
+            raise TimeoutError(f"no fetch response for partitions {missing} in {deadline_s}s")
+        await consumer.getmany(*[tp for tp in tps if tp not in found], timeout_ms=200)
+        for tp in tps:
+            hw = consumer.highwater(tp)
+            if hw is not None and tp not in found:
+                found[tp] = hw
+    return found
+
+
+async def fetch_record(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, deadline_s: float = 15.0
+) -> ConsumerRecord | None:
+    """The record at ``offset``, or None when the partition does not hold it (any more)."""
+    consumer.seek(tp, offset)
+    stop_at = time.monotonic() + deadline_s
+    while time.monotonic() < stop_at:
+        got = await consumer.getmany(tp, timeout_ms=200)
+        for rec in got.get(tp, []):
+            if rec.offset == offset:
+                return rec
+            if rec.offset > offset:
+                return None  # compacted away or never written
+        hw = consumer.highwater(tp)
+        if hw is not None and hw <= offset:
+            return None
+    raise TimeoutError(f"partition {tp.partition}: no answer fetching offset {offset}")
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePlan:
+    """Where archiving (or a tail read after the archive) continues in the live log."""
+
+    generation: int
+    start_offsets: dict[int, int]  # partition -> next offset to read
+    same_log: bool  # the live log is the archive's newest generation
+    reason: str
+
+
+async def plan_resume(consumer: AIOKafkaConsumer, root: Path, topic: str = EVENTS) -> ResumePlan:
+    """Decide the generation and per-partition start offsets by comparing archive and log."""
+    state = archive_state(root)
+    partitions = sorted(consumer.partitions_for_topic(topic) or ())
+    if not partitions:
+        raise RuntimeError(f"topic {topic!r} has no partitions (does it exist?)")
+    tps = {p: TopicPartition(topic, p) for p in partitions}
+    consumer.assign(list(tps.values()))
+    begin = await consumer.beginning_offsets(list(tps.values()))
+    fresh = {p: begin[tps[p]] for p in partitions}
+    if state.generation == 0:
+        return ResumePlan(1, fresh, False, "empty archive")
+    segments = [s for s in complete_segments(root) if s.generation == state.generation]
+    last_segment = {s.partition: s for s in segments}  # sorted: the last one wins
+    for p, last in sorted(state.last_offsets.items()):
+        if p not in tps:
+            return ResumePlan(state.generation + 1, fresh, False, f"partition {p} no longer exists")
+        live = await fetch_record(consumer, tps[p], last)
+        archived = read_record_bytes(root, last_segment[p], last)
+        if live is None:
+            if begin[tps[p]] > last:  # deleted by retention: same log, older than its start
+                continue
+            return ResumePlan(
+                state.generation + 1, fresh, False, f"partition {p} has no offset {last}"
+            )
+        if live.value != archived:
+            return ResumePlan(
+                state.generation + 1,
+                fresh,
+                False,
+                f"partition {p} offset {last} holds a different record",
+            )
+    start = dict(fresh)
+    for p, last in state.last_offsets.items():
+        if begin[tps[p]] > last + 1:
+            log.error(
+                "archive: partition %d offsets %d..%d were deleted before being archived",
+                p,
+                last + 1,
+                begin[tps[p]] - 1,
+            )
+        start[p] = max(last + 1, begin[tps[p]])
+    return ResumePlan(state.generation, start, True, "resuming the archive's generation")
+
+
+# --- the archiver -------------------------------------------------------------------------
+
+
+class ArchiveLocked(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def archive_lock(root: Path) -> Iterator[None]:
+    """Exclusive lock on the archive directory for as long as the archiver runs."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text().strip() or "?"
+            raise ArchiveLocked(
+                f"{root} is being written by another archiver (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class ArchiverStats:
+    records: int = 0
+    invalid: int = 0
+    segments: int = 0
+    files: int = 0
+    generation: int = 0
+    positions: dict[int, int] = field(default_factory=dict)  # partition -> next offset
+    started: bool = False
+
+
+class Archiver:
+    """Consumes a topic and writes it to the archive; see the module docstring.
+
+    One archiver per archive directory (enforced by a lock) reading every partition by
+    manual assignment; the consumer group only carries commits, for lag monitoring.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        root: Path,
+        *,
+        topic: str = EVENTS,
+        group_id: str = DEFAULT_GROUP,
+        max_segment_bytes: int = 64 << 20,
+        max_segment_records: int = 500_000,
+        max_segment_age_s: float = 60.0,
+        row_group_rows: int = 20_000,
+        max_event_bytes: int | None = None,
+        poll_ms: int = 200,
+    ) -> None:
+        self.bootstrap, self.root, self.topic, self.group_id = bootstrap, root, topic, group_id
+        self.max_segment_bytes = max_segment_bytes
+        self.max_segment_records = max_segment_records
+        self.max_segment_age_s = max_segment_age_s
+        self.row_group_rows = row_group_rows
+        self.poll_ms = poll_ms
+        self.codec = EventCodec(max_event_bytes) if max_event_bytes else EventCodec()
+        self.stats = ArchiverStats()
+        self._open: dict[int, SegmentWriter] = {}
+
+    async def run(self, stop: asyncio.Event) -> ArchiverStats:
+        """Archive until ``stop`` is set; open segments are closed (made durable) on the way out."""
+        with archive_lock(self.root):
+            removed = repair(self.root)
+            if removed:
+                log.warning("archive: removed %d partial files: %s", len(removed), removed)
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=self.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_partition_fetch_bytes=4 << 20,
+            )
+            await consumer.start()
+            try:
+                plan = await plan_resume(consumer, self.root, self.topic)
+                log.info("archive: generation %d (%s)", plan.generation, plan.reason)
+                self.stats.generation = plan.generation
+                for p, off in plan.start_offsets.items():
+                    consumer.seek(TopicPartition(self.topic, p), off)
+                    self.stats.positions[p] = off
+                self.stats.started = True
+                await self._loop(consumer, plan.generation, stop)
+            finally:
+                for seg in self._open.values():
+                    seg.abort()
+                self._open.clear()
+                await consumer.stop()
+        return self.stats
+
+    async def _loop(self, consumer: AIOKafkaConsumer, generation: int, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=self.poll_ms, max_records=20_000)
+            for tp, records in sorted(batches.items()):
+                seg = self._open.get(tp.partition)
+                for rec in records:
+                    if seg is None:
+                        seg = SegmentWriter(
+                            self.root, generation, tp.partition, self.row_group_rows
+                        )
+                        self._open[tp.partition] = seg
+                    try:
+                        outcome: Event | InvalidEvent = self.codec.decode(rec.value or b"")
+                    except InvalidEvent as err:
+                        outcome = err
+                        self.stats.invalid += 1
+                    seg.add(rec, outcome)
+                    self.stats.records += 1
+                    if (
+                        seg.bytes >= self.max_segment_bytes
+                        or seg.records >= self.max_segment_records
+                    ):
+                        await self._close(consumer, tp.partition)
+                        seg = None
+            now = time.monotonic()
+            for p, seg in list(self._open.items()):
+                if now - seg.opened_at >= self.max_segment_age_s:
+                    await self._close(consumer, p)
+        for p in list(self._open):
+            await self._close(consumer, p)
+
+    async def _close(self, consumer: AIOKafkaConsumer, partition: int) -> None:
+        seg = self._open.pop(partition)
+        files = await asyncio.to_thread(seg.close)
+        if not files or seg.last_offset is None:
+            return
+        self.stats.segments += 1
+        self.stats.files += len(files)
+        self.stats.positions[partition] = seg.last_offset + 1
+        # durable first, then the commit: the commit is only for lag monitoring anyway
+        await consumer.commit({TopicPartition(self.topic, partition): seg.last_offset + 1})
+
+
+async def run_archiver(
+    bootstrap: str, root: Path, stop: asyncio.Event, **options: object
+) -> ArchiverStats:
+    return await Archiver(bootstrap, root, **options).run(stop)  # type: ignore[arg-type]
