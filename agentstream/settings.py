@@ -83,6 +83,14 @@ class Settings(BaseSettings):
     )
     embedding_device: str = "cpu"
 
+    # --- archive -----------------------------------------------------------------------
+    archive_dir: Path | None = Field(
+        default=None, description="the Parquet archive of agent-events (default: DATA_DIR/archive)"
+    )
+    archive_embedded: bool = Field(
+        default=True, description="`agentstream up` supervises the archiver (`agentstream archive`)"
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -141,6 +149,10 @@ class Settings(BaseSettings):
     @property
     def memory_location(self) -> str:
         return self.chroma_url or str((self.data_dir / "chroma").resolve())
+
+    @property
+    def archive_location(self) -> Path:
+        return (self.archive_dir or self.data_dir / "archive").resolve()
 
     @property
     def graph_embedded(self) -> bool:
