@@ -107,10 +107,10 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
         assert wait_until(lambda p=pid: not pid_alive(p)), f"pid {pid} left running"
 
 
-def cli(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(env: Env, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "agentstream.cli", *args],
-        env={**os.environ, **env.vars, "COLUMNS": "200"},
+        env={**os.environ, **env.vars, "COLUMNS": "200", **extra},
         capture_output=True,
         text=True,
         timeout=120,
@@ -250,6 +250,15 @@ def test_killed_broker_is_reported_down_and_up_recreates_topics(env: Env):
     counts = topic_counts(f"{HOST}:{env.kafka_port}")
     assert {t.name: counts.get(t.name) for t in TOPICS} == {t.name: PARTITIONS for t in TOPICS}
     assert cli(env, "status").returncode == 0
+
+
+def test_bad_settings_are_one_line_errors(env: Env):
+    res = cli(env, "up", AGENTSTREAM_PARTITIONS="many")
+    assert res.returncode == 1
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "settings: partitions:" in lines[0]
+    assert "fix AGENTSTREAM_PARTITIONS" in lines[0]
+    assert not env.data_dir.exists()  # nothing was started or written
 
 
 # --------------------------------------------------------------------------------------

@@ -41,11 +41,11 @@ def _stack(data_dir: Path | None, timeout: float = 30.0) -> Any:
         settings = load_settings(**overrides)
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        fail(
-            f"settings: {where}: {first['msg']} — fix AGENTSTREAM_{where.upper()} "
-            "or the config file"
-        )
+        where = ".".join(str(p) for p in first["loc"])
+        msg = first["msg"].removeprefix("Value error, ")
+        if where:
+            fail(f"settings: {where}: {msg} — fix AGENTSTREAM_{where.upper()} or the config file")
+        fail(f"settings: {msg} — fix that AGENTSTREAM_* variable or the config file")
     return Stack(settings, deadline_s=timeout)
 
 
