@@ -20,6 +20,7 @@ class RejectReason(StrEnum):
     UNKNOWN_TYPE = "unknown_type"
     UNKNOWN_VERSION = "unknown_version"
     UPCAST_FAILED = "upcast_failed"
+    KEY_MISMATCH = "key_mismatch"  # Kafka key is not the event's agentid: per-agent order lost
 
 
 class InvalidEvent(ValueError):

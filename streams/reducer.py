@@ -57,7 +57,7 @@ class ReducerConfig:
     """Outcomes in the rolling success rate (per agent and per run)."""
     context_window: int = 8
     """Recent think events of the current run kept as candidate episode situations."""
-    episode_window: int = 16
+    episode_window: int = 8
     """Recent episodes kept so that a later lesson can be attached to them."""
     max_text_chars: int = 1000
     """Situation, action and result texts are clipped to this many characters."""

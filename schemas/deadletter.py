@@ -1,0 +1,77 @@
+"""The dead-letter record: what the processors write to ``agent-events-dlq``.
+
+One record per rejected input record. Key = the original record's key (so it lands on
+the same DLQ partition as its agent's other rejects); value = this Struct as JSON. The
+original bytes travel base64-encoded in ``original`` (msgspec's encoding of ``bytes``),
+so a DLQ record is self-contained and a consumer needs no Kafka headers to read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+DEFAULT_MAX_ORIGINAL_BYTES = 512 * 1024
+"""Originals above this are truncated in the DLQ record (base64 grows them by 4/3, and the
+DLQ topic has the same size limit as any other); the full bytes stay at topic/partition/
+offset, and ``original_sha256`` identifies them."""
+
+
+class DeadLetter(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    reason: str  # schemas.errors.RejectReason value, e.g. "not_json"
+    detail: str
+    path: str | None = None  # JSON path of the offending field, when known
+    topic: str  # where the original record was read
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None  # the original record's timestamp
+    key: bytes | None = None  # the original record's key
+    original: bytes  # the original value bytes (maybe truncated, see below)
+    original_size: int
+    original_sha256: str
+    original_truncated: bool = False
+    rejected_by: str  # the consumer group that rejected it
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(DeadLetter)
+
+
+def dead_letter(
+    error: dict[str, str | None],
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None,
+    key: bytes | None,
+    value: bytes | None,
+    rejected_by: str,
+    max_original_bytes: int = DEFAULT_MAX_ORIGINAL_BYTES,
+) -> DeadLetter:
+    """Build the record for one rejected input; ``error`` is ``InvalidEvent.as_dict()``."""
+    raw = value or b""
+    return DeadLetter(
+        reason=error["reason"] or "unknown",
+        detail=error.get("detail") or "",
+        path=error.get("path"),
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp_ms=timestamp_ms,
+        key=key,
+        original=raw[:max_original_bytes],
+        original_size=len(raw),
+        original_sha256=hashlib.sha256(raw).hexdigest(),
+        original_truncated=len(raw) > max_original_bytes,
+        rejected_by=rejected_by,
+    )
+
+
+def encode_dead_letter(record: DeadLetter) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode_dead_letter(raw: bytes | bytearray | memoryview | str) -> DeadLetter:
+    return _decoder.decode(raw)

@@ -1,0 +1,632 @@
+"""The stream processor: a faust app that advances agents.
+
+faust does what it is good at: group membership, fetching, batching (``take_events``),
+the table with its changelog, offset commits. The work itself lives in plain classes so it
+can be tested and benchmarked without faust:
+
+- :class:`StateCore` (no I/O): decodes raw records with :class:`schemas.codec.EventCodec`,
+  folds them into per-agent :class:`~schemas.state.AgentState` with
+  :func:`streams.reducer.advance`, and says what to publish. Invalid input becomes a
+  :class:`~schemas.deadletter.DeadLetter`; nothing raises on bad input.
+- :class:`Publisher`: one aiokafka producer; a batch's outputs are written with
+  ``create_batch``/``send_batch`` per partition and awaited before the batch is acked, so a
+  committed offset always means "its outputs are on the broker".
+- :func:`rebuild_partition`: the recovery path. faust's changelog recovery is not exact on
+  the embedded broker (docs/processing.md, "Recovery on the embedded broker"), and the
+  state is event-sourced, so a partition this worker does not hold exactly is rebuilt by
+  re-folding ``agent-events`` from the beginning up to the first offset it is about to
+  process. Derived ids are deterministic, so re-emitted outputs are idempotent upserts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from schemas.codec import DEFAULT_MAX_EVENT_BYTES, EventCodec
+from schemas.deadletter import DEFAULT_MAX_ORIGINAL_BYTES, dead_letter, encode_dead_letter
+from schemas.derived import Episode, Violation, encode_derived
+from schemas.envelope import Event
+from schemas.errors import InvalidEvent, RejectReason
+from schemas.state import AgentState, encode_state
+from schemas.topics import DLQ, EPISODES, EVENTS, STATE, VIOLATIONS
+from streams.producer import compression_available, partition_for_key
+from streams.reducer import DEFAULT_CONFIG, Derived, ReducerConfig, advance, initial_state
+from streams.state_reader import fetch_high_watermarks
+
+if TYPE_CHECKING:
+    from agentstream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP = "agentstream-processor"
+TABLE_NAME = "agent_state"
+DEFAULT_MAX_BATCH = 5000
+DEFAULT_BATCH_WAIT_S = 0.1
+
+
+# --- records in and out ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InRecord:
+    """One record of ``agent-events`` as read from the log (value bytes, not decoded)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    """What one batch produced: changed states (latest only), derived records, rejects."""
+
+    changed: dict[str, AgentState] = field(default_factory=dict)
+    derived: list[Derived] = field(default_factory=list)
+    dead: list[OutRecord] = field(default_factory=list)
+
+    def records(self) -> list[OutRecord]:
+        """Everything to publish, derived first, then rejects, then the states."""
+        out: list[OutRecord] = []
+        for d in self.derived:
+            topic = VIOLATIONS if isinstance(d, Violation) else EPISODES
+            out.append(OutRecord(topic, d.agent_id.encode(), encode_derived(d)))
+        out.extend(self.dead)
+        for agent, state in self.changed.items():
+            out.append(OutRecord(STATE, agent.encode(), encode_state(state)))
+        return out
+
+
+@dataclass(slots=True)
+class ProcessorStats:
+    """Counters since start (all plain ints, safe to read from tests and the CLI)."""
+
+    batches: int = 0
+    records: int = 0  # records handed to the core, including skipped and rejected
+    applied: int = 0  # events that changed a state
+    duplicates: int = 0  # valid events ignored by the dedup window
+    rejected: int = 0  # records sent to the DLQ
+    redelivered_skipped: int = 0  # records below the partition's applied offset
+    violations: int = 0
+    episodes: int = 0
+    states_published: int = 0
+    rebuilds: int = 0  # partitions rebuilt from agent-events
+    rebuilt_records: int = 0
+    rebuild_seconds: float = 0.0
+    table_checked: int = 0  # faust table values compared with the rebuilt state
+    table_mismatched: int = 0  # ... that were missing or differed (and were corrected)
+    publish_retries: int = 0
+    next_offset: dict[int, int] = field(default_factory=dict)  # partition -> next to apply
+
+
+# --- the core: no I/O --------------------------------------------------------------------
+
+
+class StateCore:
+    """Per-worker agent states for the partitions it processes, and the batch step.
+
+    ``next_offset[p]`` is the offset of the next record of partition ``p`` to apply: the
+    states of ``p``'s agents are exactly the fold of ``agent-events[p][0:next_offset[p]]``.
+    A record below it was already applied (redelivery) and is skipped; a record above it
+    (or a partition never seen) means the states are not known to be exact there, and the
+    caller must rebuild the partition up to that offset first.
+    """
+
+    def __init__(
+        self,
+        config: ReducerConfig = DEFAULT_CONFIG,
+        codec: EventCodec | None = None,
+        group_id: str = DEFAULT_GROUP,
+        max_original_bytes: int = DEFAULT_MAX_ORIGINAL_BYTES,
+        stats: ProcessorStats | None = None,
+    ) -> None:
+        self.config = config
+        self.codec = codec or EventCodec()
+        self.group_id = group_id
+        self.max_original_bytes = max_original_bytes
+        self.states: dict[str, AgentState] = {}
+        self.agents_of: dict[int, set[str]] = {}
+        self.stats = stats or ProcessorStats()
+        self.next_offset = self.stats.next_offset
+
+    def decode(self, rec: InRecord) -> Event:
+        """The event in ``rec``, or :class:`InvalidEvent` (also for a key that is not the agent)."""
+        if rec.value is None:
+            raise InvalidEvent(RejectReason.NOT_JSON, "record has no value (a tombstone)")
+        event = self.codec.decode(rec.value)
+        if rec.key is None or rec.key != event.agentid.encode():
+            raise InvalidEvent(
+                RejectReason.KEY_MISMATCH,
+                f"record key {rec.key!r} is not the event's agentid {event.agentid!r}; "
+                "the key must be the agent id so that one agent's events stay in order",
+                "$.agentid",
+            )
+        return event
+
+    def needs_rebuild(self, partition: int, offset: int) -> bool:
+        """Whether the states of ``partition`` are not known exact just before ``offset``."""
+        nxt = self.next_offset.get(partition)
+        return nxt is None or offset > nxt
+
+    def step(self, records: Sequence[InRecord], start: int, out: BatchOutput) -> int | None:
+        """Apply ``records[start:]`` until one needs a rebuild; return its index, or None."""
+        next_offset = self.next_offset
+        states = self.states
+        config = self.config
+        derived = out.derived
+        stats = self.stats
+        for i in range(start, len(records)):
+            rec = records[i]
+            p = rec.partition
+            nxt = next_offset.get(p)
+            if nxt is None or rec.offset > nxt:
+                return i
+            stats.records += 1
+            if rec.offset < nxt:
+                stats.redelivered_skipped += 1
+                continue
+            next_offset[p] = rec.offset + 1
+            try:
+                event = self.decode(rec)
+            except InvalidEvent as err:
+                out.dead.append(self._dead(rec, err))
+                stats.rejected += 1
+                continue
+            agent = event.agentid
+            state = states.get(agent)
+            if state is None:
+                state = states[agent] = initial_state(event)
+                self.agents_of.setdefault(p, set()).add(agent)
+            if advance(state, event, config, derived):
+                out.changed[agent] = state
+                stats.applied += 1
+            else:
+                stats.duplicates += 1
+        return None
+
+    def _dead(self, rec: InRecord, err: InvalidEvent) -> OutRecord:
+        record = dead_letter(
+            err.as_dict(),
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            timestamp_ms=rec.timestamp_ms,
+            key=rec.key,
+            value=rec.value,
+            rejected_by=self.group_id,
+            max_original_bytes=self.max_original_bytes,
+        )
+        return OutRecord(DLQ, rec.key, encode_dead_letter(record))
+
+    # --- rebuilding ----------------------------------------------------------------------
+
+    def reset_partition(self, partition: int) -> None:
+        """Forget the states of ``partition``'s agents (before rebuilding them)."""
+        for agent in self.agents_of.pop(partition, ()):
+            self.states.pop(agent, None)
+        self.next_offset.pop(partition, None)
+
+    def replay(self, rec: InRecord, scratch: list[Derived]) -> None:
+        """Fold one historical record; outputs were published when it was first processed."""
+        try:
+            event = self.decode(rec)
+        except InvalidEvent:
+            return  # it went to the DLQ when it was first processed
+        agent = event.agentid
+        state = self.states.get(agent)
+        if state is None:
+            state = self.states[agent] = initial_state(event)
+            self.agents_of.setdefault(rec.partition, set()).add(agent)
+        advance(state, event, self.config, scratch)
+        scratch.clear()
+
+    def agents_in(self, partition: int) -> set[str]:
+        return self.agents_of.get(partition, set())
+
+
+async def rebuild_partitions(
+    core: StateCore,
+    bootstrap: str,
+    upto: dict[int, int],
+    topic: str = EVENTS,
+    idle_timeout_s: float = 30.0,
+) -> int:
+    """Re-fold ``topic[p][0:upto[p]]`` into ``core`` for each partition; return records read.
+
+    Reads with a group-less consumer up to a known offset, so Tansu's wrong end offsets
+    never matter. Raises ``TimeoutError`` if the log stops delivering before ``upto``.
+    """
+    for p in upto:
+        core.reset_partition(p)
+    todo = {TopicPartition(topic, p): end for p, end in upto.items() if end > 0}
+    n = 0
+    if todo:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=100,
+            max_partition_fetch_bytes=8 << 20,
+        )
+        await consumer.start()
+        try:
+            consumer.assign(list(todo))
+            await consumer.seek_to_beginning(*todo)
+            scratch: list[Derived] = []
+            last_progress = time.monotonic()
+            while todo:
+                batches = await consumer.getmany(*todo, timeout_ms=500, max_records=20000)
+                for tp, msgs in batches.items():
+                    end = todo.get(tp)
+                    if end is None:
+                        continue
+                    if msgs and n == 0 and msgs[0].offset > 0:
+                        log.error(
+                            "rebuild of %s starts at offset %d, not 0: the log was truncated "
+                            "(retention), states are folded from the remaining history only",
+                            tp,
+                            msgs[0].offset,
+                        )
+                    for m in msgs:
+                        if m.offset >= end:
+                            break
+                        core.replay(
+                            InRecord(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp),
+                            scratch,
+                        )
+                        n += 1
+                    last_progress = time.monotonic()
+                for tp in [tp for tp, end in todo.items() if await consumer.position(tp) >= end]:
+                    consumer.pause(tp)
+                    del todo[tp]
+                if todo and time.monotonic() - last_progress > idle_timeout_s:
+                    raise TimeoutError(f"rebuild stalled before reaching {todo}")
+        finally:
+            await consumer.stop()
+    for p, end in upto.items():
+        core.next_offset[p] = end
+    return n
+
+
+# --- publishing --------------------------------------------------------------------------
+
+
+class Publisher:
+    """Writes a batch's outputs with one aiokafka producer and waits until all are acked."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        acks: str | int = "all",
+        compression: str | None = None,
+        max_request_size: int = 4 << 20,
+    ) -> None:
+        self.bootstrap = bootstrap
+        if compression in (None, "none") or not compression_available(compression):  # type: ignore[arg-type]
+            compression = None
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks=acks,
+            compression_type=compression,
+            max_request_size=max_request_size,
+            linger_ms=0,
+            enable_idempotence=False,
+        )
+        self._partitions: dict[str, list[int]] = {}
+        self._started = False
+
+    async def start(self) -> None:
+        await self._producer.start()
+        self._started = True
+        for topic in (STATE, VIOLATIONS, EPISODES, DLQ):
+            await self._partitions_of(topic)
+
+    async def stop(self) -> None:
+        if self._started:
+            self._started = False
+            await self._producer.stop()
+
+    async def _partitions_of(self, topic: str) -> list[int]:
+        parts = self._partitions.get(topic)
+        if parts is None:
+            found = await self._producer.partitions_for(topic)
+            if not found:
+                raise KafkaError(f"topic {topic} has no partitions on {self.bootstrap}")
+            parts = self._partitions[topic] = sorted(found)
+        return parts
+
+    async def publish(self, records: Iterable[OutRecord]) -> int:
+        """Send every record (order kept per topic-partition) and wait for all acks."""
+        groups: dict[tuple[str, int], list[OutRecord]] = {}
+        for r in records:
+            parts = self._partitions.get(r.topic) or await self._partitions_of(r.topic)
+            p = partition_for_key(r.key, parts) if r.key is not None else parts[0]
+            groups.setdefault((r.topic, p), []).append(r)
+        futures: list[asyncio.Future[Any]] = []
+        for (topic, p), recs in groups.items():
+            i = 0
+            while i < len(recs):
+                batch = self._producer.create_batch()
+                j = i
+                while j < len(recs) and (
+                    batch.append(key=recs[j].key, value=recs[j].value, timestamp=None) is not None
+                ):
+                    j += 1
+                if j == i:
+                    raise ValueError(
+                        f"an output record for {topic} is larger than the producer's "
+                        f"max_request_size ({len(recs[i].value)} bytes)"
+                    )
+                futures.append(await self._producer.send_batch(batch, topic, partition=p))
+                i = j
+        if futures:
+            await asyncio.gather(*futures)
+        return sum(len(v) for v in groups.values())
+
+
+# --- the faust app -----------------------------------------------------------------------
+
+
+def _faust_brokers(bootstrap: str) -> list[str]:
+    return [f"kafka://{b.strip()}" for b in bootstrap.split(",") if b.strip()]
+
+
+class StreamProcessor:
+    """The faust worker app plus its core, publisher and stats. Build with :func:`build_app`."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        data_dir: Path,
+        *,
+        group_id: str = DEFAULT_GROUP,
+        partitions: int = 6,
+        replication_factor: int = 1,
+        config: ReducerConfig = DEFAULT_CONFIG,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
+        compression: str | None = None,
+        commit_interval_s: float = 1.0,
+        session_timeout_s: float = 10.0,
+        use_table: bool = True,
+    ) -> None:
+        import faust
+        import mode
+
+        self.bootstrap = bootstrap
+        self.group_id = group_id
+        self.stats = ProcessorStats()
+        self.core = StateCore(config, EventCodec(max_event_bytes), group_id, stats=self.stats)
+        self.publisher = Publisher(
+            bootstrap,
+            compression=compression,
+            max_request_size=max(4 << 20, 2 * max_event_bytes),
+        )
+        data_dir = Path(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.app = faust.App(
+            group_id,
+            broker=_faust_brokers(bootstrap),
+            store="memory://",
+            datadir=str(data_dir / "faust"),
+            topic_partitions=partitions,
+            topic_replication_factor=replication_factor,
+            table_standby_replicas=0,
+            broker_session_timeout=session_timeout_s,
+            broker_heartbeat_interval=1,
+            broker_commit_interval=commit_interval_s,
+            consumer_auto_offset_reset="earliest",
+            stream_buffer_maxsize=max(4096, 2 * max_batch),
+            agent_supervisor=mode.CrashingSupervisor,
+            web_enabled=False,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        raw = faust.Schema(
+            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
+        self.events_topic = self.app.topic(EVENTS, schema=raw)
+        self.table = (
+            self.app.Table(
+                TABLE_NAME,
+                default=None,
+                partitions=partitions,
+                use_partitioner=True,  # batches mix partitions: route changelog by key
+                schema=raw,
+                help="latest AgentState JSON per agent id (mirror; see docs/processing.md)",
+            )
+            if use_table
+            else None
+        )
+        self._max_batch = max_batch
+        self._batch_wait_s = batch_wait_s
+        self.app.agent(self.events_topic, name="advance-agents")(self._agent)
+
+    async def _agent(self, stream: Any) -> None:
+        async for events in stream.take_events(self._max_batch, within=self._batch_wait_s):
+            records = [
+                InRecord(
+                    m.topic,
+                    m.partition,
+                    m.offset,
+                    m.key,
+                    m.value,
+                    int(m.timestamp * 1000) if m.timestamp else None,
+                )
+                for m in (e.message for e in events)
+            ]
+            await self.handle(records)
+
+    async def handle(self, records: Sequence[InRecord]) -> BatchOutput:
+        """Process one batch end to end: rebuild if needed, reduce, publish, mirror."""
+        core = self.core
+        out = BatchOutput()
+        firsts: dict[int, int] = {}
+        for r in records:
+            firsts.setdefault(r.partition, r.offset)
+        stale = {p: off for p, off in firsts.items() if core.needs_rebuild(p, off)}
+        if stale:
+            await self._rebuild(stale)
+        i: int | None = 0
+        while i is not None:
+            i = core.step(records, i, out)
+            if i is not None:  # a gap inside the batch: rebuild that partition up to it
+                r = records[i]
+                await self._rebuild({r.partition: r.offset})
+        await self._publish(out)
+        self.stats.batches += 1
+        return out
+
+    async def _rebuild(self, upto: dict[int, int]) -> None:
+        started = time.monotonic()
+        n = await rebuild_partitions(self.core, self.bootstrap, upto)
+        self.stats.rebuilds += len(upto)
+        self.stats.rebuilt_records += n
+        self.stats.rebuild_seconds += time.monotonic() - started
+        log.info("rebuilt partitions %s from %d records", upto, n)
+        if self.table is not None:
+            self._check_table(upto)
+
+    def _check_table(self, partitions: Iterable[int]) -> None:
+        """Compare what faust recovered into the table with the rebuilt truth; correct it."""
+        assert self.table is not None
+        for p in partitions:
+            for agent in self.core.agents_in(p):
+                truth = encode_state(self.core.states[agent])
+                key = agent.encode()
+                self.stats.table_checked += 1
+                if self.table.get(key) != truth:
+                    self.stats.table_mismatched += 1
+                    self.table[key] = truth
+
+    async def _publish(self, out: BatchOutput) -> None:
+        records = out.records()
+        delay = 0.2
+        while True:
+            try:
+                await self.publisher.publish(records)
+                break
+            except (KafkaError, OSError, TimeoutError) as err:
+                # not acked, not committed: retry until the broker takes it (backpressure)
+                self.stats.publish_retries += 1
+                log.warning("publishing %d outputs failed (%r); retrying", len(records), err)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for d in out.derived:
+            if isinstance(d, Episode):
+                self.stats.episodes += 1
+            else:
+                self.stats.violations += 1
+        self.stats.states_published += len(out.changed)
+        if self.table is not None:
+            for agent, state in out.changed.items():
+                self.table[agent.encode()] = encode_state(state)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set (or the app crashes: then raise its reason)."""
+        stop = stop or asyncio.Event()
+        await self.publisher.start()
+        try:
+            await self.app.start()
+            stopped = asyncio.ensure_future(self.app.wait_until_stopped())
+            asked = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({stopped, asked}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for f in (stopped, asked):
+                    f.cancel()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.app.stop()
+            await self.publisher.stop()
+        reason = getattr(self.app, "crash_reason", None)
+        if reason is not None:
+            raise RuntimeError(f"processor crashed: {reason!r}") from reason
+
+
+def build_app(
+    settings: Settings | None = None,
+    *,
+    bootstrap: str | None = None,
+    data_dir: Path | None = None,
+    group_id: str = DEFAULT_GROUP,
+    config: ReducerConfig = DEFAULT_CONFIG,
+    **options: Any,
+) -> StreamProcessor:
+    """The processor for ``settings`` (or an explicit bootstrap and data dir)."""
+    if settings is None and bootstrap is None:
+        from agentstream.settings import load_settings
+
+        settings = load_settings()
+    if settings is not None:
+        options.setdefault("partitions", settings.partitions)
+        options.setdefault("replication_factor", settings.replication_factor)
+        options.setdefault("max_event_bytes", settings.max_event_bytes)
+        options.setdefault("compression", settings.producer_compression)
+    return StreamProcessor(
+        bootstrap or (settings.bootstrap_servers if settings else ""),
+        data_dir or (settings.data_dir if settings else Path(".agentstream")) / "processor",
+        group_id=group_id,
+        config=config,
+        **options,
+    )
+
+
+# --- progress ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Committed offsets of the processor's group vs the fetch high watermarks."""
+
+    committed: dict[int, int]
+    highwater: dict[int, int]
+
+    @property
+    def lag(self) -> int:
+        return sum(max(0, hw - self.committed.get(p, 0)) for p, hw in self.highwater.items())
+
+    @property
+    def caught_up(self) -> bool:
+        """Every record of agent-events is processed and its outputs are published."""
+        return self.lag == 0
+
+
+async def processor_progress(
+    bootstrap: str, group_id: str = DEFAULT_GROUP, topic: str = EVENTS
+) -> Progress:
+    """Where the processor group stands. Uses fetch high watermarks (Tansu's end offsets lie)."""
+    highwater = await fetch_high_watermarks(bootstrap, topic)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        # Tansu drops the connection when no partitions are named: name them
+        offsets = await admin.list_consumer_group_offsets(
+            group_id, partitions=[TopicPartition(topic, p) for p in highwater]
+        )
+    finally:
+        await admin.close()
+    committed = {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+    return Progress(committed, highwater)
