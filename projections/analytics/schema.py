@@ -1,0 +1,463 @@
+"""The analytics model: DDL, versioned migrations and the rollups' definitions.
+
+Why it looks like this (details and every column in docs/analytics.md):
+
+- ``events`` is a plain MergeTree sorted by ``(tenant, agent_id, time, event_id)``:
+  analysts filter by agent and time, and the projection's duplicate check is a
+  primary-key range lookup on the same prefix. Partitions are months of event time.
+- Rollups are fed by materialized views. A view sees every row inserted into ``events``
+  and cannot tell a duplicate, so the projection only ever inserts *new* rows (it
+  anti-joins each batch against ``events`` first); the views then count each event once.
+- Rollup columns are ``SimpleAggregateFunction(sum, …)`` and quantile states: read them
+  with ``sum(…)`` / ``quantilesTDigestMerge(…)(…)`` and ``GROUP BY``; the rows of one key
+  are merged in the background, the sums are exact at any time.
+- ``violations``, ``episodes`` and ``agent_state`` are upserts: ReplacingMergeTree on the
+  record's id with a version, read with ``FINAL``.
+
+Every statement is idempotent (``IF NOT EXISTS``), so a crash between applying a migration
+and recording it in ``schema_version`` is repaired by running the migration again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+COMPLETED_PREFIX = "agent.act.completed."
+"""Wire types of completed actions start with this, whatever their version."""
+
+QUANTILES = "0.5, 0.95, 0.99"
+"""Levels kept in the rollups' quantile states (t-digest: mergeable, a few KB per key)."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: Callable[[str], Sequence[str]]  # database name -> DDL
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """A rollup table fed by a materialized view over ``events``.
+
+    ``select`` is the view's query with a slot for an extra filter, so the same text can
+    rebuild the rollup, or one month of it, from ``events`` (:func:`rollup_rebuild_sql`).
+    ``source_count`` / ``rollup_count`` count the same thing on both sides: when they differ
+    (per month for a rollup partitioned by the month of each event's own time, in total
+    otherwise) the rollup missed or doubled rows there, and that part is rebuilt.
+    """
+
+    table: str
+    view: str
+    month_column: str | None  # partitioned by toYYYYMM(this), or None: one partition
+    select: str  # SELECT … FROM {db}.events {where} GROUP BY …
+    source_count: str  # aggregate over events
+    source_filter: str  # WHERE condition on events (or "1")
+    rollup_count: str  # aggregate over the rollup
+
+
+def _events(db: str) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS {db}.events
+(
+    event_id        UUID,
+    type            LowCardinality(String),
+    kind            LowCardinality(String) DEFAULT replaceRegexpOne(type, '\\\\.v[0-9]+$', ''),
+    category        LowCardinality(String),
+    time            DateTime64(6, 'UTC'),
+    agent_id        String,
+    run_id          Nullable(String),
+    task_id         Nullable(String),
+    tenant          LowCardinality(String),
+    source          LowCardinality(String),
+    causes          Array(UUID),
+    traceparent     Nullable(String),
+    model           LowCardinality(Nullable(String)),
+    tool            LowCardinality(Nullable(String)),
+    call_id         Nullable(String),
+    status          LowCardinality(Nullable(String)),
+    input_tokens    UInt32,
+    output_tokens   UInt32,
+    cost_usd        Float64,
+    latency_ms      Nullable(Float64),
+    summary         String,
+    payload         String CODEC(ZSTD(3)),
+    log_partition   Nullable(Int32),
+    log_offset      Nullable(Int64),
+    ingested_at     DateTime64(3, 'UTC') DEFAULT now64(3),
+    INDEX idx_event_id event_id TYPE bloom_filter(0.01) GRANULARITY 4,
+    INDEX idx_run_id run_id TYPE bloom_filter(0.01) GRANULARITY 4
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(time)
+ORDER BY (tenant, agent_id, time, event_id)
+"""
+
+
+def _violations(db: str) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS {db}.violations
+(
+    violation_id    UUID,
+    category        LowCardinality(String),
+    agent_id        String,
+    run_id          Nullable(String),
+    task_id         Nullable(String),
+    tenant          LowCardinality(String),
+    time            DateTime64(6, 'UTC'),
+    detected_by     UUID,
+    event_ids       Array(UUID),
+    tool            LowCardinality(Nullable(String)),
+    call_id         Nullable(String),
+    expected        Nullable(String),
+    actual          Nullable(String),
+    detail          String,
+    ingested_at     DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(ingested_at)
+PARTITION BY toYYYYMM(time)
+ORDER BY (tenant, agent_id, violation_id)
+"""
+
+
+def _episodes(db: str) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS {db}.episodes
+(
+    episode_id      UUID,
+    revision        UInt32,
+    agent_id        String,
+    run_id          Nullable(String),
+    task_id         Nullable(String),
+    tenant          LowCardinality(String),
+    time            DateTime64(6, 'UTC'),
+    situation       String,
+    action          String,
+    tool            LowCardinality(String),
+    outcome         LowCardinality(String),
+    result          String,
+    expected        Nullable(String),
+    actual          Nullable(String),
+    lesson          Nullable(String),
+    event_ids       Array(UUID),
+    ingested_at     DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(revision)
+PARTITION BY toYYYYMM(time)
+ORDER BY (tenant, agent_id, episode_id)
+"""
+
+
+def _agent_state(db: str) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS {db}.agent_state
+(
+    agent_id            String,
+    tenant              LowCardinality(String),
+    version             UInt64,
+    name                Nullable(String),
+    role                Nullable(String),
+    model               LowCardinality(Nullable(String)),
+    status              LowCardinality(String),
+    stopped             Bool,
+    run_id              Nullable(String),
+    task_id             Nullable(String),
+    run_status          LowCardinality(Nullable(String)),
+    run_goal            Nullable(String),
+    open_actions        UInt32,
+    events_total        UInt64,
+    actions_ok          UInt64,
+    actions_failed      UInt64,
+    success_rate        Nullable(Float64),
+    failures_in_a_row   UInt32,
+    input_tokens        UInt64,
+    output_tokens       UInt64,
+    cost_usd            Float64,
+    lessons             UInt32,
+    last_feedback_score Nullable(Float64),
+    first_event_time    Nullable(DateTime64(6, 'UTC')),
+    last_event_time     Nullable(DateTime64(6, 'UTC')),
+    last_event_id       Nullable(String),
+    counts              Map(String, UInt64),
+    tools               String,
+    ingested_at         DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (tenant, agent_id)
+"""
+
+
+_AGENT_MINUTE_SELECT = f"""
+SELECT
+    e.tenant AS tenant,
+    e.agent_id AS agent_id,
+    toStartOfMinute(e.time) AS minute,
+    e.type AS type,
+    count() AS events,
+    countIf(startsWith(e.type, '{COMPLETED_PREFIX}') AND e.status = 'error') AS errors,
+    sum(e.input_tokens) AS input_tokens,
+    sum(e.output_tokens) AS output_tokens,
+    sum(e.cost_usd) AS cost_usd,
+    quantilesTDigestStateIf({QUANTILES})(assumeNotNull(e.latency_ms), e.latency_ms IS NOT NULL)
+        AS latency_ms
+FROM {{db}}.events AS e
+{{where}}
+GROUP BY tenant, agent_id, minute, type
+"""
+
+_TOOL_MINUTE_SELECT = f"""
+SELECT
+    e.tenant AS tenant,
+    assumeNotNull(e.tool) AS tool,
+    toStartOfMinute(e.time) AS minute,
+    count() AS calls,
+    countIf(e.status = 'error') AS failures,
+    sum(ifNull(e.latency_ms, 0)) AS duration_ms_sum,
+    quantilesTDigestStateIf({QUANTILES})(assumeNotNull(e.latency_ms), e.latency_ms IS NOT NULL)
+        AS duration_ms
+FROM {{db}}.events AS e
+WHERE startsWith(e.type, '{COMPLETED_PREFIX}') AND e.tool IS NOT NULL {{and_where}}
+GROUP BY tenant, tool, minute
+"""
+
+_RUN_SUMMARY_SELECT = f"""
+SELECT
+    e.tenant AS tenant,
+    e.agent_id AS agent_id,
+    assumeNotNull(e.run_id) AS run_id,
+    count() AS events,
+    countIf(startsWith(e.type, '{COMPLETED_PREFIX}')) AS actions,
+    countIf(startsWith(e.type, '{COMPLETED_PREFIX}') AND e.status = 'error') AS errors,
+    sum(e.input_tokens) AS input_tokens,
+    sum(e.output_tokens) AS output_tokens,
+    sum(e.cost_usd) AS cost_usd,
+    min(e.time) AS first_time,
+    max(e.time) AS last_time,
+    maxIf(toString(assumeNotNull(e.status)), startsWith(e.type, 'agent.lifecycle.run_finished.'))
+        AS status,
+    maxIf(JSONExtractString(e.payload, 'goal'), startsWith(e.type, 'agent.lifecycle.run_started.'))
+        AS goal
+FROM {{db}}.events AS e
+WHERE e.run_id IS NOT NULL {{and_where}}
+GROUP BY tenant, agent_id, run_id
+"""
+
+ROLLUPS: tuple[Rollup, ...] = (
+    Rollup(
+        table="agent_minute",
+        view="agent_minute_mv",
+        month_column="minute",
+        select=_AGENT_MINUTE_SELECT,
+        source_count="count()",
+        source_filter="1",
+        rollup_count="sum(events)",
+    ),
+    Rollup(
+        table="tool_minute",
+        view="tool_minute_mv",
+        month_column="minute",
+        select=_TOOL_MINUTE_SELECT,
+        source_count="count()",
+        source_filter=f"startsWith(type, '{COMPLETED_PREFIX}') AND tool IS NOT NULL",
+        rollup_count="sum(calls)",
+    ),
+    Rollup(
+        table="run_summary",
+        view="run_summary_mv",
+        month_column=None,  # a run's rows may span months: one partition, small anyway
+        select=_RUN_SUMMARY_SELECT,
+        source_count="count()",
+        source_filter="run_id IS NOT NULL",
+        rollup_count="sum(events)",
+    ),
+)
+ROLLUP_BY_TABLE = {r.table: r for r in ROLLUPS}
+
+
+def _rollup_tables(db: str) -> list[str]:
+    digest = f"AggregateFunction(quantilesTDigest({QUANTILES}), Float64)"
+    return [
+        f"""
+CREATE TABLE IF NOT EXISTS {db}.agent_minute
+(
+    tenant          LowCardinality(String),
+    agent_id        String,
+    minute          DateTime('UTC'),
+    type            LowCardinality(String),
+    events          SimpleAggregateFunction(sum, UInt64),
+    errors          SimpleAggregateFunction(sum, UInt64),
+    input_tokens    SimpleAggregateFunction(sum, UInt64),
+    output_tokens   SimpleAggregateFunction(sum, UInt64),
+    cost_usd        SimpleAggregateFunction(sum, Float64),
+    latency_ms      {digest}
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(minute)
+ORDER BY (tenant, agent_id, minute, type)
+""",
+        f"""
+CREATE TABLE IF NOT EXISTS {db}.tool_minute
+(
+    tenant          LowCardinality(String),
+    tool            LowCardinality(String),
+    minute          DateTime('UTC'),
+    calls           SimpleAggregateFunction(sum, UInt64),
+    failures        SimpleAggregateFunction(sum, UInt64),
+    duration_ms_sum SimpleAggregateFunction(sum, Float64),
+    duration_ms     {digest}
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(minute)
+ORDER BY (tenant, tool, minute)
+""",
+        f"""
+CREATE TABLE IF NOT EXISTS {db}.run_summary
+(
+    tenant          LowCardinality(String),
+    agent_id        String,
+    run_id          String,
+    events          SimpleAggregateFunction(sum, UInt64),
+    actions         SimpleAggregateFunction(sum, UInt64),
+    errors          SimpleAggregateFunction(sum, UInt64),
+    input_tokens    SimpleAggregateFunction(sum, UInt64),
+    output_tokens   SimpleAggregateFunction(sum, UInt64),
+    cost_usd        SimpleAggregateFunction(sum, Float64),
+    first_time      SimpleAggregateFunction(min, DateTime64(6, 'UTC')),
+    last_time       SimpleAggregateFunction(max, DateTime64(6, 'UTC')),
+    status          SimpleAggregateFunction(max, String),
+    goal            SimpleAggregateFunction(max, String)
+)
+ENGINE = AggregatingMergeTree
+ORDER BY (tenant, agent_id, run_id)
+""",
+    ]
+
+
+def rollup_select(rollup: Rollup, db: str, extra_filter: str | None = None) -> str:
+    """The rollup's SELECT over ``db.events``, optionally restricted (``extra_filter``)."""
+    if rollup.source_filter == "1":
+        where = f"WHERE {extra_filter}" if extra_filter else ""
+        return rollup.select.format(db=db, where=where)
+    and_where = f"AND ({extra_filter})" if extra_filter else ""
+    return rollup.select.format(db=db, and_where=and_where)
+
+
+def _views(db: str) -> list[str]:
+    return [
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{r.view} TO {db}.{r.table} AS "
+        + rollup_select(r, db)
+        for r in ROLLUPS
+    ]
+
+
+def _schema_version(db: str) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS {db}.schema_version
+(
+    version     UInt32,
+    description String,
+    applied_at  DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = MergeTree
+ORDER BY version
+"""
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "events, violations, episodes; rollups agent_minute, tool_minute, run_summary",
+        lambda db: [
+            _events(db),
+            _violations(db),
+            _episodes(db),
+            *_rollup_tables(db),
+            *_views(db),
+        ],
+    ),
+    Migration(
+        2, "agent_state: latest state per agent (from agent-state)", lambda db: [_agent_state(db)]
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+DATA_TABLES: tuple[str, ...] = (
+    "events",
+    "violations",
+    "episodes",
+    "agent_state",
+    *(r.table for r in ROLLUPS),
+)
+"""Tables that hold data (swapped by ``replace_live_with``); views follow them by name."""
+
+
+def bootstrap_sql(db: str) -> list[str]:
+    """What exists before any migration: the database and the version ledger."""
+    return [f"CREATE DATABASE IF NOT EXISTS {db}", _schema_version(db)]
+
+
+def rollup_rebuild_sql(rollup: Rollup, db: str, target: str, month: int | None) -> str:
+    """INSERT the rollup's rows (of one month of event time, or all) computed from events."""
+    where = f"toYYYYMM(e.time) = {int(month)}" if month is not None else None
+    return f"INSERT INTO {target} " + rollup_select(rollup, db, where)
+
+
+def source_counts_sql(rollup: Rollup, db: str) -> str:
+    """Per month (or in total, month 0) what the rollup should have counted."""
+    month = "toYYYYMM(time)" if rollup.month_column else "0"
+    return (
+        f"SELECT {month} AS month, {rollup.source_count} AS n FROM {db}.events "
+        f"WHERE {rollup.source_filter} GROUP BY month"
+    )
+
+
+def rollup_counts_sql(rollup: Rollup, db: str) -> str:
+    """Per month (or in total, month 0) what the rollup did count."""
+    month = f"toYYYYMM({rollup.month_column})" if rollup.month_column else "0"
+    return (
+        f"SELECT {month} AS month, {rollup.rollup_count} AS n "
+        f"FROM {db}.{rollup.table} GROUP BY month"
+    )
+
+
+class _Store(Protocol):
+    database: str
+
+    def command(self, sql: str) -> Any: ...
+
+    def schema_version(self) -> int: ...
+
+
+class SchemaTooNew(RuntimeError):
+    """The store was migrated by a newer version of this code."""
+
+
+def migrate(store: _Store, target: int = SCHEMA_VERSION) -> list[int]:
+    """Apply the migrations the store lacks, up to ``target``; return the versions applied.
+
+    Each migration's statements are idempotent, and its row in ``schema_version`` is written
+    after them: a crash in between re-runs that migration, harmlessly.
+    """
+    db = store.database
+    for sql in bootstrap_sql(db):
+        store.command(sql)
+    current = store.schema_version()
+    if current > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"analytics database {db} is at schema version {current}, this code knows up to "
+            f"{SCHEMA_VERSION} — upgrade agentstream, or rebuild the model into a new database"
+        )
+    applied: list[int] = []
+    for m in MIGRATIONS:
+        if current < m.version <= target:
+            for sql in m.statements(db):
+                store.command(sql)
+            description = m.description.replace("\\", "\\\\").replace("'", "\\'")
+            store.command(
+                f"INSERT INTO {db}.schema_version (version, description) "
+                f"VALUES ({m.version}, '{description}')"
+            )
+            applied.append(m.version)
+    return applied
