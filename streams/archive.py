@@ -53,6 +53,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from schemas.arrow import EVENT_ROW_SCHEMA, events_to_table
@@ -349,6 +350,8 @@ class SegmentWriter:
         self.compression = compression
         self.first_offset: int | None = None
         self.last_offset: int | None = None
+        self.first_raw = b""
+        self.last_raw = b""
         self.records = 0
         self.bytes = 0
         self.opened_at = time.monotonic()
@@ -361,10 +364,12 @@ class SegmentWriter:
         value: bytes = record.value or b""
         if self.first_offset is None:
             self.first_offset = record.offset
+            self.first_raw = value
             self.opened_at = time.monotonic()
-        elif record.offset <= (self.last_offset or -1):
+        elif self.last_offset is not None and record.offset <= self.last_offset:
             raise ValueError(f"offset {record.offset} is not after {self.last_offset}")
         self.last_offset = record.offset
+        self.last_raw = value
         if isinstance(outcome, InvalidEvent):
             key = (DLQ_DIR, bucket_of_ms(record.timestamp))
         else:
@@ -500,6 +505,8 @@ class ResumePlan:
     start_offsets: dict[int, int]  # partition -> next offset to read
     same_log: bool  # the live log is the archive's newest generation
     reason: str
+    last_raw: dict[int, bytes] = field(default_factory=dict)  # partition -> last archived bytes
+    last_offsets: dict[int, int] = field(default_factory=dict)  # partition -> last archived
 
 
 async def plan_resume(consumer: AIOKafkaConsumer, root: Path, topic: str = EVENTS) -> ResumePlan:
@@ -516,11 +523,14 @@ async def plan_resume(consumer: AIOKafkaConsumer, root: Path, topic: str = EVENT
         return ResumePlan(1, fresh, False, "empty archive")
     segments = [s for s in complete_segments(root) if s.generation == state.generation]
     last_segment = {s.partition: s for s in segments}  # sorted: the last one wins
+    last_raw: dict[int, bytes] = {}
     for p, last in sorted(state.last_offsets.items()):
         if p not in tps:
             return ResumePlan(state.generation + 1, fresh, False, f"partition {p} no longer exists")
         live = await fetch_record(consumer, tps[p], last)
         archived = read_record_bytes(root, last_segment[p], last)
+        if archived is not None:
+            last_raw[p] = archived
         if live is None:
             if begin[tps[p]] > last:  # deleted by retention: same log, older than its start
                 continue
@@ -544,7 +554,14 @@ async def plan_resume(consumer: AIOKafkaConsumer, root: Path, topic: str = EVENT
                 begin[tps[p]] - 1,
             )
         start[p] = max(last + 1, begin[tps[p]])
-    return ResumePlan(state.generation, start, True, "resuming the archive's generation")
+    return ResumePlan(
+        state.generation,
+        start,
+        True,
+        "resuming the archive's generation",
+        last_raw,
+        dict(state.last_offsets),
+    )
 
 
 # --- the archiver -------------------------------------------------------------------------
@@ -584,6 +601,8 @@ class ArchiverStats:
     generation: int = 0
     positions: dict[int, int] = field(default_factory=dict)  # partition -> next offset
     started: bool = False
+    resets: int = 0  # times the log was found reset under the running archiver
+    dropped: int = 0  # records of segments dropped because they may mix two logs (re-read)
 
 
 class Archiver:
@@ -591,6 +610,13 @@ class Archiver:
 
     One archiver per archive directory (enforced by a lock) reading every partition by
     manual assignment; the consumer group only carries commits, for lag monitoring.
+
+    A broker that restarts under a running archiver (the embedded, in-memory one) is
+    noticed in two ways: a partition's high watermark falls below the archiver's position,
+    or the check made before each segment is closed fails (the log's record just before
+    the segment, and the segment's first and last records, must still be the bytes the
+    archiver holds). Then it closes what it can vouch for, drops a segment that may mix
+    both logs, and starts the next generation from offset 0.
     """
 
     def __init__(
@@ -606,6 +632,7 @@ class Archiver:
         row_group_rows: int = 20_000,
         max_event_bytes: int | None = None,
         poll_ms: int = 200,
+        verify_deadline_s: float = 5.0,
     ) -> None:
         self.bootstrap, self.root, self.topic, self.group_id = bootstrap, root, topic, group_id
         self.max_segment_bytes = max_segment_bytes
@@ -613,9 +640,15 @@ class Archiver:
         self.max_segment_age_s = max_segment_age_s
         self.row_group_rows = row_group_rows
         self.poll_ms = poll_ms
+        self.verify_deadline_s = verify_deadline_s
         self.codec = EventCodec(max_event_bytes) if max_event_bytes else EventCodec()
         self.stats = ArchiverStats()
         self._open: dict[int, SegmentWriter] = {}
+        self._next: dict[int, int] = {}  # partition -> next offset to fetch
+        # partition -> (offset, bytes) of the last archived record: the anchors that tell
+        # whether the log is still the one this generation archived
+        self._anchors: dict[int, tuple[int, bytes]] = {}
+        self._reset = False
 
     async def run(self, stop: asyncio.Event) -> ArchiverStats:
         """Archive until ``stop`` is set; open segments are closed (made durable) on the way out."""
@@ -630,16 +663,28 @@ class Archiver:
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=4 << 20,
             )
-            await consumer.start()
             try:
-                plan = await plan_resume(consumer, self.root, self.topic)
-                log.info("archive: generation %d (%s)", plan.generation, plan.reason)
-                self.stats.generation = plan.generation
-                for p, off in plan.start_offsets.items():
-                    consumer.seek(TopicPartition(self.topic, p), off)
-                    self.stats.positions[p] = off
-                self.stats.started = True
-                await self._loop(consumer, plan.generation, stop)
+                await consumer.start()
+                while not stop.is_set():
+                    plan = await plan_resume(consumer, self.root, self.topic)
+                    log.info("archive: generation %d (%s)", plan.generation, plan.reason)
+                    self.stats.generation = plan.generation
+                    self._anchors = {
+                        p: (off, plan.last_raw[p])
+                        for p, off in plan.last_offsets.items()
+                        if p in plan.last_raw
+                    }
+                    self._next = dict(plan.start_offsets)
+                    for p, off in plan.start_offsets.items():
+                        consumer.seek(TopicPartition(self.topic, p), off)
+                        self.stats.positions[p] = off
+                    self.stats.started = True
+                    self._reset = False
+                    await self._loop(consumer, plan.generation, stop)
+                    if not self._reset:
+                        break
+                    self.stats.resets += 1
+                    log.warning("archive: the log was reset under the archiver; new generation")
             finally:
                 for seg in self._open.values():
                     seg.abort()
@@ -648,46 +693,115 @@ class Archiver:
         return self.stats
 
     async def _loop(self, consumer: AIOKafkaConsumer, generation: int, stop: asyncio.Event) -> None:
-        while not stop.is_set():
+        while not stop.is_set() and not self._reset:
             batches = await consumer.getmany(timeout_ms=self.poll_ms, max_records=20_000)
             for tp, records in sorted(batches.items()):
-                seg = self._open.get(tp.partition)
+                p = tp.partition
+                seg = self._open.get(p)
                 for rec in records:
                     if seg is None:
-                        seg = SegmentWriter(
-                            self.root, generation, tp.partition, self.row_group_rows
-                        )
-                        self._open[tp.partition] = seg
+                        seg = SegmentWriter(self.root, generation, p, self.row_group_rows)
+                        self._open[p] = seg
                     try:
                         outcome: Event | InvalidEvent = self.codec.decode(rec.value or b"")
                     except InvalidEvent as err:
                         outcome = err
                         self.stats.invalid += 1
                     seg.add(rec, outcome)
+                    self._next[p] = rec.offset + 1
                     self.stats.records += 1
                     if (
                         seg.bytes >= self.max_segment_bytes
                         or seg.records >= self.max_segment_records
                     ):
-                        await self._close(consumer, tp.partition)
+                        await self._close(consumer, p)
                         seg = None
+            for tp in consumer.assignment():
+                hw = consumer.highwater(tp)
+                if hw is not None and hw < self._next.get(tp.partition, 0):
+                    self._reset = True  # the log is shorter than what we read: a new log
             now = time.monotonic()
             for p, seg in list(self._open.items()):
-                if now - seg.opened_at >= self.max_segment_age_s:
+                if self._reset or now - seg.opened_at >= self.max_segment_age_s:
                     await self._close(consumer, p)
         for p in list(self._open):
             await self._close(consumer, p)
 
     async def _close(self, consumer: AIOKafkaConsumer, partition: int) -> None:
         seg = self._open.pop(partition)
-        files = await asyncio.to_thread(seg.close)
-        if not files or seg.last_offset is None:
+        if seg.first_offset is None or seg.last_offset is None:
             return
+        keep = await self._vouch(consumer, partition, seg)
+        if not keep:
+            seg.abort()
+            self.stats.dropped += seg.records
+            log.error(
+                "archive: dropped segment p%d o%d..o%d: it may mix two incarnations of the log",
+                partition,
+                seg.first_offset,
+                seg.last_offset,
+            )
+            return
+        files = await asyncio.to_thread(seg.close)
         self.stats.segments += 1
         self.stats.files += len(files)
         self.stats.positions[partition] = seg.last_offset + 1
-        # durable first, then the commit: the commit is only for lag monitoring anyway
-        await consumer.commit({TopicPartition(self.topic, partition): seg.last_offset + 1})
+        self._anchors[partition] = (seg.last_offset, seg.last_raw)
+        # durable first, then the commit (it only serves lag monitoring: files are the truth)
+        with contextlib.suppress(KafkaError):
+            await consumer.commit({TopicPartition(self.topic, partition): seg.last_offset + 1})
+
+    async def _vouch(self, consumer: AIOKafkaConsumer, partition: int, seg: SegmentWriter) -> bool:
+        """May this segment be archived under its generation? Notes a log reset on the way.
+
+        First: is the log still the one this generation archived? Every partition's last
+        archived record (the anchors) must still be there, byte for byte. If so, the
+        segment's first and last records must be too. If the log was replaced: logs only
+        grow and the archiver reads sequentially, so when the new log does not hold the
+        segment's last record (or holds other bytes there) everything in the segment came
+        from the old log -> keep; otherwise the segment may be (partly) from the new log
+        -> drop it (the next generation re-reads it).
+        """
+        assert seg.first_offset is not None and seg.last_offset is not None
+        tp = TopicPartition(self.topic, partition)
+        try:
+            # the checks fetch from several partitions: put every position back afterwards
+            positions = {t: await consumer.position(t) for t in consumer.assignment()}
+            try:
+                return await self._vouch_at(consumer, tp, seg)
+            finally:
+                for t, offset in positions.items():
+                    consumer.seek(t, offset)
+        except (TimeoutError, KafkaError) as err:
+            # the broker does not answer: what we hold came from the log we were reading
+            log.warning(
+                "archive: cannot verify p%d against the log (%s); keeping it", partition, err
+            )
+            return True
+
+    async def _vouch_at(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, seg: SegmentWriter
+    ) -> bool:
+        assert seg.first_offset is not None and seg.last_offset is not None
+        deadline = self.verify_deadline_s
+
+        async def holds(t: TopicPartition, offset: int, raw: bytes) -> bool:
+            rec = await fetch_record(consumer, t, offset, deadline)
+            return rec is not None and rec.value == raw
+
+        same_log = True
+        for p, (offset, raw) in sorted(self._anchors.items()):
+            anchor_tp = tp if p == tp.partition else TopicPartition(self.topic, p)
+            if not await holds(anchor_tp, offset, raw):
+                same_log = False
+                break
+        if same_log:
+            same_log = await holds(tp, seg.first_offset, seg.first_raw)
+        last_there = await holds(tp, seg.last_offset, seg.last_raw)
+        if same_log and last_there:
+            return True
+        self._reset = True
+        return not last_there
 
 
 async def run_archiver(
