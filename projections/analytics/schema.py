@@ -193,7 +193,7 @@ _AGENT_MINUTE_SELECT = f"""
 SELECT
     e.tenant AS tenant,
     e.agent_id AS agent_id,
-    toStartOfMinute(e.time) AS minute,
+    toDateTime64(toStartOfMinute(e.time), 0, 'UTC') AS minute,
     e.type AS type,
     count() AS events,
     countIf(startsWith(e.type, '{COMPLETED_PREFIX}') AND e.status = 'error') AS errors,
@@ -211,7 +211,7 @@ _TOOL_MINUTE_SELECT = f"""
 SELECT
     e.tenant AS tenant,
     assumeNotNull(e.tool) AS tool,
-    toStartOfMinute(e.time) AS minute,
+    toDateTime64(toStartOfMinute(e.time), 0, 'UTC') AS minute,
     count() AS calls,
     countIf(e.status = 'error') AS failures,
     sum(ifNull(e.latency_ms, 0)) AS duration_ms_sum,
@@ -284,7 +284,7 @@ CREATE TABLE IF NOT EXISTS {db}.agent_minute
 (
     tenant          LowCardinality(String),
     agent_id        String,
-    minute          DateTime('UTC'),
+    minute          DateTime64(0, 'UTC'),
     type            LowCardinality(String),
     events          SimpleAggregateFunction(sum, UInt64),
     errors          SimpleAggregateFunction(sum, UInt64),
@@ -302,7 +302,7 @@ CREATE TABLE IF NOT EXISTS {db}.tool_minute
 (
     tenant          LowCardinality(String),
     tool            LowCardinality(String),
-    minute          DateTime('UTC'),
+    minute          DateTime64(0, 'UTC'),
     calls           SimpleAggregateFunction(sum, UInt64),
     failures        SimpleAggregateFunction(sum, UInt64),
     duration_ms_sum SimpleAggregateFunction(sum, Float64),

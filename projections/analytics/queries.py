@@ -1,0 +1,197 @@
+"""The named-query library: the questions analysts ask most, as reviewed SQL.
+
+Each query reads the rollups where it can (fast on any history size) and takes
+ClickHouse query parameters (``{name:Type}``) with defaults. docs/analytics.md shows each
+one's SQL; ``agentstream query --list`` lists them, ``--named NAME --param k=v`` runs one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Param:
+    type: str  # ClickHouse type of the {name:Type} placeholder
+    default: str
+    help: str
+
+
+@dataclass(frozen=True)
+class NamedQuery:
+    name: str
+    title: str
+    sql: str
+    params: Mapping[str, Param] = field(default_factory=dict)
+
+    def bind(self, given: Mapping[str, object] | None = None) -> dict[str, object]:
+        """Defaults overlaid with ``given``; unknown names are an error."""
+        given = dict(given or {})
+        unknown = set(given) - set(self.params)
+        if unknown:
+            accepted = ", ".join(sorted(self.params)) or "none"
+            raise KeyError(
+                f"query {self.name!r} has no parameter(s) {', '.join(sorted(unknown))} "
+                f"(accepted: {accepted})"
+            )
+        return {k: given.get(k, p.default) for k, p in self.params.items()}
+
+
+_LIMIT = Param("UInt32", "20", "rows to return")
+
+AGENT_LEADERBOARD = NamedQuery(
+    "agent_leaderboard",
+    "Agents ranked by action success rate, with their cost and tokens",
+    """
+SELECT
+    m.tenant AS tenant,
+    m.agent_id AS agent_id,
+    sum(m.events) AS events,
+    sumIf(m.events, startsWith(m.type, 'agent.act.completed.')) AS actions,
+    sum(m.errors) AS failed_actions,
+    round(if(actions = 0, NULL, 1 - failed_actions / actions), 4) AS success_rate,
+    sum(m.input_tokens) + sum(m.output_tokens) AS tokens,
+    round(sum(m.cost_usd), 6) AS cost_usd,
+    max(m.minute) AS last_active
+FROM agent_minute AS m
+GROUP BY tenant, agent_id
+ORDER BY success_rate DESC NULLS LAST, cost_usd ASC, agent_id
+LIMIT {limit:UInt32}
+""",
+    {"limit": _LIMIT},
+)
+
+EVENT_TYPE_TREND = NamedQuery(
+    "event_type_trend",
+    "Events per type per time bucket over the most recent hours of data",
+    """
+SELECT
+    toDateTime64(toStartOfInterval(m.minute, toIntervalMinute({bucket_minutes:UInt32})), 0, 'UTC')
+        AS bucket,
+    m.type AS type,
+    sum(m.events) AS events
+FROM agent_minute AS m
+WHERE m.minute > (SELECT max(minute) FROM agent_minute) - toIntervalHour({hours:UInt32})
+GROUP BY bucket, type
+ORDER BY bucket, type
+""",
+    {
+        "bucket_minutes": Param("UInt32", "60", "bucket width in minutes"),
+        "hours": Param("UInt32", "24", "hours back from the newest event"),
+    },
+)
+
+_TOOLS_SELECT = """
+SELECT
+    t.tenant AS tenant,
+    t.tool AS tool,
+    sum(t.calls) AS calls,
+    sum(t.failures) AS failures,
+    round(failures / calls, 4) AS failure_rate,
+    quantilesTDigestMerge(0.5, 0.95, 0.99)(t.duration_ms) AS q,
+    round(toFloat64(q[1]), 1) AS p50_ms,
+    round(toFloat64(q[2]), 1) AS p95_ms,
+    round(toFloat64(q[3]), 1) AS p99_ms,
+    round(sum(t.duration_ms_sum) / calls, 1) AS mean_ms
+FROM tool_minute AS t
+GROUP BY tenant, tool
+HAVING calls >= {min_calls:UInt32}
+"""
+
+SLOWEST_TOOLS = NamedQuery(
+    "slowest_tools",
+    "Tools by p95 duration (t-digest estimate), with call and failure counts",
+    "SELECT * EXCEPT q FROM (" + _TOOLS_SELECT + ")\nORDER BY p95_ms DESC, tool\n"
+    "LIMIT {limit:UInt32}\n",
+    {"limit": _LIMIT, "min_calls": Param("UInt32", "1", "ignore tools with fewer calls")},
+)
+
+LEAST_RELIABLE_TOOLS = NamedQuery(
+    "least_reliable_tools",
+    "Tools by failure rate (failed calls / calls)",
+    "SELECT * EXCEPT q FROM (" + _TOOLS_SELECT + ")\nORDER BY failure_rate DESC, calls DESC, "
+    "tool\nLIMIT {limit:UInt32}\n",
+    {"limit": _LIMIT, "min_calls": Param("UInt32", "1", "ignore tools with fewer calls")},
+)
+
+COST_PER_RUN = NamedQuery(
+    "cost_per_run",
+    "Runs by cost, with tokens, actions, errors, duration and outcome",
+    """
+SELECT
+    r.tenant AS tenant,
+    r.agent_id AS agent_id,
+    r.run_id AS run_id,
+    if(max(r.status) = '', 'running', max(r.status)) AS status,
+    round(sum(r.cost_usd), 6) AS cost_usd,
+    sum(r.input_tokens) AS input_tokens,
+    sum(r.output_tokens) AS output_tokens,
+    sum(r.actions) AS actions,
+    sum(r.errors) AS errors,
+    sum(r.events) AS events,
+    min(r.first_time) AS started,
+    round(dateDiff('millisecond', started, max(r.last_time)) / 1000, 3) AS duration_s,
+    max(r.goal) AS goal
+FROM run_summary AS r
+GROUP BY tenant, agent_id, run_id
+ORDER BY cost_usd DESC, run_id
+LIMIT {limit:UInt32}
+""",
+    {"limit": _LIMIT},
+)
+
+VIOLATIONS_BY_CATEGORY = NamedQuery(
+    "violations_by_category",
+    "Expectation violations per category: how many, how many agents and runs",
+    """
+SELECT
+    category,
+    count() AS violations,
+    uniqExact(agent_id) AS agents,
+    uniqExact(run_id) AS runs,
+    min(time) AS first_seen,
+    max(time) AS last_seen
+FROM violations FINAL
+GROUP BY category
+ORDER BY violations DESC, category
+""",
+)
+
+FAILED_RUNS = NamedQuery(
+    "failed_runs",
+    "The most recent failed runs and the last events of each",
+    """
+WITH failed AS
+(
+    SELECT tenant, agent_id, run_id, max(last_time) AS finished
+    FROM run_summary
+    GROUP BY tenant, agent_id, run_id
+    HAVING max(status) = 'failed'
+    ORDER BY finished DESC
+    LIMIT {runs:UInt32}
+)
+SELECT run_id, agent_id, time, type, tool, status, summary
+FROM events
+WHERE (tenant, agent_id, run_id) IN (SELECT tenant, agent_id, run_id FROM failed)
+ORDER BY run_id, time DESC
+LIMIT {events_per_run:UInt32} BY run_id
+""",
+    {
+        "runs": Param("UInt32", "10", "how many failed runs"),
+        "events_per_run": Param("UInt32", "5", "last events shown per run"),
+    },
+)
+
+NAMED_QUERIES: dict[str, NamedQuery] = {
+    q.name: q
+    for q in (
+        AGENT_LEADERBOARD,
+        EVENT_TYPE_TREND,
+        SLOWEST_TOOLS,
+        LEAST_RELIABLE_TOOLS,
+        COST_PER_RUN,
+        VIOLATIONS_BY_CATEGORY,
+        FAILED_RUNS,
+    )
+}
