@@ -1,5 +1,6 @@
 """The memory projection: episode -> record mapping, revisions, idempotent replay, and the
-end-to-end path from agent events on the broker to a recall that finds the right episode."""
+end-to-end path: agent events on the broker -> the stream processor -> agent-episodes ->
+the memory projection on the runner -> a recall that finds the right episode."""
 
 from __future__ import annotations
 
@@ -26,14 +27,13 @@ from projections.memory.projection import (
 from projections.memory.recall import recall
 from projections.memory.store import MemoryStore
 from projections.runner import ProjectionRunner, Record, wait_until
-from schemas.codec import decode_event
-from schemas.derived import Episode, encode_derived
+from schemas.derived import Episode, decode_episode, encode_derived
 from schemas.envelope import Event
 from schemas.ids import Uuid7Generator
-from schemas.topics import EPISODES, EVENTS
+from schemas.topics import EPISODES
 from streams.emitter import EventFactory
+from streams.processor import build_app
 from streams.producer import EventProducer
-from streams.reducer import fold
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -88,14 +88,15 @@ def test_metadata_has_every_key_flat_and_explicit_empties() -> None:
     assert meta["revision"] == 0
 
 
-def test_document_is_the_situation_plus_the_lesson() -> None:
-    assert episode_document(episode()) == "the nightly backup job ran out of disk space"
+def test_document_is_situation_lesson_then_action() -> None:
+    action = 'Action: shell {"cmd":"backup.sh"}'
+    assert episode_document(episode()) == f"the nightly backup job ran out of disk space\n{action}"
     with_lesson = episode(lesson="prune old snapshots before the backup")
     assert episode_document(with_lesson) == (
         "the nightly backup job ran out of disk space\n"
-        "Lesson: prune old snapshots before the backup"
+        f"Lesson: prune old snapshots before the backup\n{action}"
     )
-    assert episode_document(episode(situation="  ")) == 'shell {"cmd":"backup.sh"}'
+    assert episode_document(episode(situation="  ")) == action
 
 
 def test_latest_keeps_the_highest_revision_and_the_last_of_equals() -> None:
@@ -152,7 +153,7 @@ def test_a_lesson_revision_replaces_the_whole_record(store: MemoryStore) -> None
     assert got.metadata["run_id"] == ""
     assert got.metadata["lesson"] == "prune old snapshots before the backup"
     assert got.metadata["event_ids"] == "e1,e2,e3,e4"
-    assert got.document.endswith("Lesson: prune old snapshots before the backup")
+    assert "Lesson: prune old snapshots before the backup" in got.document
 
     # a replay delivers revision 0 again: the stored revision 1 is kept
     plan = proj.apply_episodes([episode(revision=0)])
@@ -259,19 +260,20 @@ async def read_topic(
         await consumer.stop()
 
 
-async def events_to_episodes(bootstrap: str, n_events: int) -> list[Episode]:
-    """The processor's job: fold the logged events with the reducer, publish the episodes."""
-    raw = await read_topic(bootstrap, EVENTS, n_events)
-    assert len(raw) == n_events
-    # key = agent id: one agent's events sit on one partition, in log order
-    events = [decode_event(v) for v in raw]
-    _, derived = fold(events)
-    episodes = [d for d in derived if isinstance(d, Episode)]
-    async with EventProducer(bootstrap, topic=EPISODES) as producer:
-        for ep in episodes:
-            await producer.send_raw(ep.agent_id, encode_derived(ep))
-        await producer.flush()
-    return episodes
+async def process_events(bootstrap: str, data_dir: Path, n_episodes: int) -> list[Episode]:
+    """Run the real stream processor (streams.processor, faust) until it has published
+    ``n_episodes`` episode records; return them as read back from ``agent-episodes``."""
+    processor = build_app(bootstrap=bootstrap, data_dir=data_dir, use_table=False)
+    stop = asyncio.Event()
+    task = asyncio.create_task(processor.run(stop))
+    try:
+        ok = await wait_until(lambda: processor.stats.episodes >= n_episodes, timeout_s=120)
+        assert ok, processor.stats
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+    raw = await read_topic(bootstrap, EPISODES, n_episodes)
+    return [decode_episode(v) for v in raw]
 
 
 async def run_until_caught_up(runner: ProjectionRunner, expect_count: int) -> None:
@@ -288,13 +290,15 @@ async def run_until_caught_up(runner: ProjectionRunner, expect_count: int) -> No
         await asyncio.wait_for(task, 60)
 
 
-async def test_events_to_recall_end_to_end_and_replay_is_idempotent(kafka, store: MemoryStore):
+async def test_events_to_recall_end_to_end_and_replay_is_idempotent(
+    kafka, store: MemoryStore, tmp_path: Path
+):
     events = simulated_events()
     async with EventProducer(kafka.bootstrap) as producer:
         await producer.send_many(events)
         await producer.flush()
-    episodes = await events_to_episodes(kafka.bootstrap, len(events))
     # one episode per scenario, emitted twice: at the outcome and again with the lesson
+    episodes = await process_events(kafka.bootstrap, tmp_path / "processor", 2 * len(SCENARIOS))
     assert len(episodes) == 2 * len(SCENARIOS)
     distinct = {e.episode_id for e in episodes}
     assert len(distinct) == len(SCENARIOS)
