@@ -444,17 +444,19 @@ class StreamProcessor:
             key_serializer="raw",
             value_serializer="raw",
         )
-        raw = faust.Schema(
-            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        # value bytes in, decoded by EventCodec (not per-event faust Records)
+        self.events_topic = self.app.topic(
+            EVENTS, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
         )
-        self.events_topic = self.app.topic(EVENTS, schema=raw)
         self.table = (
             self.app.Table(
                 TABLE_NAME,
                 default=None,
                 partitions=partitions,
                 use_partitioner=True,  # batches mix partitions: route changelog by key
-                schema=raw,
+                schema=faust.Schema(
+                    key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+                ),
                 help="latest AgentState JSON per agent id (mirror; see docs/processing.md)",
             )
             if use_table
@@ -462,22 +464,44 @@ class StreamProcessor:
         )
         self._max_batch = max_batch
         self._batch_wait_s = batch_wait_s
-        self.app.agent(self.events_topic, name="advance-agents")(self._agent)
+
+        async def advance_agents(stream: Any) -> None:
+            await self._agent(stream)
+
+        self.app.agent(self.events_topic, name="advance-agents")(advance_agents)
 
     async def _agent(self, stream: Any) -> None:
+        """The one faust agent on agent-events.
+
+        ``take_events`` acks a batch in a ``finally``, even when the body raised or was
+        cancelled. Each message gets one extra reference first, dropped only after its
+        outputs are published: a batch that did not finish is never acked, so never
+        committed, and is redelivered after a restart.
+        """
         async for events in stream.take_events(self._max_batch, within=self._batch_wait_s):
-            records = [
-                InRecord(
-                    m.topic,
-                    m.partition,
-                    m.offset,
-                    m.key,
-                    m.value,
-                    int(m.timestamp * 1000) if m.timestamp else None,
-                )
-                for m in (e.message for e in events)
-            ]
-            await self.handle(records)
+            for e in events:
+                e.message.incref()
+            try:
+                await self._handle_events(events)
+            except Exception:
+                log.exception("batch of %d events failed; stopping the worker", len(events))
+                raise
+            for e in events:
+                e.message.decref()
+
+    async def _handle_events(self, events: Sequence[Any]) -> None:
+        records = [
+            InRecord(
+                m.topic,
+                m.partition,
+                m.offset,
+                m.key,
+                m.value,
+                int(m.timestamp * 1000) if m.timestamp else None,
+            )
+            for m in (e.message for e in events)
+        ]
+        await self.handle(records)
 
     async def handle(self, records: Sequence[InRecord]) -> BatchOutput:
         """Process one batch end to end: rebuild if needed, reduce, publish, mirror."""
@@ -512,14 +536,25 @@ class StreamProcessor:
     def _check_table(self, partitions: Iterable[int]) -> None:
         """Compare what faust recovered into the table with the rebuilt truth; correct it."""
         assert self.table is not None
+        checked = mismatched = 0
         for p in partitions:
             for agent in self.core.agents_in(p):
                 truth = encode_state(self.core.states[agent])
                 key = agent.encode()
-                self.stats.table_checked += 1
+                checked += 1
                 if self.table.get(key) != truth:
-                    self.stats.table_mismatched += 1
+                    mismatched += 1
                     self.table[key] = truth
+        self.stats.table_checked += checked
+        self.stats.table_mismatched += mismatched
+        if checked:
+            log.info(
+                "faust table vs rebuilt state for partitions %s: %d agents, %d missing or "
+                "stale in the table (corrected)",
+                sorted(partitions),
+                checked,
+                mismatched,
+            )
 
     async def _publish(self, out: BatchOutput) -> None:
         records = out.records()
