@@ -44,13 +44,16 @@ class FalkorDBStore:
         if not graph:
             raise GraphStoreError("empty graph name", "set AGENTSTREAM_GRAPH_NAME")
         self.host, self.port, self.graph = host, port, graph
-        self._db = FalkorDB(
-            host=host,
-            port=port,
-            password=password,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=5.0,
-        )
+        try:  # the client connects at once (it asks the server whether it is a sentinel)
+            self._db = FalkorDB(
+                host=host,
+                port=port,
+                password=password,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=5.0,
+            )
+        except redis.exceptions.ConnectionError as err:
+            raise self._unavailable(err) from err
         self._g = self._db.select_graph(graph)
 
     @classmethod
