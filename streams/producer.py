@@ -572,8 +572,10 @@ class EventProducer:
 def _describe(err: BaseException | None) -> str:
     if err is None:
         return "no answer"
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+    name, text = type(err).__name__, str(err).strip()
+    if not text:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"
 
 
 class SyncEventProducer:

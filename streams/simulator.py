@@ -417,6 +417,48 @@ SCENARIOS: dict[str, Scenario] = {
             mismatch_actual="found two conflicting conventions, no clear answer",
         ),
         _S(
+            "hardcoded-secret",
+            ("reviewer",),
+            "search_code",
+            {"query": "api_key =", "repo": "shop"},
+            "no secrets in the diff",
+            (
+                "The patch under review contains what looks like a live API key assigned to a "
+                "module-level constant in the payment client.",
+                "Reviewing the change turns up a credential committed in plain text: the "
+                "partner token is hard-coded instead of read from the secret store.",
+                "A secret slipped into the diff: the HTTP client sets an Authorization header "
+                "from a string literal that matches the production key format.",
+            ),
+            "error: found 1 hard-coded credential in payments/client.py",
+            "SecretFound",
+            "Block merges that add credentials; load secrets from the environment or the "
+            "vault and rotate any key that was ever committed.",
+            failure_rate=0.5,
+        ),
+        _S(
+            "low-coverage",
+            ("reviewer", "tester"),
+            "run_tests",
+            {"path": "tests/", "args": ["--cov=src", "-q"]},
+            "coverage at least 80%",
+            (
+                "The new code paths have almost no tests: coverage of the orders module drops "
+                "well below the team's threshold after the change.",
+                "Review finds the feature merged without tests for its error branches, so the "
+                "coverage report for the touched files is low.",
+                "Coverage check on the pull request shows the added functions are mostly "
+                "untested, especially the pagination edge cases.",
+            ),
+            "ok but coverage 62% on changed files",
+            None,
+            "Ask for tests of the error branches and edge cases before approving; enforce "
+            "a coverage gate on changed lines.",
+            failure_rate=0.1,
+            mismatch_rate=0.6,
+            mismatch_actual="coverage 62% on changed files",
+        ),
+        _S(
             "read-code",
             ROLES,
             "read_file",
