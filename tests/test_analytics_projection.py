@@ -206,8 +206,8 @@ def test_crash_between_insert_and_commit_counts_once(kafka, url, sample, tmp_pat
             os._exit(17)  # the insert is durable, the offsets are not committed
 
         p.apply = apply_then_die
-        asyncio.run(run_projection(p, {kafka.bootstrap!r}, asyncio.Event(),
-                                   config=RunnerConfig(max_batch=800, max_wait_ms=200)))
+        config = RunnerConfig(max_batch=800, max_wait_ms=200, session_timeout_ms=6000)
+        asyncio.run(run_projection(p, {kafka.bootstrap!r}, asyncio.Event(), config=config))
         """
     )
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, timeout=240)
@@ -219,7 +219,9 @@ def test_crash_between_insert_and_commit_counts_once(kafka, url, sample, tmp_pat
     p = AnalyticsProjection(url)
     try:
         runner = ProjectionRunner(
-            p, kafka.bootstrap, config=RunnerConfig(max_batch=800, max_wait_ms=100)
+            p,
+            kafka.bootstrap,
+            config=RunnerConfig(max_batch=800, max_wait_ms=100, session_timeout_ms=6000),
         )
         asyncio.run(_run_until_caught_up(runner))
         assert runner.stats.applied == N  # nothing was committed: everything redelivered
