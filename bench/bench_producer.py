@@ -93,7 +93,10 @@ def raw_batch_trial(
                 batch = producer.create_batch()
                 for r in rs:
                     h = list(r.headers) if headers else []
-                    if batch.append(key=r.key, value=r.value, timestamp=r.timestamp_ms, headers=h) is None:
+                    if (
+                        batch.append(key=r.key, value=r.value, timestamp=r.timestamp_ms, headers=h)
+                        is None
+                    ):
                         futs.append(await producer.send_batch(batch, EVENTS, partition=p))
                         batch = producer.create_batch()
                         batch.append(key=r.key, value=r.value, timestamp=r.timestamp_ms, headers=h)
