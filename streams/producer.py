@@ -6,12 +6,12 @@ one agent's events land on one partition, in order; value = the event as CloudEv
 ``content-type``; record timestamp = the event's ``time`` in epoch milliseconds.
 
 Why not one ``AIOKafkaProducer.send()`` per event: that path costs ~12 µs of Python per
-record (70-85k/s on Tansu). :class:`EventProducer` keeps one lane per partition, lets
-records accumulate while the previous batch of that lane is in flight, and hands whole
-batches to aiokafka with ``create_batch``/``send_batch``. The partition of a key is
-computed exactly like aiokafka's default partitioner (murmur2 of the key bytes), so
-per-agent ordering is the same as on the plain path, and one lane submits its batches in
-order.
+record (70-85k/s on Tansu). :class:`EventProducer` keeps one lane per partition: ``send``
+encodes the event and appends it straight into the lane's open batch (aiokafka's
+``create_batch`` builder, which copies the bytes), and the lane's pump hands full or
+lingered batches to ``send_batch`` in order; while one batch is in flight the next one
+fills. The partition of a key is computed exactly like aiokafka's default partitioner
+(murmur2 of the key bytes), so per-agent ordering is the same as on the plain path.
 
 Guarantees:
 
@@ -31,6 +31,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
 
 from schemas.codec import DEFAULT_MAX_EVENT_BYTES
 from schemas.envelope import EVENT_CLASSES, Event
@@ -79,11 +82,7 @@ class ProducerError(RuntimeError):
 
 
 class OutgoingRecord(NamedTuple):
-    """One Kafka record as the SDK will write it.
-
-    A tuple of bytes on purpose: the garbage collector stops tracking such tuples, so a
-    buffer of 100k records costs no collector time (a dataclass + list would, measurably).
-    """
+    """One Kafka record as the SDK writes it (and hands back in ProducerError.undelivered)."""
 
     key: bytes | None
     value: bytes
@@ -104,21 +103,36 @@ class ProducerStats:
         return self.accepted - self.acknowledged - self.failed
 
 
-_Row = tuple[bytes | None, bytes, Headers, int | None]
-"""An OutgoingRecord as a plain tuple: what lanes hold (cheapest to build)."""
+class _Batch(NamedTuple):
+    """A closed batch waiting to ship, and how many records it holds."""
+
+    builder: BatchBuilder
+    count: int
 
 
 @dataclass(slots=True)
 class _Lane:
-    """Records waiting for one partition, and the pump task that ships them in order."""
+    """One partition: the open batch ``send`` appends to, full batches waiting to ship,
+    and the pump task that ships them in order."""
 
     partition: int
-    records: list[_Row] = field(default_factory=list)
-    nbytes: int = 0
+    builder: BatchBuilder | None = None
+    open_count: int = 0  # records in ``builder``
+    full: deque[_Batch] = field(default_factory=deque)
     accepted: int = 0  # records ever appended
     completed: int = 0  # records ever acknowledged or failed
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+
+
+def records_of(builder: BatchBuilder) -> list[OutgoingRecord]:
+    """Read the records back out of a batch (only needed when it failed)."""
+    out: list[OutgoingRecord] = []
+    records = MemoryRecords(bytes(builder._build()))
+    while (batch := records.next_batch()) is not None:
+        for r in batch:
+            out.append(OutgoingRecord(r.key, r.value, tuple(r.headers), r.timestamp))
+    return out
 
 
 _CE_TYPE: dict[type, tuple[str, bytes]] = {
@@ -213,7 +227,8 @@ class EventProducer:
         self._outstanding = 0  # accepted, not yet acknowledged or failed
         self._lanes: dict[int, _Lane] = {}
         self._round_robin = 0
-        self._pending: dict[asyncio.Future[Any], tuple[_Lane, list[_Row]]] = {}
+        self._pending: dict[asyncio.Future[Any], tuple[_Lane, _Batch]] = {}
+        self._flushing = 0  # flush() calls in progress: lanes skip lingering
         self._undelivered: list[OutgoingRecord] = []
         self._failure: BaseException | None = None
         self._progress = asyncio.Event()  # set whenever a batch completes
@@ -307,17 +322,21 @@ class EventProducer:
         """
         self._require_started()
         targets = [(lane, lane.accepted) for lane in self._lanes.values()]
-        for lane in self._lanes.values():
-            if lane.records:
-                lane.ready.set()
         deadline = time.monotonic() + self.delivery_timeout_ms / 1000
-        while (missing := sum(max(0, t - lane.completed) for lane, t in targets)) > 0:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._progress.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), timeout=remaining)
+        self._flushing += 1
+        try:
+            for lane in self._lanes.values():
+                if lane.open_count:
+                    lane.wake.set()
+            while (missing := sum(max(0, t - lane.completed) for lane, t in targets)) > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._progress.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress.wait(), timeout=remaining)
+        finally:
+            self._flushing -= 1
         self._raise_failures()
         if missing > 0:
             raise ProducerError(
@@ -353,16 +372,18 @@ class EventProducer:
             if lane.task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await lane.task
-            if lane.records:
-                self._delivered(lane, lane.records, closed)
-                lane.records, lane.nbytes = [], 0
+            while lane.full:
+                self._delivered(lane, lane.full.popleft(), closed)
+            if lane.builder is not None and lane.open_count:
+                self._delivered(lane, _Batch(lane.builder, lane.open_count), closed)
+            lane.builder, lane.open_count = None, 0
         producer, self._producer = self._producer, None
         with contextlib.suppress(Exception):
             await asyncio.wait_for(producer.stop(), timeout=self.delivery_timeout_ms / 1000)
-        for fut, (lane, chunk) in list(self._pending.items()):
+        for fut, (lane, batch) in list(self._pending.items()):
             if not fut.done():
                 del self._pending[fut]
-                self._delivered(lane, chunk, closed)
+                self._delivered(lane, batch, closed)
         if self._undelivered:
             undelivered, self._undelivered = self._undelivered, []
             raise ProducerError(
@@ -396,7 +417,8 @@ class EventProducer:
         ``max_event_bytes``, and :class:`ProducerError` when earlier events failed or the
         buffer stays full for ``delivery_timeout_ms``; in both cases ``event`` is not accepted.
         """
-        # the hot path: ~4 µs per event; everything slow lives in the helpers it calls
+        # the hot path: encode, then append straight into the partition's open batch (the
+        # bytes are copied there; no per-event object outlives this call)
         if self._undelivered or self._closing or self._producer is None:
             self._check_open()
         if self._outstanding >= self.buffer_events:
@@ -405,21 +427,13 @@ class EventProducer:
         if len(value) > self.max_event_bytes:
             raise _too_large(event, len(value), self.max_event_bytes)
         key = event.agentid.encode()
-        lane = self._lane_of.get(key) or self._lane_for(key)
-        lane.records.append(
-            (
-                key,
-                value,
-                (_CE_TYPE[type(event)], ("ce_id", event.id.encode()), _CONTENT_TYPE_HEADER),
-                (event.time - _EPOCH) // _MS,
-            )
+        self._append(
+            self._lane_of.get(key) or self._lane_for(key),
+            key,
+            value,
+            [_CE_TYPE[type(event)], ("ce_id", event.id.encode()), _CONTENT_TYPE_HEADER],
+            (event.time - _EPOCH) // _MS,
         )
-        lane.nbytes += len(value)
-        lane.accepted += 1
-        self._outstanding += 1
-        self.stats.accepted += 1
-        if not lane.ready.is_set():
-            lane.ready.set()
 
     async def send_many(self, events: Iterable[Event]) -> int:
         """Accept several events, in order; returns how many."""
@@ -436,12 +450,15 @@ class EventProducer:
         headers: Sequence[tuple[str, bytes]] | None = None,
         timestamp_ms: int | None = None,
     ) -> None:
-        """Accept bytes that are not validated (tests, dead-letter re-publishing)."""
+        """Accept bytes that are not validated (tests, dead-letter re-publishing).
+
+        A ``None`` key spreads records round-robin over the partitions.
+        """
         if isinstance(key, str):
             key = key.encode()
         if not isinstance(value, bytes) or not (key is None or isinstance(key, bytes)):
             raise TypeError("send_raw needs bytes for value and bytes, str or None for key")
-        hdrs = tuple((str(k), bytes(v)) for k, v in headers or ())
+        hdrs = [(str(k), bytes(v)) for k, v in headers or ()]
         if self._undelivered or self._closing or self._producer is None:
             self._check_open()
         if self._outstanding >= self.buffer_events:
@@ -451,13 +468,35 @@ class EventProducer:
             lane = self._lanes[self._partitions[self._round_robin % len(self._partitions)]]
         else:
             lane = self._lane_of.get(key) or self._lane_for(key)
-        lane.records.append((key, value, hdrs, timestamp_ms))
-        lane.nbytes += len(value)
+        self._append(lane, key, value, hdrs, timestamp_ms)
+
+    def _append(
+        self,
+        lane: _Lane,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        timestamp_ms: int | None,
+    ) -> None:
+        builder = lane.builder
+        if builder is None:
+            builder = lane.builder = self._new_batch()
+        if builder.append(timestamp=timestamp_ms, key=key, value=value, headers=headers) is None:
+            # full: queue it, start the next one (the first record of a batch always fits)
+            lane.full.append(_Batch(builder, lane.open_count))
+            builder = lane.builder = self._new_batch()
+            lane.open_count = 0
+            builder.append(timestamp=timestamp_ms, key=key, value=value, headers=headers)
+        lane.open_count += 1
         lane.accepted += 1
         self._outstanding += 1
         self.stats.accepted += 1
-        if not lane.ready.is_set():
-            lane.ready.set()
+        if not lane.wake.is_set():
+            lane.wake.set()
+
+    def _new_batch(self) -> BatchBuilder:
+        assert self._producer is not None
+        return self._producer.create_batch()
 
     def _check_open(self) -> None:
         self._require_started()
@@ -496,46 +535,33 @@ class EventProducer:
     # --- the lanes ---------------------------------------------------------------------
 
     async def _pump(self, lane: _Lane) -> None:
-        """Ship one partition's records in order, one batch after another."""
+        """Ship one partition's batches in order. While one is in flight the next fills."""
         linger = self.linger_ms / 1000
-        while True:
-            await lane.ready.wait()
-            if linger and lane.nbytes < self.max_batch_bytes:
-                await asyncio.sleep(linger)
-            lane.ready.clear()
-            records, lane.records, lane.nbytes = lane.records, [], 0
-            if records:
-                await self._ship(lane, records)
-
-    async def _ship(self, lane: _Lane, records: list[_Row]) -> None:
-        """Pack records into batches and queue them; every record ends up counted."""
         producer = self._producer
         assert producer is not None
-        start = 0
-        while start < len(records):
-            builder = producer.create_batch()
-            end = start
-            try:
-                while end < len(records):
-                    key, value, headers, ts = records[end]
-                    appended = builder.append(
-                        timestamp=ts, key=key, value=value, headers=list(headers)
+        while True:
+            await lane.wake.wait()
+            if linger and not lane.full and not self._flushing:
+                await asyncio.sleep(linger)
+            lane.wake.clear()
+            if lane.builder is not None and lane.open_count:
+                lane.full.append(_Batch(lane.builder, lane.open_count))
+                lane.builder, lane.open_count = None, 0
+            while lane.full:
+                batch = lane.full[0]
+                try:
+                    fut = await producer.send_batch(
+                        batch.builder, self.topic, partition=lane.partition
                     )
-                    if appended is None:
-                        break
-                    end += 1
-                chunk = records[start:end]
-                fut = await producer.send_batch(builder, self.topic, partition=lane.partition)
-            except asyncio.CancelledError:
-                self._delivered(lane, records[start:], asyncio.CancelledError("producer closed"))
-                raise
-            except Exception as err:  # any failure is reported, never lost
-                log.exception("producer lane %d failed to queue a batch", lane.partition)
-                self._delivered(lane, records[start:], err)
-                return
-            start = end
-            self._pending[fut] = (lane, chunk)
-            fut.add_done_callback(self._on_batch_done)
+                except asyncio.CancelledError:
+                    raise  # close() counts what is still in lane.full
+                except Exception as err:  # any failure is reported, never lost
+                    lane.full.popleft()
+                    self._delivered(lane, batch, err)
+                    continue
+                lane.full.popleft()
+                self._pending[fut] = (lane, batch)
+                fut.add_done_callback(self._on_batch_done)
 
     def _on_batch_done(self, fut: asyncio.Future[Any]) -> None:
         entry = self._pending.pop(fut, None)
@@ -545,14 +571,14 @@ class EventProducer:
         err = asyncio.CancelledError("delivery cancelled") if cancelled else fut.exception()
         self._delivered(*entry, err)
 
-    def _delivered(self, lane: _Lane, chunk: list[_Row], err: BaseException | None) -> None:
-        lane.completed += len(chunk)
-        self._outstanding -= len(chunk)
+    def _delivered(self, lane: _Lane, batch: _Batch, err: BaseException | None) -> None:
+        lane.completed += batch.count
+        self._outstanding -= batch.count
         if err is None:
-            self.stats.acknowledged += len(chunk)
+            self.stats.acknowledged += batch.count
         else:
-            self.stats.failed += len(chunk)
-            self._undelivered.extend(OutgoingRecord(*r) for r in chunk)
+            self.stats.failed += batch.count
+            self._undelivered.extend(records_of(batch.builder))
             self._failure = err
         self._progress.set()
 
