@@ -512,6 +512,7 @@ class ResumePlan:
 async def plan_resume(consumer: AIOKafkaConsumer, root: Path, topic: str = EVENTS) -> ResumePlan:
     """Decide the generation and per-partition start offsets by comparing archive and log."""
     state = archive_state(root)
+    await consumer.topics()  # metadata of every topic, without naming (creating) one
     partitions = sorted(consumer.partitions_for_topic(topic) or ())
     if not partitions:
         raise RuntimeError(f"topic {topic!r} has no partitions (does it exist?)")

@@ -312,6 +312,7 @@ class KafkaLogSource:
             await consumer.stop()
 
     async def _read(self, consumer: AIOKafkaConsumer) -> AsyncIterator[LogBatch]:
+        await consumer.topics()  # metadata of every topic, without naming (creating) one
         partitions = sorted(consumer.partitions_for_topic(self.topic) or ())
         if not partitions:
             raise RuntimeError(f"topic {self.topic!r} does not exist on {self.bootstrap}")
