@@ -300,3 +300,10 @@ def test_unreachable_server_and_unknown_scheme_are_clear_errors() -> None:
         open_client(f"http://{HOST}:{port}")
     with pytest.raises(MemoryStoreError, match="must be a directory or http"):
         open_client("chroma://somewhere")
+
+
+def test_a_reader_does_not_create_a_missing_embedded_store(tmp_path: Path, embedder) -> None:
+    where = tmp_path / "never-built"
+    with pytest.raises(MemoryStoreError, match=r"no memory store at .*never-built"):
+        MemoryStore.open(str(where), embedder, create=False)
+    assert not where.exists()

@@ -142,8 +142,12 @@ _lock = threading.Lock()
 _stores: dict[tuple[str, str, str | None, str], MemoryStore] = {}
 
 
-def default_store(settings: Settings | None = None) -> MemoryStore:
-    """The store the settings name (``AGENTSTREAM_CHROMA_URL`` etc.), opened once per process."""
+def default_store(settings: Settings | None = None, create: bool = False) -> MemoryStore:
+    """The store the settings name (``AGENTSTREAM_CHROMA_URL`` etc.), opened once per process.
+
+    ``create=False`` (readers): an embedded store must already exist; the projection
+    passes ``create=True``.
+    """
     from agentstream.settings import load_settings
     from projections.memory.embedding import load_embedder
 
@@ -154,7 +158,7 @@ def default_store(settings: Settings | None = None) -> MemoryStore:
         if store is None:
             embedder = load_embedder(s.embedding_model, s.embedding_device)
             store = _stores[key] = MemoryStore.open(
-                s.memory_location, embedder, s.memory_collection
+                s.memory_location, embedder, s.memory_collection, create=create
             )
         return store
 

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
@@ -104,8 +105,12 @@ def check_metadata(metadata: Mapping[str, object]) -> None:
             )
 
 
-def open_client(location: str) -> ClientAPI:
-    """``http(s)://host:port`` -> HttpClient; otherwise a directory -> PersistentClient."""
+def open_client(location: str, create: bool = True) -> ClientAPI:
+    """``http(s)://host:port`` -> HttpClient; otherwise a directory -> PersistentClient.
+
+    ``create=False`` refuses a directory that does not exist yet (a reader should not
+    leave an empty store behind where it expected one).
+    """
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
@@ -131,6 +136,11 @@ def open_client(location: str) -> ClientAPI:
     if url.scheme and len(url.scheme) > 1:  # e.g. chroma://, file:// — not a Windows drive
         raise MemoryStoreError(
             f"memory location {location!r} must be a directory or http(s)://host:port"
+        )
+    if not create and not Path(location).is_dir():
+        raise MemoryStoreError(
+            f"no memory store at {location} — run the memory projection "
+            "(`agentstream memory run`) first, or point AGENTSTREAM_CHROMA_URL at the store"
         )
     return chromadb.PersistentClient(path=location, settings=chroma_settings)
 
@@ -159,9 +169,14 @@ class MemoryStore:
 
     @classmethod
     def open(
-        cls, location: str, embedder: SentenceEmbedder, collection: str = DEFAULT_COLLECTION
+        cls,
+        location: str,
+        embedder: SentenceEmbedder,
+        collection: str = DEFAULT_COLLECTION,
+        create: bool = True,
     ) -> MemoryStore:
-        return cls(open_client(location), embedder, collection, location)
+        """``create=False``: an embedded store's directory must already exist."""
+        return cls(open_client(location, create), embedder, collection, location)
 
     def with_collection(self, name: str) -> MemoryStore:
         """The same backend and model, another collection (e.g. a rebuild's staging one)."""
@@ -258,7 +273,8 @@ class MemoryStore:
                     where = self.location or "the memory store"
                     raise MemoryStoreError(
                         f"{where} has no collection {self.name!r} — run the memory projection "
-                        "(it creates the collection) or check the collection name"
+                        "(`agentstream memory run` creates it) or check "
+                        "AGENTSTREAM_MEMORY_COLLECTION"
                     ) from None
                 time.sleep(0.01)
 
