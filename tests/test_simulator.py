@@ -254,3 +254,9 @@ def test_cli_simulate_unreachable_broker_is_one_line(monkeypatch):
     lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "cannot reach the Kafka broker" in lines[0]
     assert "agentstream up" in lines[0]
+
+
+def test_cli_simulate_rejects_a_start_without_zone():
+    result = CliRunner().invoke(app, ["simulate", "--start", "2026-01-01T00:00:00"])
+    assert result.exit_code == 1
+    assert "no time zone" in result.output

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
@@ -36,6 +37,10 @@ def simulate(
         float | None,
         typer.Option("--rate", min=0.001, help="pace at this many events/s", show_default=False),
     ] = None,
+    start: Annotated[
+        str,
+        typer.Option("--start", help="simulated start time, ISO 8601 with a zone"),
+    ] = "2026-01-01T00:00:00+00:00",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar")] = True,
 ) -> None:
     """Publish a deterministic, realistic multi-agent workload to the agent-events topic."""
@@ -53,9 +58,17 @@ def simulate(
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "settings"
         fail(f"settings: {where}: {first['msg']} — fix AGENTSTREAM_{where.upper()}")
+    try:
+        start_at = datetime.fromisoformat(start.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"--start {start!r} is not an ISO 8601 time — e.g. 2026-01-01T00:00:00Z")
+    if start_at.tzinfo is None:
+        fail(f"--start {start!r} has no time zone — add one, e.g. {start}Z")
     if runs is None:
         runs = 10 if events is None else None
-    config = SimulationConfig(agents=agents, runs=runs, seed=seed, max_events=events)
+    config = SimulationConfig(
+        agents=agents, runs=runs, seed=seed, max_events=events, start=start_at
+    )
     produced, seconds = asyncio.run(_publish(settings, config, rate, progress))
     per_s = produced / seconds if seconds > 0 else 0.0
     console.print(
