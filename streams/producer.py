@@ -265,6 +265,12 @@ class EventProducer:
         The topic must exist: on Tansu a metadata request for a missing topic creates it
         with 4 partitions (``agentstream up`` and ``streams.admin.ensure_topics`` create it).
         """
+        if self._producer is not None:
+            return  # already started
+        if self._closing:
+            raise ProducerError(
+                "this producer was closed; create a new one", bootstrap=self.bootstrap
+            )
         deadline = time.monotonic() + self.delivery_timeout_ms / 1000
         last: BaseException | None = None
         while True:

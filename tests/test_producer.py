@@ -134,6 +134,18 @@ async def test_too_large_event_is_refused_at_send(kafka):
         assert prod.stats.accepted == 0
 
 
+async def test_start_is_idempotent_and_a_closed_producer_cannot_restart(kafka):
+    prod = EventProducer(kafka.bootstrap)
+    await prod.start()
+    client = prod._producer
+    await prod.start()
+    assert prod._producer is client
+    await prod.close()
+    await prod.close()  # closing twice is harmless
+    with pytest.raises(ProducerError, match="closed"):
+        await prod.start()
+
+
 async def test_flush_waits_only_for_events_accepted_before_it(kafka):
     events = list(generate(SimulationConfig(agents=4, runs=None, max_events=600)))
     async with EventProducer(kafka.bootstrap, linger_ms=20) as prod:
