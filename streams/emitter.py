@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack, overload
 
 from schemas import payloads as p
 from schemas.envelope import ActionStartedEvent, Event, new_event
@@ -29,6 +29,16 @@ from streams.producer import EventProducer, SyncEventProducer
 
 Causes = Iterable[str | Event] | None
 """Event ids or events; ``None`` means "use the default"."""
+
+
+class Envelope(TypedDict, total=False):
+    """Per-call envelope options every helper accepts."""
+
+    causes: Causes  # default: the previous event (for action_completed: its start)
+    subject: str | None
+    time: datetime | None  # default: the emitter's clock
+    task_id: str | None  # default: the emitter's task_id
+
 
 _R = TypeVar("_R")
 
@@ -75,7 +85,7 @@ class _Builder(Generic[_R]):
         self.clock = clock
         self.last: Event | None = None
 
-    def _emit(self, data: p.Payload, **envelope: Any) -> _R:
+    def _emit(self, data: p.Payload, **envelope: Unpack[Envelope]) -> _R:
         raise NotImplementedError
 
     def build(
@@ -121,7 +131,7 @@ class _Builder(Generic[_R]):
         output_tokens: int = 0,
         latency_ms: float = 0.0,
         cost_usd: float = 0.0,
-        **envelope: Any,
+        **envelope: Unpack[Envelope],
     ) -> _R:
         data = p.Thought(
             text=text,
@@ -138,7 +148,7 @@ class _Builder(Generic[_R]):
         self,
         goal: str,
         steps: Sequence[p.PlanStep | Mapping[str, Any]],
-        **envelope: Any,
+        **envelope: Unpack[Envelope],
     ) -> _R:
         """Steps as PlanStep or dicts ``{"id", "description", "depends_on"}``."""
         built = [s if isinstance(s, p.PlanStep) else p.PlanStep(**s) for s in steps]
@@ -151,7 +161,7 @@ class _Builder(Generic[_R]):
         alternatives: Sequence[str] = (),
         confidence: float = 1.0,
         rationale: str | None = None,
-        **envelope: Any,
+        **envelope: Unpack[Envelope],
     ) -> _R:
         data = p.Decision(
             chosen=chosen,
@@ -170,7 +180,7 @@ class _Builder(Generic[_R]):
         *,
         expected: str | None = None,
         call_id: str | None = None,
-        **envelope: Any,
+        **envelope: Unpack[Envelope],
     ) -> _R:
         """``call_id`` defaults to a fresh ``call-<uuid7>`` (what links the completion)."""
         at = envelope.pop("time", None) or self.clock()
@@ -191,14 +201,14 @@ class _Builder(Generic[_R]):
         duration_ms: float | None = None,
         call_id: str | None = None,
         tool: str | None = None,
-        causes: Causes = None,
-        **envelope: Any,
+        **envelope: Unpack[Envelope],
     ) -> _R:
         """Complete ``started``. Without a start event pass ``call_id`` and ``tool``.
 
-        ``duration_ms`` defaults to the time since the start event.
+        ``duration_ms`` defaults to the time since the start event; ``causes`` to the start.
         """
         at = envelope.pop("time", None) or self.clock()
+        causes = envelope.pop("causes", None)
         if started is not None:
             if not isinstance(started, ActionStartedEvent):
                 raise TypeError(f"expected an action_started event, got {started.type}")
@@ -222,7 +232,12 @@ class _Builder(Generic[_R]):
         return self._emit(data, causes=causes, time=at, **envelope)
 
     def message(
-        self, to: str, text: str, *, conversation_id: str | None = None, **envelope: Any
+        self,
+        to: str,
+        text: str,
+        *,
+        conversation_id: str | None = None,
+        **envelope: Unpack[Envelope],
     ) -> _R:
         data = p.Message(to_agent=to, text=text, conversation_id=conversation_id)
         return self._emit(data, **envelope)
@@ -230,7 +245,13 @@ class _Builder(Generic[_R]):
     # --- learn -------------------------------------------------------------------------
 
     def lesson(
-        self, *, situation: str, action: str, outcome: str, insight: str, **envelope: Any
+        self,
+        *,
+        situation: str,
+        action: str,
+        outcome: str,
+        insight: str,
+        **envelope: Unpack[Envelope],
     ) -> _R:
         data = p.Lesson(situation=situation, action=action, outcome=outcome, insight=insight)
         return self._emit(data, **envelope)
@@ -241,7 +262,7 @@ class _Builder(Generic[_R]):
         *,
         source: Literal["human", "critic", "environment", "test", "self"] = "self",
         comment: str | None = None,
-        **envelope: Any,
+        **envelope: Unpack[Envelope],
     ) -> _R:
         return self._emit(p.Feedback(score=score, source=source, comment=comment), **envelope)
 
@@ -253,15 +274,17 @@ class _Builder(Generic[_R]):
         *,
         role: str | None = None,
         model: str | None = None,
-        **envelope: Any,
+        **envelope: Unpack[Envelope],
     ) -> _R:
         data = p.AgentStarted(name=name or self.agent_id, role=role, model=model)
         return self._emit(data, **envelope)
 
-    def agent_stopped(self, reason: str = "done", **envelope: Any) -> _R:
+    def agent_stopped(self, reason: str = "done", **envelope: Unpack[Envelope]) -> _R:
         return self._emit(p.AgentStopped(reason=reason), **envelope)
 
-    def run_started(self, goal: str, *, run_id: str | None = None, **envelope: Any) -> _R:
+    def run_started(
+        self, goal: str, *, run_id: str | None = None, **envelope: Unpack[Envelope]
+    ) -> _R:
         """Starts a run; ``run_id`` (if given) becomes this factory's run id from now on."""
         if run_id is not None:
             self.run_id = run_id
@@ -271,7 +294,7 @@ class _Builder(Generic[_R]):
         self,
         status: Literal["succeeded", "failed", "cancelled"],
         summary: str = "",
-        **envelope: Any,
+        **envelope: Unpack[Envelope],
     ) -> _R:
         return self._emit(p.RunFinished(status=status, summary=summary), **envelope)
 
@@ -279,7 +302,7 @@ class _Builder(Generic[_R]):
 class EventFactory(_Builder[Event]):
     """Builds one agent's events and returns them; remembers the last one for ``causes``."""
 
-    def _emit(self, data: p.Payload, **envelope: Any) -> Event:
+    def _emit(self, data: p.Payload, **envelope: Unpack[Envelope]) -> Event:
         return self.build(data, **envelope)
 
 
@@ -310,7 +333,7 @@ class AgentEmitter(_Builder[_R]):
         super().__init__(agent_id, **kwargs)
         self.producer = producer
 
-    def _emit(self, data: p.Payload, **envelope: Any) -> _R:
+    def _emit(self, data: p.Payload, **envelope: Unpack[Envelope]) -> _R:
         event = self.build(data, **envelope)
         if isinstance(self.producer, EventProducer):
             return self._send_async(event)  # type: ignore[return-value]
