@@ -160,4 +160,4 @@ def print_table(title: str, figures: Iterable[Figure]) -> None:
         base = _num(f.baseline) + (f" ({f.baseline_name})" if f.baseline_name else "")
         ratio = f"{f.ratio:.2f}x" if f.ratio is not None else "-"
         table.add_row(f.name, _num(f.value), f.unit, base, ratio, goal or "-", met)
-    Console().print(table)
+    Console(width=max(120, Console().width)).print(table)
