@@ -228,22 +228,37 @@ async def test_backpressure_bounds_unacknowledged_events(kafka):
 
 
 async def test_buffer_full_with_dead_broker_refuses_instead_of_growing(kafka):
-    prod = EventProducer(kafka.bootstrap, buffer_events=10, delivery_timeout_ms=1500)
+    """Also: failed (gzip-compressed) batches hand back the exact records that were sent."""
+    prod = EventProducer(
+        kafka.bootstrap, buffer_events=10, delivery_timeout_ms=1500, compression="gzip"
+    )
     await prod.start()
     kafka.process.stop()
     f = EventFactory("agent-bp")
+    sent = {}
     errors = []
     for i in range(50):
+        event = f.thought(f"t{i}", model="m")
         try:
-            await asyncio.wait_for(prod.send(f.thought(f"t{i}", model="m")), timeout=20)
+            await asyncio.wait_for(prod.send(event), timeout=20)
         except ProducerError as err:
             errors.append(err)
             break
+        sent[event.id] = event
     assert errors
     assert prod.stats.accepted <= 10 + len(errors[0].undelivered)
-    with pytest.raises(ProducerError):
+    with pytest.raises(ProducerError) as closing:
         await asyncio.wait_for(prod.close(), timeout=30)
-    assert prod.stats.accepted == prod.stats.acknowledged + prod.stats.failed
+    errors.append(closing.value)
+    assert prod.stats.accepted == prod.stats.acknowledged + prod.stats.failed == len(sent)
+    handed_back = [r for e in errors for r in e.undelivered]
+    assert len(handed_back) == len(sent)
+    codec = EventCodec()
+    for r in handed_back:
+        event = codec.decode(r.value)
+        assert event == sent[event.id]
+        assert r.key == b"agent-bp"
+        assert dict(r.headers)["ce_id"] == event.id.encode()
 
 
 # --- sync facade and emitter ----------------------------------------------------------------
