@@ -132,7 +132,8 @@ def _cell(v: Any) -> str:
     import datetime as dt
 
     if isinstance(v, dt.datetime):
-        return v.isoformat(sep=" ")
+        text = v.isoformat(sep=" ", timespec="milliseconds" if v.microsecond else "seconds")
+        return text.removesuffix("+00:00")
     if isinstance(v, float):
         return f"{v:.6g}" if abs(v) < 1e15 else repr(v)
     return str(_jsonable(v))

@@ -1,0 +1,152 @@
+"""``agentstream demo``: start everything, simulate, process, project, summarise.
+
+The work is :mod:`agentstream.demo`; this module draws the progress display and the
+summary, and turns failures into one-line errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Any
+
+import typer
+
+from agentstream.console import console, err_console, fail
+
+
+def demo(
+    events: Annotated[
+        int, typer.Option("--events", "-n", min=1, help="events to simulate")
+    ] = 50_000,
+    agents: Annotated[int, typer.Option("--agents", min=1, help="simulated agents")] = 12,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", help="simulator seed (default: a new one per run)"),
+    ] = None,
+    reset: Annotated[
+        bool,
+        typer.Option("--reset", help="stop the stack and delete the data directory first"),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="seconds to wait for catching up")
+    ] = 600.0,
+    keep_running: Annotated[
+        bool,
+        typer.Option("--keep-running", help="leave the stack the demo started running"),
+    ] = False,
+) -> None:
+    """Run the whole pipeline on simulated agents and summarise what the analytics hold."""
+    from pydantic import ValidationError
+
+    from agentstream.demo import DemoConfig, DemoError
+    from agentstream.settings import load_settings
+
+    for noisy in ("aiokafka", "faust", "mode", "projections.runner", "clickhouse_connect"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        settings = load_settings()
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        fail(f"settings: {where}: {first['msg']} — fix AGENTSTREAM_{where.upper()}")
+    config = DemoConfig(
+        events=events,
+        agents=agents,
+        seed=seed,
+        reset=reset,
+        timeout_s=timeout,
+        keep_running=keep_running,
+    )
+    try:
+        result = asyncio.run(_run_with_display(settings, config))
+    except DemoError as err:
+        fail(str(err))
+    _summary(result)
+
+
+async def _run_with_display(settings: Any, config: Any) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from agentstream.demo import Progress as DemoProgress
+    from agentstream.demo import run_demo
+
+    state = DemoProgress()
+    bar = Progress(
+        TextColumn("{task.description:<22}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+    tasks = {
+        "produced": bar.add_task("simulate + publish", total=config.events),
+        "processed": bar.add_task("stream processor", total=config.events),
+        "projected": bar.add_task("analytics projection", total=config.events),
+    }
+    status = bar.add_task("starting", total=None)
+
+    def tick(p: DemoProgress) -> None:
+        total = p.total or config.events
+        for name, task in tasks.items():
+            bar.update(task, completed=getattr(p, name), total=total)
+        bar.update(status, description=p.phase)
+
+    import signal
+
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # cancel: the demo cleans up what it started
+        loop.add_signal_handler(sig, main.cancel)  # type: ignore[union-attr]
+    with bar:
+        try:
+            return await run_demo(settings, config, state, tick)
+        except asyncio.CancelledError:
+            fail("interrupted — the demo stopped what it had started")
+
+
+def _summary(result: Any) -> None:
+    from agentstream.commands.query import plain_table, print_table
+
+    state = {
+        "fresh": "a fresh data directory",
+        "reused": "the existing data directory (earlier runs' data kept; --reset starts over)",
+        "reset": "a reset data directory",
+    }[result.data_dir_state]
+    secs = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
+    console.print(
+        f"[bold]demo done[/]: {result.produced} events simulated (seed {result.seed}) into "
+        f"{state}: {result.data_dir}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"analytics store: {result.events_in_store} events ({result.new_in_store} new from this "
+        f"run); projection in {result.projection_owner}; processor: {result.worker}; "
+        f"stack: {result.stack}; {secs}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    print_table(plain_table(result.by_type), "events by type", 50)
+    board = plain_table(result.leaderboard).select(
+        ["agent_id", "events", "actions", "failed_actions", "success_rate", "tokens", "cost_usd"]
+    )
+    print_table(board, "agent leaderboard (by action success rate)", 10)
+    print_table(plain_table(result.violations), "violations by category", 20)
+    console.print(
+        "\n[bold]query further[/] (the store is on disk: this works with the stack down too):\n"
+        "  agentstream query --list\n"
+        "  agentstream query --named failed_runs\n"
+        "  agentstream query --named slowest_tools --format csv\n"
+        '  agentstream query "SELECT agent_id, count() FROM events GROUP BY agent_id"\n'
+        '  python -c "from projections.analytics import connect; '
+        "print(connect().named('cost_per_run'))\"\n"
+        "  docs/analytics.md: every table, column and named query",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
