@@ -279,7 +279,16 @@ class MemoryTarget:
 
 
 class StateTarget:
-    """``agent-state``: publish the re-folded states that differ from the latest recorded."""
+    """``agent-state``: correct recorded states that the re-folded history contradicts.
+
+    The processor keeps publishing while a rebuild runs, so the rebuild's final states may
+    be older than what is recorded by the time it ends; publishing them blindly would move
+    agents back in time. Instead: the latest recorded state of each agent is read first;
+    when the fold reaches the event that state was recorded after (its ``last_event_id``),
+    the two must be equal. An agent whose recorded state differs there, or that has none,
+    gets the rebuilt state published, unless the processor has recorded a newer state for
+    it meanwhile (then that one, computed from the same log, stands).
+    """
 
     model = "state"
     topics: tuple[str, ...] = ()
@@ -287,12 +296,23 @@ class StateTarget:
 
     def __init__(self, bootstrap: str, build_name: str = "agent-state") -> None:
         self.bootstrap, self.build_name = bootstrap, build_name
+        self.recorded: dict[str, AgentState] = {}
+        self.watch: dict[str, str] = {}  # agent -> the event its recorded state follows
+        self.mismatched: set[str] = set()
         self.final: dict[str, AgentState] = {}
-        self.published = 0
         self.differing: list[str] = []
+        self.published = 0
 
     def prepare(self) -> None:
-        pass
+        from streams.state_reader import read_states
+
+        self.recorded = _run_coroutine(read_states(self.bootstrap))
+        self.watch = {a: s.last_event_id for a, s in self.recorded.items() if s.last_event_id}
+
+    def observe(self, agent: str, state: AgentState) -> None:
+        """Called by the fold right after the event in ``watch`` was applied for ``agent``."""
+        if state != self.recorded[agent]:
+            self.mismatched.add(agent)
 
     def apply(self, chunk: Chunk) -> None:
         pass
@@ -301,8 +321,15 @@ class StateTarget:
         from streams.state_reader import read_states
 
         self.final = states
-        recorded = _run_coroutine(read_states(self.bootstrap))
-        self.differing = sorted(a for a, s in states.items() if recorded.get(a) != s)
+        now = _run_coroutine(read_states(self.bootstrap))
+        differing = []
+        for agent in states:
+            before, latest = self.recorded.get(agent), now.get(agent)
+            if before is None and latest is None:
+                differing.append(agent)  # never recorded
+            elif agent in self.mismatched and latest == before:
+                differing.append(agent)  # recorded wrong, and nothing newer since
+        self.differing = sorted(differing)
 
     def switch(self) -> None:
         from schemas.state import encode_state
@@ -425,8 +452,8 @@ async def set_group_offsets(
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
+        session_timeout_ms=3000,  # the embedded broker makes a join wait half of it
+        heartbeat_interval_ms=500,
     )
     consumer.subscribe(list(topics))
     await consumer.start()
@@ -450,11 +477,14 @@ async def set_group_offsets(
 class _Folder:
     """Folds events into states and splits what they derive by the rebuild window."""
 
-    def __init__(self, options: RebuildOptions) -> None:
+    def __init__(self, options: RebuildOptions, targets: Sequence[Target]) -> None:
         self.config = options.reducer_config
         self.reducer = options.reducer
         self.states: dict[str, AgentState] = {}
         self.window = TimeWindow(options.from_ms, None)  # the `to` bound stops the reader
+        # targets that want to see a state right after a given event (StateTarget)
+        self.watchers = [t for t in targets if getattr(t, "watch", None) is not None]
+        self.watch: dict[str, list[tuple[str, Any]]] = {}
 
     def fold(self, batch: LogBatch) -> tuple[list[tuple[LogRecord, Event]], list[Derived], int]:
         """(events in the window, their derived records, valid events folded)."""
@@ -467,14 +497,24 @@ class _Folder:
             i = len(pairs)  # the window has not started in this partition yet
         derived: list[Derived] = []
         scratch: list[Derived] = []
-        states, config, reducer = self.states, self.config, self.reducer
+        states, config, reducer, watch = self.states, self.config, self.reducer, self.watch
         for n, (_, event) in enumerate(pairs):
             state = states.get(event.agentid)
             if state is None:
                 state = states[event.agentid] = initial_state(event)
             reducer(state, event, config, derived if n >= i else scratch)
             scratch.clear()
+            if watch and event.agentid in watch:
+                for event_id, target in watch[event.agentid]:
+                    if event_id == event.id:
+                        target.observe(event.agentid, state)
         return pairs[i:], derived, len(pairs)
+
+    def arm(self) -> None:
+        """Collect what the watchers want to see (after their prepare() ran)."""
+        for t in self.watchers:
+            for agent, event_id in t.watch.items():  # type: ignore[attr-defined]
+                self.watch.setdefault(agent, []).append((event_id, t))
 
 
 async def rebuild(
@@ -500,7 +540,8 @@ async def rebuild(
         derived_hw = await capture_high_watermarks(options.bootstrap, DERIVED_TOPICS)
     for t in targets:
         await _timed(result, t.model, t.prepare)
-    folder = _Folder(options)
+    folder = _Folder(options, targets)
+    folder.arm()
     wants_rows = any(t.model == "analytics" for t in targets)
     try:
         sources = await _sources(options)
@@ -669,11 +710,18 @@ async def _switch(
     try:
         for t in targets:
             await _timed(result, t.model, t.switch)
-        for t in targets:
-            if t.group_id is None or not t.topics:
-                continue
-            offsets = {topic: result.end_offsets[topic] for topic in t.topics}
-            await set_group_offsets(options.bootstrap, t.group_id, t.topics, offsets)
+        await asyncio.gather(
+            *(
+                set_group_offsets(
+                    options.bootstrap,
+                    t.group_id,
+                    t.topics,
+                    {topic: result.end_offsets[topic] for topic in t.topics},
+                )
+                for t in targets
+                if t.group_id is not None and t.topics
+            )
+        )
     finally:
         if live is not None:
             await live.resume(models)
