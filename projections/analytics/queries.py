@@ -89,7 +89,7 @@ SELECT
     sum(t.calls) AS calls,
     sum(t.failures) AS failures,
     round(failures / calls, 4) AS failure_rate,
-    quantilesTDigestMerge(0.5, 0.95, 0.99)(t.duration_ms) AS q,
+    quantilesBFloat16Merge(0.5, 0.95, 0.99)(t.duration_ms) AS q,
     round(toFloat64(q[1]), 1) AS p50_ms,
     round(toFloat64(q[2]), 1) AS p95_ms,
     round(toFloat64(q[3]), 1) AS p99_ms,
@@ -101,7 +101,7 @@ HAVING calls >= {min_calls:UInt32}
 
 SLOWEST_TOOLS = NamedQuery(
     "slowest_tools",
-    "Tools by p95 duration (t-digest estimate), with call and failure counts",
+    "Tools by p95 duration (bfloat16 precision), with call and failure counts",
     "SELECT * EXCEPT q FROM (" + _TOOLS_SELECT + ")\nORDER BY p95_ms DESC, tool\n"
     "LIMIT {limit:UInt32}\n",
     {"limit": _LIMIT, "min_calls": Param("UInt32", "1", "ignore tools with fewer calls")},

@@ -9,7 +9,7 @@ Why it looks like this (details and every column in docs/analytics.md):
   and cannot tell a duplicate, so the projection only ever inserts *new* rows (it
   anti-joins each batch against ``events`` first); the views then count each event once.
 - Rollup columns are ``SimpleAggregateFunction(sum, …)`` and quantile states: read them
-  with ``sum(…)`` / ``quantilesTDigestMerge(…)(…)`` and ``GROUP BY``; the rows of one key
+  with ``sum(…)`` / ``quantilesBFloat16Merge(…)(…)`` and ``GROUP BY``; the rows of one key
   are merged in the background, the sums are exact at any time.
 - ``violations``, ``episodes`` and ``agent_state`` are upserts: ReplacingMergeTree on the
   record's id with a version, read with ``FINAL``.
@@ -28,7 +28,11 @@ COMPLETED_PREFIX = "agent.act.completed."
 """Wire types of completed actions start with this, whatever their version."""
 
 QUANTILES = "0.5, 0.95, 0.99"
-"""Levels kept in the rollups' quantile states (t-digest: mergeable, a few KB per key)."""
+"""Levels kept in the rollups' quantile states.
+
+``quantilesBFloat16``: the values are rounded to bfloat16 (3 significant digits, <= 0.4%
+relative error) and counted exactly, so merged states give the exact quantile of the rounded
+values, whatever the merge order. It costs about a third of a t-digest per key at insert."""
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,7 @@ SELECT
     sum(e.input_tokens) AS input_tokens,
     sum(e.output_tokens) AS output_tokens,
     sum(e.cost_usd) AS cost_usd,
-    quantilesTDigestStateIf({QUANTILES})(assumeNotNull(e.latency_ms), e.latency_ms IS NOT NULL)
+    quantilesBFloat16StateIf({QUANTILES})(assumeNotNull(e.latency_ms), e.latency_ms IS NOT NULL)
         AS latency_ms
 FROM {{db}}.events AS e
 {{where}}
@@ -215,7 +219,7 @@ SELECT
     count() AS calls,
     countIf(e.status = 'error') AS failures,
     sum(ifNull(e.latency_ms, 0)) AS duration_ms_sum,
-    quantilesTDigestStateIf({QUANTILES})(assumeNotNull(e.latency_ms), e.latency_ms IS NOT NULL)
+    quantilesBFloat16StateIf({QUANTILES})(assumeNotNull(e.latency_ms), e.latency_ms IS NOT NULL)
         AS duration_ms
 FROM {{db}}.events AS e
 WHERE startsWith(e.type, '{COMPLETED_PREFIX}') AND e.tool IS NOT NULL {{and_where}}
@@ -277,7 +281,7 @@ ROLLUP_BY_TABLE = {r.table: r for r in ROLLUPS}
 
 
 def _rollup_tables(db: str) -> list[str]:
-    digest = f"AggregateFunction(quantilesTDigest({QUANTILES}), Float64)"
+    digest = f"AggregateFunction(quantilesBFloat16({QUANTILES}), Float64)"
     return [
         f"""
 CREATE TABLE IF NOT EXISTS {db}.agent_minute
