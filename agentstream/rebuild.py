@@ -447,6 +447,38 @@ async def set_group_offsets(
     every partition (it fails if the live projection still runs: stop it first), commits
     and leaves.
     """
+    want = {TopicPartition(t, p) for t, parts in offsets.items() for p in parts}
+    if not await _join_alone(bootstrap, group_id, topics, want, deadline_s, offsets):
+        raise RebuildError(
+            f"consumer group {group_id} still has other members after {deadline_s:.0f}s: "
+            "stop the live projection before switching"
+        )
+
+
+async def group_idle(
+    bootstrap: str, group_id: str, topics: Sequence[str], deadline_s: float = 10.0
+) -> bool:
+    """No live consumer holds any of the group's partitions (checked by joining it alone)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        want = {
+            TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()
+        }
+    finally:
+        await consumer.stop()
+    return await _join_alone(bootstrap, group_id, topics, want, deadline_s, None)
+
+
+async def _join_alone(
+    bootstrap: str,
+    group_id: str,
+    topics: Sequence[str],
+    want: set[TopicPartition],
+    deadline_s: float,
+    offsets: dict[str, dict[int, int]] | None,
+) -> bool:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=group_id,
@@ -458,18 +490,16 @@ async def set_group_offsets(
     consumer.subscribe(list(topics))
     await consumer.start()
     try:
-        want = {TopicPartition(t, p) for t, parts in offsets.items() for p in parts}
         end = time.monotonic() + deadline_s
         while not want <= consumer.assignment():
             if time.monotonic() > end:
-                raise RebuildError(
-                    f"consumer group {group_id} still has other members after {deadline_s:.0f}s: "
-                    "stop the live projection before switching"
-                )
+                return False
             await consumer.getmany(timeout_ms=200)
             if consumer.assignment():
                 consumer.pause(*consumer.assignment())
-        await consumer.commit({tp: offsets[tp.topic][tp.partition] for tp in want})
+        if offsets is not None:
+            await consumer.commit({tp: offsets[tp.topic][tp.partition] for tp in want})
+        return True
     finally:
         await consumer.stop()
 
@@ -536,6 +566,18 @@ async def rebuild(
     progress = Progress()
     started = time.perf_counter()
     derived_hw: dict[str, dict[int, int]] = {}
+    if options.switch and live is None:
+        for t in targets:
+            if (
+                t.group_id
+                and t.topics
+                and not await group_idle(options.bootstrap, t.group_id, t.topics)
+            ):
+                raise RebuildError(
+                    f"the live {t.model} projection is running (consumer group {t.group_id} has "
+                    "members): stop it first; restarted after the rebuild, it continues from "
+                    "where the rebuild ended"
+                )
     if options.switch:
         derived_hw = await capture_high_watermarks(options.bootstrap, DERIVED_TOPICS)
     for t in targets:
@@ -544,7 +586,7 @@ async def rebuild(
     folder.arm()
     wants_rows = any(t.model == "analytics" for t in targets)
     try:
-        sources = await _sources(options)
+        sources = await open_sources(options)
         pending = _Pending()
         for src in sources:
             async for batch in src.batches():
@@ -594,7 +636,7 @@ async def rebuild(
     return result
 
 
-async def _sources(options: RebuildOptions) -> list[LogSource]:
+async def open_sources(options: RebuildOptions) -> list[LogSource]:
     """The archive (if asked) followed by Kafka from where the archive ends."""
     to_window = TimeWindow(None, options.to_ms)
     if options.source == "kafka":

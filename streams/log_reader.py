@@ -48,6 +48,7 @@ from streams.archive import (
     complete_segments,
     fetch_high_watermarks,
 )
+from streams.producer import partition_for_key
 
 _default_codec = EventCodec()
 
@@ -281,11 +282,13 @@ class KafkaLogSource:
         end_offsets: dict[int, int] | None = None,
         window: TimeWindow | None = None,
         generation: int = 0,
+        only_key: bytes | None = None,
         max_records: int = 20_000,
         idle_timeout_s: float = 30.0,
         codec: EventCodec | None = None,
     ) -> None:
         self.bootstrap, self.topic = bootstrap, topic
+        self.only_key = only_key  # read only the partition this key maps to
         self.start_offsets, self.end_offsets = start_offsets, end_offsets
         self.window = window or TimeWindow()
         self.generation = generation
@@ -316,6 +319,8 @@ class KafkaLogSource:
         partitions = sorted(consumer.partitions_for_topic(self.topic) or ())
         if not partitions:
             raise RuntimeError(f"topic {self.topic!r} does not exist on {self.bootstrap}")
+        if self.only_key is not None:
+            partitions = [partition_for_key(self.only_key, partitions)]
         tps = {p: TopicPartition(self.topic, p) for p in partitions}
         if self.end_offsets is None:
             hw = await fetch_high_watermarks(consumer, list(tps.values()))
