@@ -567,12 +567,12 @@ async def rebuild(
     started = time.perf_counter()
     derived_hw: dict[str, dict[int, int]] = {}
     if options.switch and live is None:
-        for t in targets:
-            if (
-                t.group_id
-                and t.topics
-                and not await group_idle(options.bootstrap, t.group_id, t.topics)
-            ):
+        grouped = [t for t in targets if t.group_id and t.topics]
+        idle = await asyncio.gather(
+            *(group_idle(options.bootstrap, str(t.group_id), t.topics) for t in grouped)
+        )
+        for t, ok in zip(grouped, idle, strict=True):
+            if not ok:
                 raise RebuildError(
                     f"the live {t.model} projection is running (consumer group {t.group_id} has "
                     "members): stop it first; restarted after the rebuild, it continues from "
