@@ -83,6 +83,8 @@ class RunnerConfig:
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
     max_partition_fetch_bytes: int = 4 << 20
+    fetch_max_wait_ms: int = 500  # aiokafka's default; Tansu holds each fetch this long:
+    # 50 cuts produce->apply latency from ~150 ms to ~15 ms (bench_analytics freshness)
 
 
 @dataclass
@@ -142,6 +144,7 @@ class ProjectionRunner:
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=cfg.heartbeat_interval_ms,
             max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
         )
         consumer.subscribe(list(self.projection.topics), listener=_FlushOnRevoke(self))
         self._consumer = consumer
