@@ -15,6 +15,7 @@ is how it is driven in tests and scripts (``printf 'nnfq' | agentstream replay d
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import os
 import select
@@ -96,6 +97,22 @@ def is_failure(event: Event, derived: Sequence[Derived]) -> bool:
 
 
 # --- the timeline ---------------------------------------------------------------------------
+
+
+def merge_partitions(
+    pairs: Iterable[tuple[LogRecord, Event]],
+) -> list[tuple[LogRecord, Event]]:
+    """One sequence from records read partition by partition: by log time (generation
+    first), never reordering a partition (so each agent stays in log order)."""
+    runs: dict[tuple[int, int], list[tuple[LogRecord, Event]]] = {}
+    for rec, event in pairs:
+        runs.setdefault((rec.generation, rec.partition), []).append((rec, event))
+    return list(
+        heapq.merge(
+            *(runs[k] for k in sorted(runs)),
+            key=lambda pair: (pair[0].generation, pair[0].timestamp_ms),
+        )
+    )
 
 
 @dataclass(frozen=True)

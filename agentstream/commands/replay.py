@@ -269,7 +269,8 @@ def _print_result(result: Any, settings: Any) -> None:
 async def _history(
     settings: Any, source: str, root: Path | None, agent: str | None
 ) -> list[tuple[Any, Any]]:
-    """Every valid event of the chosen source, with its record, in log order per partition."""
+    """Every valid event of the chosen source with its record: partitions merged by log time,
+    each partition (so each agent) in log order."""
     from agentstream.rebuild import RebuildOptions, open_sources
     from streams.log_reader import KafkaLogSource
 
@@ -279,11 +280,13 @@ async def _history(
         sources: list[Any] = [KafkaLogSource(settings.bootstrap_servers, only_key=key)]
     else:
         sources = await open_sources(opts)
+    from agentstream.debug_replay import merge_partitions
+
     out: list[tuple[Any, Any]] = []
     for src in sources:
         async for batch in src.batches():
             out.extend(batch.events())
-    return out
+    return merge_partitions(out)
 
 
 async def _recorded_states(bootstrap: str) -> dict[str, list[Any]]:
