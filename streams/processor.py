@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,6 +113,8 @@ class ProcessorStats:
     rebuilds: int = 0  # partitions rebuilt from agent-events
     rebuilt_records: int = 0
     rebuild_seconds: float = 0.0
+    gaps_filled: int = 0  # times records faust never delivered were read from the log
+    gap_records: int = 0
     table_checked: int = 0  # faust table values compared with the rebuilt state
     table_mismatched: int = 0  # ... that were missing or differed (and were corrected)
     publish_retries: int = 0
@@ -171,38 +173,39 @@ class StateCore:
     def step(self, records: Sequence[InRecord], start: int, out: BatchOutput) -> int | None:
         """Apply ``records[start:]`` until one needs a rebuild; return its index, or None."""
         next_offset = self.next_offset
-        states = self.states
-        config = self.config
-        derived = out.derived
         stats = self.stats
+        apply = self.apply
         for i in range(start, len(records)):
             rec = records[i]
-            p = rec.partition
-            nxt = next_offset.get(p)
+            nxt = next_offset.get(rec.partition)
             if nxt is None or rec.offset > nxt:
                 return i
             stats.records += 1
             if rec.offset < nxt:
                 stats.redelivered_skipped += 1
                 continue
-            next_offset[p] = rec.offset + 1
-            try:
-                event = self.decode(rec)
-            except InvalidEvent as err:
-                out.dead.append(self._dead(rec, err))
-                stats.rejected += 1
-                continue
-            agent = event.agentid
-            state = states.get(agent)
-            if state is None:
-                state = states[agent] = initial_state(event)
-                self.agents_of.setdefault(p, set()).add(agent)
-            if advance(state, event, config, derived):
-                out.changed[agent] = state
-                stats.applied += 1
-            else:
-                stats.duplicates += 1
+            next_offset[rec.partition] = rec.offset + 1
+            apply(rec, out)
         return None
+
+    def apply(self, rec: InRecord, out: BatchOutput) -> None:
+        """Fold one record into its agent's state, collecting what it derives into ``out``."""
+        try:
+            event = self.decode(rec)
+        except InvalidEvent as err:
+            out.dead.append(self._dead(rec, err))
+            self.stats.rejected += 1
+            return
+        agent = event.agentid
+        state = self.states.get(agent)
+        if state is None:
+            state = self.states[agent] = initial_state(event)
+            self.agents_of.setdefault(rec.partition, set()).add(agent)
+        if advance(state, event, self.config, out.derived):
+            out.changed[agent] = state
+            self.stats.applied += 1
+        else:
+            self.stats.duplicates += 1
 
     def _dead(self, rec: InRecord, err: InvalidEvent) -> OutRecord:
         record = dead_letter(
@@ -227,7 +230,7 @@ class StateCore:
         self.next_offset.pop(partition, None)
 
     def replay(self, rec: InRecord, scratch: list[Derived]) -> None:
-        """Fold one historical record; outputs were published when it was first processed."""
+        """Fold one historical record silently: its outputs are known to be published."""
         try:
             event = self.decode(rec)
         except InvalidEvent:
@@ -244,68 +247,128 @@ class StateCore:
         return self.agents_of.get(partition, set())
 
 
+async def read_log(
+    bootstrap: str,
+    ranges: dict[int, tuple[int, int]],
+    handle: Callable[[InRecord], None],
+    topic: str = EVENTS,
+    idle_timeout_s: float = 30.0,
+) -> int:
+    """Hand every record of ``topic[p][start:end]`` to ``handle``, in order per partition.
+
+    Reads with a group-less consumer up to offsets known in advance, so Tansu's wrong end
+    offsets never matter. Raises ``TimeoutError`` if the log stops delivering before the
+    end of a range. Returns the number of records handled.
+    """
+    todo = {TopicPartition(topic, p): (s, e) for p, (s, e) in ranges.items() if e > s}
+    if not todo:
+        return 0
+    n = 0
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=8 << 20,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(todo))
+        for tp, (start, _) in todo.items():
+            consumer.seek(tp, start)
+        last_progress = time.monotonic()
+        while todo:
+            batches = await consumer.getmany(*todo, timeout_ms=500, max_records=20000)
+            for tp, msgs in batches.items():
+                bounds = todo.get(tp)
+                if bounds is None or not msgs:
+                    continue
+                start, end = bounds
+                for m in msgs:
+                    if m.offset >= end:
+                        break
+                    if m.offset >= start:
+                        handle(InRecord(topic, tp.partition, m.offset, m.key, m.value, m.timestamp))
+                        n += 1
+                last_progress = time.monotonic()
+            for tp in [tp for tp, (_, e) in todo.items() if await consumer.position(tp) >= e]:
+                consumer.pause(tp)
+                del todo[tp]
+            if todo and time.monotonic() - last_progress > idle_timeout_s:
+                raise TimeoutError(f"{topic}: reading stalled before reaching {todo}")
+    finally:
+        await consumer.stop()
+    return n
+
+
 async def rebuild_partitions(
     core: StateCore,
     bootstrap: str,
     upto: dict[int, int],
+    out: BatchOutput,
+    emit_from: dict[int, int] | None = None,
     topic: str = EVENTS,
-    idle_timeout_s: float = 30.0,
 ) -> int:
-    """Re-fold ``topic[p][0:upto[p]]`` into ``core`` for each partition; return records read.
+    """Forget, then re-fold ``topic[p][0:upto[p]]`` for each partition; return records read.
 
-    Reads with a group-less consumer up to a known offset, so Tansu's wrong end offsets
-    never matter. Raises ``TimeoutError`` if the log stops delivering before ``upto``.
+    Records below ``emit_from[p]`` are folded silently (their outputs were published when
+    they were first processed); records from ``emit_from[p]`` on may never have been
+    processed by anyone, so what they derive, reject and change goes into ``out`` to be
+    published (again: derived ids are deterministic, consumers upsert).
     """
+    emit_from = emit_from or {}
     for p in upto:
         core.reset_partition(p)
-    todo = {TopicPartition(topic, p): end for p, end in upto.items() if end > 0}
-    n = 0
-    if todo:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=100,
-            max_partition_fetch_bytes=8 << 20,
-        )
-        await consumer.start()
-        try:
-            consumer.assign(list(todo))
-            await consumer.seek_to_beginning(*todo)
-            scratch: list[Derived] = []
-            last_progress = time.monotonic()
-            while todo:
-                batches = await consumer.getmany(*todo, timeout_ms=500, max_records=20000)
-                for tp, msgs in batches.items():
-                    end = todo.get(tp)
-                    if end is None:
-                        continue
-                    if msgs and n == 0 and msgs[0].offset > 0:
-                        log.error(
-                            "rebuild of %s starts at offset %d, not 0: the log was truncated "
-                            "(retention), states are folded from the remaining history only",
-                            tp,
-                            msgs[0].offset,
-                        )
-                    for m in msgs:
-                        if m.offset >= end:
-                            break
-                        core.replay(
-                            InRecord(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp),
-                            scratch,
-                        )
-                        n += 1
-                    last_progress = time.monotonic()
-                for tp in [tp for tp, end in todo.items() if await consumer.position(tp) >= end]:
-                    consumer.pause(tp)
-                    del todo[tp]
-                if todo and time.monotonic() - last_progress > idle_timeout_s:
-                    raise TimeoutError(f"rebuild stalled before reaching {todo}")
-        finally:
-            await consumer.stop()
+    scratch: list[Derived] = []
+
+    def handle(rec: InRecord) -> None:
+        if rec.offset >= emit_from.get(rec.partition, upto[rec.partition]):
+            core.apply(rec, out)
+        else:
+            core.replay(rec, scratch)
+
+    n = await read_log(bootstrap, {p: (0, end) for p, end in upto.items()}, handle, topic)
     for p, end in upto.items():
         core.next_offset[p] = end
     return n
+
+
+async def fill_gaps(
+    core: StateCore,
+    bootstrap: str,
+    gaps: dict[int, tuple[int, int]],
+    out: BatchOutput,
+    topic: str = EVENTS,
+) -> int:
+    """Apply ``topic[p][start:end]`` (records this worker never got) with their outputs.
+
+    The partition's states are exact up to ``start`` (= ``next_offset[p]``), so reading
+    just the missing range is enough; its outputs may never have been published.
+    """
+
+    def handle(rec: InRecord) -> None:
+        core.apply(rec, out)
+
+    n = await read_log(bootstrap, gaps, handle, topic)
+    for p, (_, end) in gaps.items():
+        core.next_offset[p] = end
+    return n
+
+
+async def committed_offsets(
+    bootstrap: str, group_id: str, topic: str, partitions: Iterable[int]
+) -> dict[int, int]:
+    """The group's committed offsets for ``partitions`` (absent when nothing is committed)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        # Tansu drops the connection when no partitions are named: name them
+        offsets = await admin.list_consumer_group_offsets(
+            group_id, partitions=[TopicPartition(topic, p) for p in partitions]
+        )
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 
 # --- publishing --------------------------------------------------------------------------
@@ -454,6 +517,8 @@ class StreamProcessor:
                 default=None,
                 partitions=partitions,
                 use_partitioner=True,  # batches mix partitions: route changelog by key
+                key_type=bytes,  # the table's serializers come from these, not from schema
+                value_type=bytes,
                 schema=faust.Schema(
                     key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
                 ),
@@ -463,6 +528,7 @@ class StreamProcessor:
             else None
         )
         self._max_batch = max_batch
+        self._gaps: list[tuple[int, int, int]] = []  # (partition, first, end) re-emitted
         self._batch_wait_s = batch_wait_s
 
         async def advance_agents(stream: Any) -> None:
@@ -512,26 +578,81 @@ class StreamProcessor:
             firsts.setdefault(r.partition, r.offset)
         stale = {p: off for p, off in firsts.items() if core.needs_rebuild(p, off)}
         if stale:
-            await self._rebuild(stale)
+            await self._rebuild(stale, out)
         i: int | None = 0
         while i is not None:
             i = core.step(records, i, out)
             if i is not None:  # a gap inside the batch: rebuild that partition up to it
                 r = records[i]
-                await self._rebuild({r.partition: r.offset})
+                await self._rebuild({r.partition: r.offset}, out)
         await self._publish(out)
+        if self._gaps:
+            await self._release_gaps()
         self.stats.batches += 1
         return out
 
-    async def _rebuild(self, upto: dict[int, int]) -> None:
+    async def _release_gaps(self) -> None:
+        """Let faust commit past offsets it never delivered but we re-emitted.
+
+        After a rebalance faust can drop fetched records without ever delivering them to
+        the agent (measured here: tens of records per partition). They are never acked,
+        so faust's committed offset would stop at the first of them forever. We re-fold
+        and re-emit them ourselves (see :meth:`_rebuild`), then declare them a gap, the
+        same bookkeeping faust itself does when its fetch position jumps.
+        """
+        gaps, self._gaps = self._gaps, []
+        consumer = getattr(self.app, "consumer", None)
+        add_gap = getattr(consumer, "_add_gap", None)  # faust-streaming 0.15: private API
+        if add_gap is None:
+            log.warning("this faust has no Consumer._add_gap: commits may stall after %s", gaps)
+            return
+        from faust.types import TP
+
+        for p, start, end in gaps:
+            await add_gap(TP(EVENTS, p), start, end - 1)
+
+    async def _rebuild(self, upto: dict[int, int], out: BatchOutput) -> None:
+        """Make the states of ``upto``'s partitions exact up to (excluding) those offsets.
+
+        A partition this worker already holds has a gap: records ``next_offset..upto`` never
+        reached it (faust dropped them, see docs/processing.md). They are read from the log
+        and applied with their outputs. A partition new to this worker is re-folded from
+        offset 0; its outputs are re-emitted from the group's committed offset on.
+        """
         started = time.monotonic()
-        n = await rebuild_partitions(self.core, self.bootstrap, upto)
-        self.stats.rebuilds += len(upto)
-        self.stats.rebuilt_records += n
+        core = self.core
+        gaps = {p: (core.next_offset[p], end) for p, end in upto.items() if p in core.next_offset}
+        fresh = {p: end for p, end in upto.items() if p not in core.next_offset}
+        n = 0
+        if gaps:
+            log.warning(
+                "records never delivered by faust, read from the log instead: %s",
+                {p: f"{s}..{e - 1}" for p, (s, e) in gaps.items()},
+            )
+            n += await fill_gaps(core, self.bootstrap, gaps, out)
+            self.stats.gaps_filled += len(gaps)
+            self.stats.gap_records += sum(e - s for s, e in gaps.values())
+            self._gaps.extend((p, s, e) for p, (s, e) in gaps.items())
+        if fresh:
+            committed = await committed_offsets(self.bootstrap, self.group_id, EVENTS, fresh)
+            emit_from = {p: min(committed.get(p, 0), end) for p, end in fresh.items()}
+            rebuilt = await rebuild_partitions(core, self.bootstrap, fresh, out, emit_from)
+            n += rebuilt
+            for agent in out.changed:  # states changed earlier in this batch were replaced
+                out.changed[agent] = core.states.get(agent, out.changed[agent])
+            self._gaps.extend((p, emit_from[p], e) for p, e in fresh.items() if emit_from[p] < e)
+            self.stats.rebuilds += len(fresh)
+            self.stats.rebuilt_records += rebuilt
+            log.info(
+                "rebuilt partitions %s from %d records (%d re-emitted) in %.3fs",
+                fresh,
+                rebuilt,
+                sum(e - emit_from[p] for p, e in fresh.items()),
+                time.monotonic() - started,
+            )
+            if self.table is not None:
+                self._check_table(fresh)
         self.stats.rebuild_seconds += time.monotonic() - started
-        log.info("rebuilt partitions %s from %d records", upto, n)
-        if self.table is not None:
-            self._check_table(upto)
 
     def _check_table(self, partitions: Iterable[int]) -> None:
         """Compare what faust recovered into the table with the rebuilt truth; correct it."""
@@ -654,14 +775,5 @@ async def processor_progress(
 ) -> Progress:
     """Where the processor group stands. Uses fetch high watermarks (Tansu's end offsets lie)."""
     highwater = await fetch_high_watermarks(bootstrap, topic)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
-    await admin.start()
-    try:
-        # Tansu drops the connection when no partitions are named: name them
-        offsets = await admin.list_consumer_group_offsets(
-            group_id, partitions=[TopicPartition(topic, p) for p in highwater]
-        )
-    finally:
-        await admin.close()
-    committed = {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+    committed = await committed_offsets(bootstrap, group_id, topic, highwater)
     return Progress(committed, highwater)
