@@ -353,10 +353,17 @@ def diamond(store: GraphStore) -> dict[str, Event]:
     return e
 
 
-@pytest.mark.parametrize("hops_per_trip", [1, 2, 4])
-def test_why_walks_back_to_the_root_causes_with_exact_distances(store, hops_per_trip):
+# (single-statement timeout, hops per round trip): None walks breadth-first from the start
+WALKS = [(queries.SINGLE_SHOT_MS, 4), (None, 1), (None, 2), (None, 4)]
+
+
+@pytest.mark.parametrize(("single_shot_ms", "hops_per_trip"), WALKS)
+def test_why_walks_back_to_the_root_causes_with_exact_distances(
+    store, single_shot_ms, hops_per_trip
+):
     e = diamond(store)
-    result = queries.why(store, e["retry"].id, hops_per_trip=hops_per_trip)
+    walk = {"single_shot_ms": single_shot_ms, "hops_per_trip": hops_per_trip}
+    result = queries.why(store, e["retry"].id, **walk)
     got = [(n.id, result.distance[n.id]) for n in result.ancestors()]
     # nearest first; at equal distance newest first
     assert got == [
@@ -369,9 +376,37 @@ def test_why_walks_back_to_the_root_causes_with_exact_distances(store, hops_per_
     assert [n.id for n in result.roots()] == [e["root"].id]
     assert result.nodes[e["c"].id].causes == tuple(sorted([e["a"].id, e["b"].id]))
     assert not result.truncated
-    shallow = queries.why(store, e["retry"].id, depth=2, hops_per_trip=hops_per_trip)
+    shallow = queries.why(store, e["retry"].id, depth=2, **walk)
     assert {n.id for n in shallow.ancestors()} == {e[k].id for k in ("c", "fail", "a", "b")}
     assert shallow.truncated
+
+
+class CountingStore:
+    """Counts the reads that reach the store (to see which walk ran)."""
+
+    def __init__(self, inner: GraphStore) -> None:
+        self.inner, self.reads = inner, 0
+
+    def read(self, statement, params=None, timeout_ms=None):
+        self.reads += 1
+        return self.inner.read(statement, params, timeout_ms=timeout_ms)
+
+
+def test_why_falls_back_to_the_stepwise_walk_when_paths_explode(backend, store):
+    """Each event caused by the previous two: ~1.6^n paths, n nodes. The one-statement
+    walk hits its timeout; the breadth-first fallback still returns the exact answer."""
+    s = Scenario(seed=21)
+    ladder: list[Event] = []
+    for i in range(45):
+        ladder.append(s.event(thought(f"step {i}"), *ladder[-2:]))
+    project(store, ladder)
+    counting = CountingStore(store)
+    result = queries.why(counting, ladder[-1].id, depth=44, single_shot_ms=20)  # type: ignore[arg-type]
+    assert [(n.id, result.distance[n.id]) for n in result.ancestors()] == [
+        (ladder[-1 - k].id, (k + 1) // 2) for k in range(1, 45)
+    ]
+    if backend == "falkordb":
+        assert counting.reads > 3  # resolve, timed-out statement, several steps, violations
 
 
 def test_why_of_a_violation_starts_from_the_events_it_involves(store):
@@ -395,6 +430,9 @@ def test_impact_lists_everything_downstream_with_failures(store):
     assert len(result.violations) == 1
     assert result.by_type() == {"agent.act.completed.v2": 2, "agent.act.started.v1": 1}
     assert not result.truncated
+    assert result.effects[e["b"].id] == (e["c"].id,)
+    assert result.effects[e["c"].id] == tuple(sorted([e["fail"].id, e["retry"].id]))
+    assert result.nodes[e["retry"].id].causes == tuple(sorted([e["c"].id, e["fail"].id]))
     assert queries.impact(store, e["b"].id, depth=1).truncated
 
 

@@ -6,6 +6,11 @@ parameter; the only thing ever formatted into a statement is a validated hop cou
 (variable-length bounds cannot be parameters in Cypher). Only the index/constraint DDL
 differs per backend.
 
+Patterns start at the node bound by id and leave the far end unlabelled: FalkorDB's
+planner otherwise label-scans every Event for each row (measured: a reversed
+``(e)<-[:CAUSED_BY]-(x:Event)`` comprehension, or an ``(a:Event)-[:NEXT]->(b {id})``
+match, turns an index lookup into a full scan). The far end is always an Event anyway.
+
 Edge directions: effect -[:CAUSED_BY]-> cause, earlier -[:NEXT]-> later,
 (Agent)-[:EMITTED]->(Event), (Event)-[:IN_RUN]->(Run), (Event)-[:ABOUT]->(Task),
 (Event)-[:USED]->(Tool), (Violation)-[:INVOLVES]->(Event), sender -[:MESSAGED]-> recipient.
@@ -105,7 +110,7 @@ MERGE (e:Event {id: r.event})
 MERGE (v)-[:INVOLVES]->(e)
 """
 
-# --- NEXT: read a window of each touched chain, then re-link it (model.plan_next) -----------
+# --- NEXT: read each touched chain's window and the links around it, write the difference ---
 
 CHAIN_WINDOWS = """
 UNWIND $chains AS c
@@ -117,24 +122,31 @@ RETURN chain,
        min(CASE WHEN seq > hi THEN seq END) AS after
 """
 
-# Order matters for crash safety: unlink first, then link. A crash in between leaves
-# missing links, never wrong ones, and re-applying the batch recomputes the same window.
-UNLINK_NEXT_OUT = """
-UNWIND $links AS l
-MATCH (a:Event {id: l.a})-[r:NEXT]->(b:Event)
-WHERE b.id <> l.b
-DELETE r
+# Two directed reads, not one RETURN with two pattern comprehensions: measured ~3x faster
+# on FalkorDB. Rows are edges (a, b) for a -[:NEXT]-> b.
+NEXT_FROM = """
+UNWIND $ids AS i
+MATCH (a:Event {id: i})-[:NEXT]->(b)
+RETURN a.id, b.id
 """
 
-UNLINK_NEXT_IN = """
-UNWIND $links AS l
-MATCH (a:Event)-[r:NEXT]->(b:Event {id: l.b})
-WHERE a.id <> l.a
+NEXT_INTO = """
+UNWIND $ids AS i
+MATCH (b:Event {id: i})<-[:NEXT]-(a)
+RETURN a.id, b.id
+"""
+
+# Order matters for crash safety: unlink first, then link. A crash in between leaves
+# missing links, never wrong ones, and re-applying the batch recomputes the same window.
+UNLINK_NEXT = """
+UNWIND $pairs AS l
+MATCH (a:Event {id: l.a})-[r:NEXT]->(b)
+WHERE b.id = l.b
 DELETE r
 """
 
 LINK_NEXT = """
-UNWIND $links AS l
+UNWIND $pairs AS l
 MATCH (a:Event {id: l.a}), (b:Event {id: l.b})
 MERGE (a)-[:NEXT]->(b)
 """
@@ -147,9 +159,15 @@ EVENT_FIELDS = "e.id, e.type, e.time, e.agent, e.run, e.task, e.status, e.summar
 EVENTS_BY_ID = f"""
 UNWIND $ids AS i
 MATCH (e:Event {{id: i}})
+RETURN {EVENT_FIELDS}, [(e)-[:CAUSED_BY]->(x) | x.id] AS causes
+"""
+
+EVENTS_WITH_EFFECTS_BY_ID = f"""
+UNWIND $ids AS i
+MATCH (e:Event {{id: i}})
 RETURN {EVENT_FIELDS},
-       [(e)-[:CAUSED_BY]->(x:Event) | x.id] AS causes,
-       [(x:Event)-[:CAUSED_BY]->(e) | x.id] AS effects
+       [(e)-[:CAUSED_BY]->(x) | x.id] AS causes,
+       [(e)<-[:CAUSED_BY]-(y) | y.id] AS effects
 """
 
 VIOLATION_FIELDS = (
@@ -159,54 +177,55 @@ VIOLATION_FIELDS = (
 
 VIOLATION_BY_ID = f"""
 MATCH (v:Violation {{id: $id}})
-RETURN {VIOLATION_FIELDS}, [(v)-[:INVOLVES]->(e:Event) | e.id] AS events
+RETURN {VIOLATION_FIELDS}, [(v)-[:INVOLVES]->(e) | e.id] AS events
 """
 
 VIOLATIONS_INVOLVING = f"""
 UNWIND $ids AS i
-MATCH (v:Violation)-[:INVOLVES]->(:Event {{id: i}})
+MATCH (:Event {{id: i}})<-[:INVOLVES]-(v:Violation)
 WITH DISTINCT v
-RETURN {VIOLATION_FIELDS}, [(v)-[:INVOLVES]->(e:Event) | e.id] AS events
+RETURN {VIOLATION_FIELDS}, [(v)-[:INVOLVES]->(e) | e.id] AS events
 """
 
 # One round trip per (edge, neighbour) level: path search keeps parent pointers.
 CAUSES_OF = """
 UNWIND $ids AS i
-MATCH (e:Event {id: i})-[:CAUSED_BY]->(c:Event)
+MATCH (e:Event {id: i})-[:CAUSED_BY]->(c)
 RETURN e.id, c.id
 """
 
 EFFECTS_OF = """
 UNWIND $ids AS i
-MATCH (e:Event {id: i})<-[:CAUSED_BY]-(c:Event)
+MATCH (e:Event {id: i})<-[:CAUSED_BY]-(c)
 RETURN e.id, c.id
 """
 
 COUNT_NODES = "MATCH (n) RETURN labels(n)[0] AS label, count(n) AS n"
 COUNT_RELATIONSHIPS = "MATCH ()-[r]->() RETURN type(r) AS type, count(r) AS n"
 
-MAX_STEP_HOPS = 16
+MAX_HOPS = 10_000
 
 
 def _hops(hops: int) -> int:
-    if not isinstance(hops, int) or isinstance(hops, bool) or not 1 <= hops <= MAX_STEP_HOPS:
-        raise ValueError(f"hops must be an int in 1..{MAX_STEP_HOPS}, got {hops!r}")
+    if not isinstance(hops, int) or isinstance(hops, bool) or not 1 <= hops <= MAX_HOPS:
+        raise ValueError(f"hops must be an int in 1..{MAX_HOPS}, got {hops!r}")
     return hops
 
 
 def ancestors_step(hops: int) -> str:
     """Events 1..hops CAUSED_BY-steps above any of $ids, with their shortest distance.
 
-    Variable-length matching enumerates paths, and causal graphs are full of diamonds
-    (an action caused by the previous step *and* by the decision), so the number of paths
-    grows exponentially with the bound. Callers therefore expand a few hops per round trip
-    from the exact frontier (see queries._expand); ``hops`` stays small.
+    Variable-length matching enumerates paths (on FalkorDB; Neo4j prunes), and a causal
+    graph can be full of diamonds (an action caused by the previous step *and* by the
+    decision), so the number of paths can grow exponentially with the bound. queries._walk
+    therefore sends it once with the whole depth under a timeout, and if that expires walks
+    a few hops per round trip from the exact frontier instead.
     """
     return f"""
 UNWIND $ids AS i
-MATCH p = (:Event {{id: i}})-[:CAUSED_BY*1..{_hops(hops)}]->(e:Event)
+MATCH p = (:Event {{id: i}})-[:CAUSED_BY*1..{_hops(hops)}]->(e)
 WITH e, min(length(p)) AS hops
-RETURN hops, {EVENT_FIELDS}, [(e)-[:CAUSED_BY]->(x:Event) | x.id] AS causes
+RETURN hops, {EVENT_FIELDS}, [(e)-[:CAUSED_BY]->(x) | x.id] AS causes
 """
 
 
@@ -214,7 +233,7 @@ def descendants_step(hops: int) -> str:
     """Events 1..hops CAUSED_BY-steps below any of $ids (the mirror of ancestors_step)."""
     return f"""
 UNWIND $ids AS i
-MATCH p = (:Event {{id: i}})<-[:CAUSED_BY*1..{_hops(hops)}]-(e:Event)
+MATCH p = (:Event {{id: i}})<-[:CAUSED_BY*1..{_hops(hops)}]-(e)
 WITH e, min(length(p)) AS hops
-RETURN hops, {EVENT_FIELDS}, [(x:Event)-[:CAUSED_BY]->(e) | x.id] AS effects
+RETURN hops, {EVENT_FIELDS}, [(e)<-[:CAUSED_BY]-(x) | x.id] AS effects
 """

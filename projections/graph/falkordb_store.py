@@ -20,11 +20,13 @@ from projections.graph.store import (
     GraphStoreError,
     GraphUnavailable,
     Params,
+    QueryTimeout,
     Statement,
 )
 
 _EMPTY_KEY = "empty key"  # "Invalid graph operation on empty key": the graph does not exist
 _ALREADY_INDEXED = "already indexed"
+_TIMED_OUT = "timed out"  # "Query timed out"
 
 
 class FalkorDBStore:
@@ -81,14 +83,22 @@ class FalkorDBStore:
                 if _ALREADY_INDEXED not in str(err):
                     raise
 
-    def read(self, statement: str, params: Params | None = None) -> list[tuple[Any, ...]]:
+    def read(
+        self, statement: str, params: Params | None = None, timeout_ms: int | None = None
+    ) -> list[tuple[Any, ...]]:
         try:
-            result = self._g.ro_query(statement, dict(params) if params else None)
+            result = self._g.ro_query(
+                statement, dict(params) if params else None, timeout=timeout_ms
+            )
         except redis.exceptions.ConnectionError as err:
             raise self._unavailable(err) from err
         except redis.exceptions.ResponseError as err:
             if _EMPTY_KEY in str(err):
                 return []  # never written: reads like an empty graph
+            if _TIMED_OUT in str(err):
+                raise QueryTimeout(
+                    f"graph query stopped after {timeout_ms} ms", "narrow the query"
+                ) from err
             raise
         return [tuple(row) for row in result.result_set]
 

@@ -12,7 +12,7 @@ store can compare it with plain ``<`` in Cypher on both backends.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -196,3 +196,35 @@ def plan_next(windows: Iterable[ChainWindow]) -> list[Row]:
         if w.after is None:
             links.append({"a": ids[-1], "b": ""})
     return links
+
+
+@dataclass(frozen=True, slots=True)
+class NextChanges:
+    """The NEXT edges to delete and to create, as ``{a, b}`` rows (a -[:NEXT]-> b)."""
+
+    unlink: list[Row]
+    link: list[Row]
+
+
+def next_changes(
+    links: Iterable[Row],
+    successors: Mapping[str, Iterable[str]],
+    predecessors: Mapping[str, Iterable[str]],
+) -> NextChanges:
+    """Diff the links :func:`plan_next` wants against the NEXT edges the graph holds.
+
+    For a row ``{a, b}`` every other edge out of ``a`` and into ``b`` is wrong; a link
+    already there is left alone. A stream arriving in order deletes nothing and creates
+    only the new links; a replay of what the graph already holds writes nothing.
+    """
+    wrong: set[tuple[str, str]] = set()
+    missing: list[Row] = []
+    for row in links:
+        a, b = row["a"], row["b"]
+        if a:
+            wrong.update((a, x) for x in successors.get(a, ()) if x != b)
+        if b:
+            wrong.update((x, b) for x in predecessors.get(b, ()) if x != a)
+        if a and b and b not in set(successors.get(a, ())):
+            missing.append({"a": a, "b": b})
+    return NextChanges([{"a": a, "b": b} for a, b in sorted(wrong)], missing)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from neo4j import Driver, GraphDatabase, ManagedTransaction, RoutingControl
+from neo4j import Driver, GraphDatabase, ManagedTransaction, Query, RoutingControl
 from neo4j.exceptions import AuthError, ClientError, ServiceUnavailable
 from neo4j.graph import Node, Path, Relationship
 
@@ -22,6 +22,7 @@ from projections.graph.store import (
     GraphStoreError,
     GraphUnavailable,
     Params,
+    QueryTimeout,
     Statement,
 )
 
@@ -96,14 +97,23 @@ class Neo4jStore:
         except Exception as err:
             raise self._translate(err) from err
 
-    def read(self, statement: str, params: Params | None = None) -> list[tuple[Any, ...]]:
+    def read(
+        self, statement: str, params: Params | None = None, timeout_ms: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        query = Query(statement, timeout=timeout_ms / 1000) if timeout_ms else statement
         try:
             result = self._driver.execute_query(
-                statement,
+                query,  # type: ignore[arg-type]
                 dict(params) if params else None,
                 routing_=RoutingControl.READ,
                 database_=self._database,
             )
+        except ClientError as err:
+            if "TransactionTimedOut" in (err.code or ""):
+                raise QueryTimeout(
+                    f"graph query stopped after {timeout_ms} ms", "narrow the query"
+                ) from err
+            raise self._translate(err) from err
         except Exception as err:
             raise self._translate(err) from err
         return [tuple(plain(v) for v in record.values()) for record in result.records]

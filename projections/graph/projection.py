@@ -13,7 +13,14 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 from projections.graph import cypher
-from projections.graph.model import ChainWindow, GraphBatch, build_batch, plan_next
+from projections.graph.model import (
+    ChainWindow,
+    GraphBatch,
+    NextChanges,
+    build_batch,
+    next_changes,
+    plan_next,
+)
 from projections.graph.store import GraphStore, Statement
 from projections.runner import Record
 from schemas.codec import DEFAULT_MAX_EVENT_BYTES, EventCodec
@@ -22,6 +29,7 @@ from schemas.envelope import Event
 from schemas.topics import EVENTS, VIOLATIONS
 
 NEXT_WINDOW_CHUNK = 500  # chains per window read: keeps each statement's parameters small
+READ_CHUNK = 5_000  # ids per NEXT_FROM / NEXT_INTO read
 
 
 def batch_statements(batch: GraphBatch) -> list[Statement]:
@@ -50,19 +58,27 @@ def read_windows(store: GraphStore, chains: list[dict[str, Any]]) -> list[ChainW
     return windows
 
 
-def next_statements(links: list[dict[str, str]]) -> list[Statement]:
-    """Unlink what is wrong, then link what is missing (see cypher.UNLINK_NEXT_OUT)."""
-    if not links:
-        return []
-    outgoing = [lk for lk in links if lk["a"]]
-    incoming = [lk for lk in links if lk["b"]]
-    both = [lk for lk in links if lk["a"] and lk["b"]]
-    plan = [
-        (cypher.UNLINK_NEXT_OUT, outgoing),
-        (cypher.UNLINK_NEXT_IN, incoming),
-        (cypher.LINK_NEXT, both),
-    ]
-    return [(statement, {"links": rows}) for statement, rows in plan if rows]
+def read_next_around(
+    store: GraphStore, links: list[dict[str, str]]
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """The NEXT successors of every ``a`` and predecessors of every ``b`` in ``links``."""
+    sources = sorted({lk["a"] for lk in links if lk["a"]})
+    targets = sorted({lk["b"] for lk in links if lk["b"]})
+    successors: dict[str, list[str]] = {}
+    predecessors: dict[str, list[str]] = {}
+    for i in range(0, len(sources), READ_CHUNK):
+        for a, b in store.read(cypher.NEXT_FROM, {"ids": sources[i : i + READ_CHUNK]}):
+            successors.setdefault(a, []).append(b)
+    for i in range(0, len(targets), READ_CHUNK):
+        for a, b in store.read(cypher.NEXT_INTO, {"ids": targets[i : i + READ_CHUNK]}):
+            predecessors.setdefault(b, []).append(a)
+    return successors, predecessors
+
+
+def next_statements(changes: NextChanges) -> list[Statement]:
+    """Unlink what is wrong, then link what is missing (see cypher.UNLINK_NEXT)."""
+    plan = [(cypher.UNLINK_NEXT, changes.unlink), (cypher.LINK_NEXT, changes.link)]
+    return [(statement, {"pairs": rows}) for statement, rows in plan if rows]
 
 
 def write_batch(store: GraphStore, batch: GraphBatch) -> None:
@@ -72,7 +88,8 @@ def write_batch(store: GraphStore, batch: GraphBatch) -> None:
     store.write(batch_statements(batch))
     if batch.chains:
         links = plan_next(read_windows(store, batch.chains))
-        store.write(next_statements(links))
+        changes = next_changes(links, *read_next_around(store, links))
+        store.write(next_statements(changes))
 
 
 def project(

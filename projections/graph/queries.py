@@ -18,13 +18,14 @@ from typing import Any, Literal
 
 from projections.graph import cypher
 from projections.graph.model import FAILURE_STATUSES, from_epoch_us
-from projections.graph.store import GraphStore
+from projections.graph.store import GraphStore, QueryTimeout
 
 DEFAULT_WHY_DEPTH = 50
 DEFAULT_IMPACT_DEPTH = 100
 DEFAULT_PATH_HOPS = 1000
 MAX_DEPTH = 10_000
-HOPS_PER_TRIP = 4  # measured: 4-5 is fastest on diamond-heavy chains (docs/graph.md)
+HOPS_PER_TRIP = 4  # fallback walk: 4-5 measured fastest on diamond-heavy chains
+SINGLE_SHOT_MS = 250  # the one-statement walk gets this long before the fallback takes over
 
 
 class NotInGraph(LookupError):
@@ -180,6 +181,31 @@ def _walk(
     step: Callable[[int], str],
     depth: int,
     hops_per_trip: int,
+    single_shot_ms: int | None,
+) -> _Walked:
+    """Everything within ``depth`` hops, with exact distances.
+
+    First one statement for the whole depth, under a server-side timeout: on ordinary
+    causal graphs that is the fastest (one round trip). Path enumeration can explode on
+    diamond-heavy graphs; then the timeout stops it and the walk goes breadth-first,
+    ``hops_per_trip`` hops per round trip, whose cost grows with the nodes, not the paths.
+    """
+    if single_shot_ms:
+        try:
+            return _expand(store, starts, start_links, step, depth, depth, single_shot_ms)
+        except QueryTimeout:
+            pass
+    return _expand(store, starts, start_links, step, depth, hops_per_trip, None)
+
+
+def _expand(
+    store: GraphStore,
+    starts: Sequence[EventInfo],
+    start_links: dict[str, tuple[str, ...]],
+    step: Callable[[int], str],
+    depth: int,
+    hops_per_trip: int,
+    timeout_ms: int | None,
 ) -> _Walked:
     """Breadth-first, ``hops_per_trip`` hops per round trip, from the exact frontier.
 
@@ -195,7 +221,8 @@ def _walk(
     while frontier and d < depth:
         k = min(hops_per_trip, depth - d)
         reached: list[str] = []
-        for hops, *fields, neighbours in store.read(step(k), {"ids": frontier}):
+        rows = store.read(step(k), {"ids": frontier}, timeout_ms=timeout_ms)
+        for hops, *fields, neighbours in rows:
             info = _event(fields, None)
             if info.id in distance:
                 continue
@@ -209,12 +236,19 @@ def _walk(
     return _Walked(nodes, distance, links)
 
 
-def _load_events(store: GraphStore, ids: Sequence[str]) -> dict[str, tuple[EventInfo, tuple]]:
-    """id -> (info with causes, effects) for the ids that exist."""
-    out: dict[str, tuple[EventInfo, tuple]] = {}
-    for *fields, causes, effects in store.read(cypher.EVENTS_BY_ID, {"ids": list(ids)}):
-        info = _event(fields, causes)
-        out[info.id] = (info, tuple(sorted(effects or ())))
+def _load_events(
+    store: GraphStore, ids: Sequence[str], with_effects: bool = False
+) -> dict[str, tuple[EventInfo, tuple[str, ...]]]:
+    """id -> (info with causes, effects) for the ids that exist (effects only if asked)."""
+    out: dict[str, tuple[EventInfo, tuple[str, ...]]] = {}
+    if with_effects:
+        for *fields, causes, effects in store.read(
+            cypher.EVENTS_WITH_EFFECTS_BY_ID, {"ids": list(ids)}
+        ):
+            out[fields[0]] = (_event(fields, causes), tuple(sorted(effects or ())))
+    else:
+        for *fields, causes in store.read(cypher.EVENTS_BY_ID, {"ids": list(ids)}):
+            out[fields[0]] = (_event(fields, causes), ())
     return out
 
 
@@ -223,15 +257,18 @@ def _violations_involving(store: GraphStore, ids: Iterable[str]) -> list[Violati
     return sorted(found, key=lambda v: (v.time_us or 0, v.id))
 
 
-def _resolve(store: GraphStore, ident: str) -> tuple[list[str], ViolationInfo | None]:
-    """An event id -> [it]; a violation id -> the events it involves."""
-    if store.read("MATCH (e:Event {id: $id}) RETURN e.id", {"id": ident}):
-        return [ident], None
+def _resolve(
+    store: GraphStore, ident: str
+) -> tuple[dict[str, tuple[EventInfo, tuple[str, ...]]], list[str], ViolationInfo | None]:
+    """An event id -> that event; a violation id -> the events it involves."""
+    loaded = _load_events(store, [ident])
+    if ident in loaded:
+        return loaded, [ident], None
     rows = store.read(cypher.VIOLATION_BY_ID, {"id": ident})
     if not rows:
         raise NotInGraph(ident)
     violation = _violation(rows[0])
-    return list(violation.events), violation
+    return _load_events(store, violation.events), list(violation.events), violation
 
 
 # --- why -----------------------------------------------------------------------------------
@@ -282,11 +319,11 @@ def why(
     ident: str,
     depth: int = DEFAULT_WHY_DEPTH,
     hops_per_trip: int = HOPS_PER_TRIP,
+    single_shot_ms: int | None = SINGLE_SHOT_MS,
 ) -> WhyResult:
     """The causal chain backwards from an event (or a violation) to its root causes."""
     _check_depth(depth)
-    target_ids, violation = _resolve(store, ident)
-    loaded = _load_events(store, target_ids)
+    loaded, target_ids, violation = _resolve(store, ident)
     targets = [loaded[t][0] for t in target_ids if t in loaded]
     walked = _walk(
         store,
@@ -295,6 +332,7 @@ def why(
         cypher.ancestors_step,
         depth,
         hops_per_trip,
+        single_shot_ms,
     )
     nodes = {
         i: (n if i in loaded else _with_causes(n, walked.links[i])) for i, n in walked.nodes.items()
@@ -382,15 +420,22 @@ def impact(
     event_id: str,
     depth: int = DEFAULT_IMPACT_DEPTH,
     hops_per_trip: int = HOPS_PER_TRIP,
+    single_shot_ms: int | None = SINGLE_SHOT_MS,
 ) -> ImpactResult:
     """Everything the event led to (transitively), with failure and violation counts."""
     _check_depth(depth)
-    loaded = _load_events(store, [event_id])
+    loaded = _load_events(store, [event_id], with_effects=True)
     if event_id not in loaded:
         raise NotInGraph(event_id)
     start, start_effects = loaded[event_id]
     walked = _walk(
-        store, [start], {start.id: start_effects}, cypher.descendants_step, depth, hops_per_trip
+        store,
+        [start],
+        {start.id: start_effects},
+        cypher.descendants_step,
+        depth,
+        hops_per_trip,
+        single_shot_ms,
     )
     # A descendant's causes are the reached nodes that list it as an effect.
     causes: dict[str, list[str]] = {i: [] for i in walked.nodes}

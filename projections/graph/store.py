@@ -28,6 +28,10 @@ class GraphUnavailable(GraphStoreError):
     """The backend cannot be reached."""
 
 
+class QueryTimeout(GraphStoreError):
+    """A read ran longer than the timeout it was given (and was stopped by the server)."""
+
+
 @dataclass(frozen=True)
 class GraphCounts:
     """How many nodes per label and relationships per type a graph holds."""
@@ -54,8 +58,14 @@ class GraphStore(Protocol):
     def setup(self) -> None:
         """Create the indexes/constraints; safe to call again."""
 
-    def read(self, statement: str, params: Params | None = None) -> list[tuple[Any, ...]]:
-        """Run a read-only statement; rows in RETURN order. A graph never written reads empty."""
+    def read(
+        self, statement: str, params: Params | None = None, timeout_ms: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Run a read-only statement; rows in RETURN order. A graph never written reads empty.
+
+        With ``timeout_ms`` the server stops the query after that long and
+        :class:`QueryTimeout` is raised.
+        """
         ...
 
     def write(self, statements: Sequence[Statement]) -> None:
