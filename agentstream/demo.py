@@ -244,7 +244,12 @@ class _Pipeline:
             self.runner = ProjectionRunner(
                 self.projection,
                 settings.bootstrap_servers,
-                config=RunnerConfig(max_batch=20_000, max_wait_ms=250, session_timeout_ms=6000),
+                config=RunnerConfig(
+                    max_batch=20_000,
+                    max_wait_ms=250,
+                    session_timeout_ms=6000,
+                    fetch_max_wait_ms=100,
+                ),
             )
             self._task = asyncio.create_task(self.runner.run(self._stop))
         self._counter = await asyncio.to_thread(connect, settings)

@@ -302,7 +302,9 @@ def freshness(url: str, rate: float, seconds: float, log_dir: Path) -> tuple[lis
     runner = ProjectionRunner(
         proj,
         broker.bootstrap,
-        config=RunnerConfig(max_batch=20_000, max_wait_ms=100, session_timeout_ms=6000),
+        config=RunnerConfig(
+            max_batch=20_000, max_wait_ms=100, session_timeout_ms=6000, fetch_max_wait_ms=50
+        ),
     )
 
     async def go() -> int:

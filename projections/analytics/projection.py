@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from projections.analytics import rows as r
 from projections.analytics import schema
-from projections.analytics.store import DEFAULT_DATABASE, AnalyticsStore
+from projections.analytics.store import DEFAULT_DATABASE, AnalyticsStore, parse_url
 from schemas.arrow import EVENT_ROW_SCHEMA
 from schemas.codec import DEFAULT_MAX_EVENT_BYTES, EventCodec
 from schemas.derived import Episode, Violation, decode_episode, decode_violation
@@ -66,13 +66,13 @@ class AnalyticsProjection:
     def __init__(
         self,
         url: str,
-        database: str = DEFAULT_DATABASE,
+        database: str | None = None,
         *,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         serve_queries_in: Path | None = None,
     ) -> None:
         self.url = url
-        self.database = database
+        self.database = database or parse_url(url).database or DEFAULT_DATABASE
         self.serve_queries_in = serve_queries_in
         self._codec = EventCodec(max_event_bytes)
         self.decoders: Mapping[str, Callable[[bytes], object]] = {
@@ -182,7 +182,8 @@ class AnalyticsProjection:
                 SELECT event_id FROM {db}.events
                 WHERE (tenant, agent_id) IN (SELECT tenant, agent_id FROM {{stage}})
                   AND time >= (SELECT min(time) FROM {{stage}})
-                  AND time <= (SELECT max(time) FROM {{stage}}))
+                  AND time <= (SELECT max(time) FROM {{stage}})
+                  AND event_id IN (SELECT event_id FROM {{stage}}))
             LIMIT 1 BY event_id
             """,
         )

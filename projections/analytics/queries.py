@@ -1,6 +1,8 @@
 """The named-query library: the questions analysts ask most, as reviewed SQL.
 
-Each query reads the rollups where it can (fast on any history size) and takes
+Each query reads the rollups where it can (fast on any history size; ``run_summary`` is
+read with ``FINAL``, which merges its rows per run in key order, cheaper than a hash
+``GROUP BY`` over a quarter million runs) and takes
 ClickHouse query parameters (``{name:Type}``) with defaults. docs/analytics.md shows each
 one's SQL; ``agentstream query --list`` lists them, ``--named NAME --param k=v`` runs one.
 """
@@ -123,18 +125,17 @@ SELECT
     r.tenant AS tenant,
     r.agent_id AS agent_id,
     r.run_id AS run_id,
-    if(max(r.status) = '', 'running', max(r.status)) AS status,
-    round(sum(r.cost_usd), 6) AS cost_usd,
-    sum(r.input_tokens) AS input_tokens,
-    sum(r.output_tokens) AS output_tokens,
-    sum(r.actions) AS actions,
-    sum(r.errors) AS errors,
-    sum(r.events) AS events,
-    min(r.first_time) AS started,
-    round(dateDiff('millisecond', started, max(r.last_time)) / 1000, 3) AS duration_s,
-    max(r.goal) AS goal
-FROM run_summary AS r
-GROUP BY tenant, agent_id, run_id
+    if(r.status = '', 'running', r.status) AS status,
+    round(r.cost_usd, 6) AS cost_usd,
+    r.input_tokens AS input_tokens,
+    r.output_tokens AS output_tokens,
+    r.actions AS actions,
+    r.errors AS errors,
+    r.events AS events,
+    r.first_time AS started,
+    round(dateDiff('millisecond', r.first_time, r.last_time) / 1000, 3) AS duration_s,
+    r.goal AS goal
+FROM run_summary AS r FINAL
 ORDER BY cost_usd DESC, run_id
 LIMIT {limit:UInt32}
 """,
@@ -164,11 +165,10 @@ FAILED_RUNS = NamedQuery(
     """
 WITH failed AS
 (
-    SELECT tenant, agent_id, run_id, max(last_time) AS finished
-    FROM run_summary
-    GROUP BY tenant, agent_id, run_id
-    HAVING max(status) = 'failed'
-    ORDER BY finished DESC
+    SELECT tenant, agent_id, run_id
+    FROM run_summary FINAL
+    WHERE status = 'failed'
+    ORDER BY last_time DESC
     LIMIT {runs:UInt32}
 )
 SELECT run_id, agent_id, time, type, tool, status, summary

@@ -145,10 +145,13 @@ def connect(
     settings: Settings | None = None,
     *,
     url: str | None = None,
-    database: str = DEFAULT_DATABASE,
+    database: str | None = None,
     run_dir: Path | None = None,
 ) -> AnalyticsReader:
-    """A read-only connection to the analytics model (see the module docstring)."""
+    """A read-only connection to the analytics model (see the module docstring).
+
+    The database is ``database``, else the one in an http(s) URL's path, else ``agentstream``.
+    """
     if url is None:
         if settings is None:
             from agentstream.settings import load_settings
@@ -158,6 +161,7 @@ def connect(
         if run_dir is None:
             run_dir = settings.data_dir.resolve() / "run"
     location = parse_url(url)
+    database = database or location.database or DEFAULT_DATABASE
     if location.backend == "chdb" and run_dir is not None:
         from projections.analytics.service import ServiceReader, find_service
 

@@ -56,6 +56,7 @@ class Location:
 
     backend: str  # "chdb" or "http"
     path: Path | None = None  # chdb
+    database: str | None = None  # http: from the URL's path (``…:8123/agentstream``)
     host: str | None = None  # http
     port: int | None = None
     secure: bool = False
@@ -76,7 +77,8 @@ class Location:
 
 
 def parse_url(url: str) -> Location:
-    """``chdb://PATH`` (absolute or relative path) or ``http(s)://[user[:pw]@]host[:port]``."""
+    """``chdb://PATH`` (absolute or relative path) or
+    ``http(s)://[user[:pw]@]host[:port][/database]``."""
     parsed = urlparse(url)
     if parsed.scheme == "chdb":
         raw = url[len("chdb://") :]
@@ -88,6 +90,7 @@ def parse_url(url: str) -> Location:
         return Location("chdb", path=Path(unquote(raw)).expanduser().resolve())
     if parsed.scheme in ("http", "https"):
         secure = parsed.scheme == "https"
+        database = unquote(parsed.path.strip("/")) or None
         return Location(
             "http",
             host=parsed.hostname or "localhost",
@@ -95,6 +98,7 @@ def parse_url(url: str) -> Location:
             secure=secure,
             username=unquote(parsed.username) if parsed.username else None,
             password=unquote(parsed.password) if parsed.password else "",
+            database=check_identifier(database) if database else None,
         )
     raise AnalyticsError(
         f"analytics url must be chdb://PATH or http(s)://host:port, got {url!r}",
@@ -222,7 +226,10 @@ def model_lock(location: Location, database: str) -> _ModelLock:
 
 
 class AnalyticsStore:
-    """One database (default ``agentstream``) of the analytics model at one location.
+    """One database of the analytics model at one location.
+
+    The database is ``database``, else the one named in an http(s) URL's path, else
+    ``agentstream``.
 
     ``AnalyticsStore(url, database="rebuild_1")`` builds a model aside; the live store's
     :meth:`replace_live_with` swaps it in.
