@@ -308,6 +308,14 @@ def default_services() -> list[Service]:
             prepare=_graph_prepare,
             note="persistent: AOF + RDB snapshots in DATA_DIR/falkordb",
         ),
+        python_service(
+            "archiver",
+            ["archive", "--max-segment-age", "10"],  # the in-memory log: close files often
+            depends_on=("broker",),
+            enabled=lambda s: s.archive_embedded,
+            note="agent-events -> Parquet in ARCHIVE_DIR (default DATA_DIR/archive): "
+            "the durable copy of the log (`agentstream archive --info`)",
+        ),
     ]
 
 
