@@ -6,6 +6,9 @@ built; a rebuild while producers keep publishing must end with exact counts."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -404,3 +407,82 @@ async def test_from_window_and_point_in_time_build_aside(kafka: Broker, tmp_path
     assert totals == {a: st.events_total for a, st in fold(prefix)[0].items()}
     with AnalyticsStore(url, "aside", create=False) as s:
         assert "agentstream" not in {r[0] for r in s.rows("SELECT name FROM system.databases")}
+
+
+class _Idle:
+    """A stand-in live projection: it only holds the analytics consumer group."""
+
+    name = "analytics"
+    topics = (EVENTS, "agent-violations", "agent-episodes", STATE)
+    decoders = {t: bytes for t in topics}
+
+    def setup(self) -> None:
+        pass
+
+    def apply(self, records: list) -> None:
+        pass
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agentstream.cli", "replay", "rebuild", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+async def test_rebuild_command_from_the_archive(kafka: Broker, tmp_path: Path):
+    events = sim(runs=6, seed=61)
+    await publish(kafka.bootstrap, events)
+    data = tmp_path / "data"
+    archiver = Archiver(kafka.bootstrap, data / "archive", max_segment_age_s=0.3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(archiver.run(stop))
+    deadline = time.monotonic() + 60
+    while sum(v + 1 for v in archive_state(data / "archive").last_offsets.values()) < len(events):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    stop.set()
+    await task
+    env = {
+        **os.environ,
+        "AGENTSTREAM_KAFKA_URL": f"kafka://{kafka.bootstrap}",
+        "AGENTSTREAM_DATA_DIR": str(data),
+        "AGENTSTREAM_CONFIG": str(tmp_path / "none.toml"),
+        "COLUMNS": "160",
+    }
+    bad = await asyncio.to_thread(cli, env, "analytics", "--to", "2026-01-01T00:10:00Z")
+    assert bad.returncode == 1 and "--no-switch" in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0
+
+    # a live analytics projection is running: the rebuild refuses before doing anything
+    runner = ProjectionRunner(_Idle(), kafka.bootstrap, config=FAST)
+    held = asyncio.Event()
+    holding = asyncio.create_task(runner.run(held))
+    await runner.wait_started()
+    assert await wait_until_async(lambda: bool(runner.assigned), 30)
+    busy = await asyncio.to_thread(cli, env, "analytics", "--source", "archive")
+    held.set()
+    await holding
+    assert busy.returncode == 1, busy.stdout
+    assert "live analytics projection is running" in busy.stderr
+
+    ok = await asyncio.to_thread(cli, env, "analytics", "state", "--source", "archive")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"{len(events)} events folded" in ok.stdout and "switched" in ok.stdout
+    assert "records/s" in ok.stderr  # the progress bar with its rate
+    with AnalyticsStore(f"chdb://{data / 'clickhouse'}", "agentstream", create=False) as s:
+        assert s.scalar("SELECT count() FROM events") == len(events)
+    # no state was recorded before: the rebuild published every agent's
+    assert await read_states(kafka.bootstrap) == fold(events)[0]
+
+
+async def wait_until_async(predicate, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
