@@ -5,16 +5,19 @@
 Workload: simulator events (realistic sizes, ~0.8 KB mean), published once to a Tansu broker
 this script starts (6 partitions); every trial then reads the same topic from offset 0.
 
-- ``processor``: one :class:`streams.processor.StreamProcessor` worker (faust, in this
-  process) in a fresh consumer group: decode, reduce, publish states / violations / episodes,
-  mirror into the faust table, commit. Timed from the first record handed to the core to
-  the last one (group join, ~5 s on Tansu, is excluded and reported separately).
+- ``processor (faust)``: one :class:`streams.processor.StreamProcessor` worker (the faust
+  app, in this process) in a fresh consumer group: decode, reduce, publish states /
+  violations / episodes, mirror into the faust table, commit. Timed from the first record
+  handed to the core to the last one (group join, ~5 s on Tansu, is excluded and reported
+  separately).
+- ``processor (aiokafka engine)``: :class:`streams.processor.KafkaProcessor`, the same
+  processing and outputs on a plain aiokafka consumer group, timed the same way.
 - ``raw consume + decode`` (the baseline): a plain ``AIOKafkaConsumer`` on all partitions,
   ``getmany`` until the fetch high watermark, ``EventCodec.decode`` of every value; nothing
   else. The same bytes, the same decoder.
 - context only: ``core only`` (:class:`StateCore.step` over records already in memory, no
-  Kafka), ``fold only`` (the reducer over decoded events), and the processor without the
-  faust table.
+  Kafka), ``fold only`` (the reducer over decoded events), and the faust processor without
+  its table.
 
 The best of ``--repeats`` is reported; trials alternate between variants.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -39,7 +43,7 @@ from agentstream.processes import ManagedProcess, free_port, tansu_argv
 from schemas.codec import EventCodec
 from schemas.topics import EVENTS
 from streams.admin import ensure_topics, wait_for_broker
-from streams.processor import BatchOutput, InRecord, StateCore, StreamProcessor
+from streams.processor import BatchOutput, InRecord, StateCore, build_app
 from streams.producer import EventProducer
 from streams.reducer import fold
 from streams.simulator import SimulationConfig, generate
@@ -75,7 +79,7 @@ async def raw_trial(bootstrap: str, n: int) -> float:
         t0 = time.perf_counter()
         while todo:
             batches = await consumer.getmany(*todo, timeout_ms=200, max_records=20000)
-            for tp, msgs in batches.items():
+            for msgs in batches.values():
                 for m in msgs:
                     codec.decode(m.value)
                     seen += 1
@@ -89,10 +93,15 @@ async def raw_trial(bootstrap: str, n: int) -> float:
 
 
 async def processor_trial(
-    bootstrap: str, data_dir: Path, n: int, group: str, use_table: bool, timings: dict
+    bootstrap: str, data_dir: Path, n: int, group: str, engine: str, timings: dict, **options
 ) -> float:
-    proc = StreamProcessor(
-        bootstrap, data_dir / group, group_id=group, partitions=PARTITIONS, use_table=use_table
+    proc = build_app(
+        bootstrap=bootstrap,
+        data_dir=data_dir / group,
+        group_id=group,
+        engine=engine,
+        partitions=PARTITIONS,
+        **options,
     )
     first: list[float] = []
     original = proc.handle
@@ -163,7 +172,8 @@ async def fetch_records(bootstrap: str) -> list[InRecord]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.ERROR)
+    load_before = os.getloadavg()[0]
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     print(f"generating {args.events} simulator events ...", flush=True)
     events = list(
@@ -189,20 +199,29 @@ async def main(args: argparse.Namespace) -> None:
             records = await fetch_records(bootstrap)
             assert len(records) == n
 
-            raw, proc, proc_nt, core = [], [], [], []
+            raw, proc, proc_nt, fast, core = [], [], [], [], []
             timings: dict = {}
+            fast_timings: dict = {}
             for i in range(args.repeats):
                 raw.append(await raw_trial(bootstrap, n))
                 proc.append(
-                    await processor_trial(bootstrap, tmpdir, n, f"bench-{i}", True, timings)
+                    await processor_trial(bootstrap, tmpdir, n, f"bench-{i}", "faust", timings)
+                )
+                fast.append(
+                    await processor_trial(
+                        bootstrap, tmpdir, n, f"bench-ak-{i}", "aiokafka", fast_timings
+                    )
                 )
                 proc_nt.append(
-                    await processor_trial(bootstrap, tmpdir, n, f"bench-nt-{i}", False, {})
+                    await processor_trial(
+                        bootstrap, tmpdir, n, f"bench-nt-{i}", "faust", {}, use_table=False
+                    )
                 )
                 core.append(core_only(records))
                 print(
-                    f"trial {i}: raw {raw[-1]:,.0f}/s, processor {proc[-1]:,.0f}/s, "
-                    f"no table {proc_nt[-1]:,.0f}/s, core {core[-1]:,.0f}/s",
+                    f"trial {i}: raw {raw[-1]:,.0f}/s, faust {proc[-1]:,.0f}/s, "
+                    f"aiokafka engine {fast[-1]:,.0f}/s, faust without table "
+                    f"{proc_nt[-1]:,.0f}/s, core {core[-1]:,.0f}/s",
                     flush=True,
                 )
         finally:
@@ -211,8 +230,16 @@ async def main(args: argparse.Namespace) -> None:
     base = max(raw)
     figures = [
         Figure(
-            "processor (faust, 1 worker)",
+            "processor, faust engine (1 worker)",
             max(proc),
+            "events/s",
+            baseline=base,
+            baseline_name="raw consume+decode",
+            goal=30_000,
+        ),
+        Figure(
+            "processor, aiokafka engine (1 worker)",
+            max(fast),
             "events/s",
             baseline=base,
             baseline_name="raw consume+decode",
@@ -220,7 +247,7 @@ async def main(args: argparse.Namespace) -> None:
         ),
         Figure("raw consume + decode", base, "events/s"),
         Figure(
-            "processor without faust table",
+            "faust engine without its table",
             max(proc_nt),
             "events/s",
             baseline=base,
@@ -228,7 +255,8 @@ async def main(args: argparse.Namespace) -> None:
         ),
         Figure("core only (no Kafka)", max(core), "events/s"),
         Figure("fold only (decoded events)", fold_rate, "events/s"),
-        Figure("worker startup (join + first batch)", min(timings["startup_s"]), "s"),
+        Figure("faust worker startup (join + first batch)", min(timings["startup_s"]), "s"),
+        Figure("aiokafka worker startup (join + first batch)", min(fast_timings["startup_s"]), "s"),
     ]
     params = {
         "events": n,
@@ -236,8 +264,10 @@ async def main(args: argparse.Namespace) -> None:
         "repeats": args.repeats,
         "partitions": PARTITIONS,
         "mean_event_bytes": round(sum(len(r.value or b"") for r in records) / n),
-        "batches_per_run": timings["batches"],
-        "states_published_per_run": timings["states_published"],
+        "faust_batches_per_run": timings["batches"],
+        "faust_states_published_per_run": timings["states_published"],
+        "aiokafka_batches_per_run": fast_timings["batches"],
+        "load_avg_1m_before": load_before,
     }
     path = write_results("bench_processor", figures, params)
     print_table("stream processor", figures)

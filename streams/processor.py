@@ -27,11 +27,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError
 
 from schemas.codec import DEFAULT_MAX_EVENT_BYTES, EventCodec
 from schemas.deadletter import DEFAULT_MAX_ORIGINAL_BYTES, dead_letter, encode_dead_letter
@@ -455,8 +456,133 @@ def _faust_brokers(bootstrap: str) -> list[str]:
     return [f"kafka://{b.strip()}" for b in bootstrap.split(",") if b.strip()]
 
 
-class StreamProcessor:
-    """The faust worker app plus its core, publisher and stats. Build with :func:`build_app`."""
+class _Processor:
+    """What both engines share: the core, the publisher, rebuild/gap handling, a batch."""
+
+    engine = ""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        group_id: str,
+        config: ReducerConfig,
+        max_event_bytes: int,
+        max_batch: int,
+        batch_wait_s: float,
+        compression: str | None,
+    ) -> None:
+        if max_batch < 1 or batch_wait_s <= 0:
+            raise ValueError("max_batch must be >= 1 and batch_wait_s > 0")
+        self.bootstrap = bootstrap
+        self.group_id = group_id
+        self.stats = ProcessorStats()
+        self.core = StateCore(config, EventCodec(max_event_bytes), group_id, stats=self.stats)
+        self.publisher = Publisher(
+            bootstrap,
+            compression=compression,
+            max_request_size=max(4 << 20, 2 * max_event_bytes),
+        )
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
+        self._gaps: list[tuple[int, int, int]] = []  # (partition, first, end) read ourselves
+
+    async def handle(self, records: Sequence[InRecord]) -> BatchOutput:
+        """Process one batch end to end: rebuild if needed, reduce, publish."""
+        core = self.core
+        out = BatchOutput()
+        firsts: dict[int, int] = {}
+        for r in records:
+            firsts.setdefault(r.partition, r.offset)
+        stale = {p: off for p, off in firsts.items() if core.needs_rebuild(p, off)}
+        if stale:
+            await self._rebuild(stale, out)
+        i: int | None = 0
+        while i is not None:
+            i = core.step(records, i, out)
+            if i is not None:  # a gap inside the batch: fill that partition up to it
+                r = records[i]
+                await self._rebuild({r.partition: r.offset}, out)
+        await self._publish(out)
+        self.stats.batches += 1
+        return out
+
+    async def _rebuild(self, upto: dict[int, int], out: BatchOutput) -> None:
+        """Make the states of ``upto``'s partitions exact up to (excluding) those offsets.
+
+        A partition this worker already holds has a gap: records ``next_offset..upto`` never
+        reached it (faust dropped them, or another worker had the partition meanwhile).
+        They are read from the log and applied with their outputs. A partition new to this
+        worker is re-folded from offset 0; its outputs are re-emitted from the group's
+        committed offset on (below it they are known to be published).
+        """
+        started = time.monotonic()
+        core = self.core
+        gaps = {p: (core.next_offset[p], end) for p, end in upto.items() if p in core.next_offset}
+        fresh = {p: end for p, end in upto.items() if p not in core.next_offset}
+        if gaps:
+            log.warning(
+                "records that never reached this worker, read from the log instead: %s",
+                {p: f"{s}..{e - 1}" for p, (s, e) in gaps.items()},
+            )
+            await fill_gaps(core, self.bootstrap, gaps, out)
+            self.stats.gaps_filled += len(gaps)
+            self.stats.gap_records += sum(e - s for s, e in gaps.values())
+            self._gaps.extend((p, s, e) for p, (s, e) in gaps.items())
+        if fresh:
+            committed = await committed_offsets(self.bootstrap, self.group_id, EVENTS, fresh)
+            emit_from = {p: min(committed.get(p, 0), end) for p, end in fresh.items()}
+            rebuilt = await rebuild_partitions(core, self.bootstrap, fresh, out, emit_from)
+            for agent in out.changed:  # states changed earlier in this batch were replaced
+                out.changed[agent] = core.states.get(agent, out.changed[agent])
+            self._gaps.extend((p, emit_from[p], e) for p, e in fresh.items() if emit_from[p] < e)
+            self.stats.rebuilds += len(fresh)
+            self.stats.rebuilt_records += rebuilt
+            log.info(
+                "rebuilt partitions %s from %d records (%d re-emitted) in %.3fs",
+                fresh,
+                rebuilt,
+                sum(e - emit_from[p] for p, e in fresh.items()),
+                time.monotonic() - started,
+            )
+            self._rebuilt(fresh)
+        self.stats.rebuild_seconds += time.monotonic() - started
+
+    def _rebuilt(self, partitions: Iterable[int]) -> None:
+        """Hook: partitions were rebuilt from the log."""
+
+    def _published(self, out: BatchOutput) -> None:
+        """Hook: a batch's outputs are on the broker."""
+
+    async def _publish(self, out: BatchOutput) -> None:
+        records = out.records()
+        delay = 0.2
+        while True:
+            try:
+                await self.publisher.publish(records)
+                break
+            except (KafkaError, OSError, TimeoutError) as err:
+                # not acked, not committed: retry until the broker takes it (backpressure)
+                self.stats.publish_retries += 1
+                log.warning("publishing %d outputs failed (%r); retrying", len(records), err)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for d in out.derived:
+            if isinstance(d, Episode):
+                self.stats.episodes += 1
+            else:
+                self.stats.violations += 1
+        self.stats.states_published += len(out.changed)
+        self._published(out)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        raise NotImplementedError
+
+
+class StreamProcessor(_Processor):
+    """The faust worker: one agent on agent-events, a table with changelog, faust commits."""
+
+    engine = "faust"
 
     def __init__(
         self,
@@ -478,14 +604,14 @@ class StreamProcessor:
         import faust
         import mode
 
-        self.bootstrap = bootstrap
-        self.group_id = group_id
-        self.stats = ProcessorStats()
-        self.core = StateCore(config, EventCodec(max_event_bytes), group_id, stats=self.stats)
-        self.publisher = Publisher(
+        super().__init__(
             bootstrap,
+            group_id=group_id,
+            config=config,
+            max_event_bytes=max_event_bytes,
+            max_batch=max_batch,
+            batch_wait_s=batch_wait_s,
             compression=compression,
-            max_request_size=max(4 << 20, 2 * max_event_bytes),
         )
         data_dir = Path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -527,9 +653,6 @@ class StreamProcessor:
             if use_table
             else None
         )
-        self._max_batch = max_batch
-        self._gaps: list[tuple[int, int, int]] = []  # (partition, first, end) re-emitted
-        self._batch_wait_s = batch_wait_s
 
         async def advance_agents(stream: Any) -> None:
             await self._agent(stream)
@@ -544,61 +667,27 @@ class StreamProcessor:
         outputs are published: a batch that did not finish is never acked, so never
         committed, and is redelivered after a restart.
         """
-        async for events in stream.take_events(self._max_batch, within=self._batch_wait_s):
+        async for events in stream.take_events(self.max_batch, within=self.batch_wait_s):
             for e in events:
                 e.message.incref()
             try:
-                await self._handle_events(events)
+                await self.handle([_in_record(e.message) for e in events])
             except Exception:
                 log.exception("batch of %d events failed; stopping the worker", len(events))
                 raise
+            if self._gaps:
+                await self._release_gaps()
             for e in events:
                 e.message.decref()
 
-    async def _handle_events(self, events: Sequence[Any]) -> None:
-        records = [
-            InRecord(
-                m.topic,
-                m.partition,
-                m.offset,
-                m.key,
-                m.value,
-                int(m.timestamp * 1000) if m.timestamp else None,
-            )
-            for m in (e.message for e in events)
-        ]
-        await self.handle(records)
-
-    async def handle(self, records: Sequence[InRecord]) -> BatchOutput:
-        """Process one batch end to end: rebuild if needed, reduce, publish, mirror."""
-        core = self.core
-        out = BatchOutput()
-        firsts: dict[int, int] = {}
-        for r in records:
-            firsts.setdefault(r.partition, r.offset)
-        stale = {p: off for p, off in firsts.items() if core.needs_rebuild(p, off)}
-        if stale:
-            await self._rebuild(stale, out)
-        i: int | None = 0
-        while i is not None:
-            i = core.step(records, i, out)
-            if i is not None:  # a gap inside the batch: rebuild that partition up to it
-                r = records[i]
-                await self._rebuild({r.partition: r.offset}, out)
-        await self._publish(out)
-        if self._gaps:
-            await self._release_gaps()
-        self.stats.batches += 1
-        return out
-
     async def _release_gaps(self) -> None:
-        """Let faust commit past offsets it never delivered but we re-emitted.
+        """Let faust commit past offsets it never delivered and we applied from the log.
 
         After a rebalance faust can drop fetched records without ever delivering them to
-        the agent (measured here: tens of records per partition). They are never acked,
-        so faust's committed offset would stop at the first of them forever. We re-fold
-        and re-emit them ourselves (see :meth:`_rebuild`), then declare them a gap, the
-        same bookkeeping faust itself does when its fetch position jumps.
+        the agent (docs/processing.md). They are never acked, so faust's committed offset
+        would stop at the first of them forever. We apply them ourselves (see
+        :meth:`_rebuild`), then declare them a gap: the same bookkeeping faust does itself
+        when its fetch position jumps.
         """
         gaps, self._gaps = self._gaps, []
         consumer = getattr(self.app, "consumer", None)
@@ -611,52 +700,14 @@ class StreamProcessor:
         for p, start, end in gaps:
             await add_gap(TP(EVENTS, p), start, end - 1)
 
-    async def _rebuild(self, upto: dict[int, int], out: BatchOutput) -> None:
-        """Make the states of ``upto``'s partitions exact up to (excluding) those offsets.
-
-        A partition this worker already holds has a gap: records ``next_offset..upto`` never
-        reached it (faust dropped them, see docs/processing.md). They are read from the log
-        and applied with their outputs. A partition new to this worker is re-folded from
-        offset 0; its outputs are re-emitted from the group's committed offset on.
-        """
-        started = time.monotonic()
-        core = self.core
-        gaps = {p: (core.next_offset[p], end) for p, end in upto.items() if p in core.next_offset}
-        fresh = {p: end for p, end in upto.items() if p not in core.next_offset}
-        n = 0
-        if gaps:
-            log.warning(
-                "records never delivered by faust, read from the log instead: %s",
-                {p: f"{s}..{e - 1}" for p, (s, e) in gaps.items()},
-            )
-            n += await fill_gaps(core, self.bootstrap, gaps, out)
-            self.stats.gaps_filled += len(gaps)
-            self.stats.gap_records += sum(e - s for s, e in gaps.values())
-            self._gaps.extend((p, s, e) for p, (s, e) in gaps.items())
-        if fresh:
-            committed = await committed_offsets(self.bootstrap, self.group_id, EVENTS, fresh)
-            emit_from = {p: min(committed.get(p, 0), end) for p, end in fresh.items()}
-            rebuilt = await rebuild_partitions(core, self.bootstrap, fresh, out, emit_from)
-            n += rebuilt
-            for agent in out.changed:  # states changed earlier in this batch were replaced
-                out.changed[agent] = core.states.get(agent, out.changed[agent])
-            self._gaps.extend((p, emit_from[p], e) for p, e in fresh.items() if emit_from[p] < e)
-            self.stats.rebuilds += len(fresh)
-            self.stats.rebuilt_records += rebuilt
-            log.info(
-                "rebuilt partitions %s from %d records (%d re-emitted) in %.3fs",
-                fresh,
-                rebuilt,
-                sum(e - emit_from[p] for p, e in fresh.items()),
-                time.monotonic() - started,
-            )
-            if self.table is not None:
-                self._check_table(fresh)
-        self.stats.rebuild_seconds += time.monotonic() - started
+    def _rebuilt(self, partitions: Iterable[int]) -> None:
+        if self.table is not None:
+            self._check_table(partitions)
 
     def _check_table(self, partitions: Iterable[int]) -> None:
         """Compare what faust recovered into the table with the rebuilt truth; correct it."""
         assert self.table is not None
+        partitions = sorted(partitions)
         checked = mismatched = 0
         for p in partitions:
             for agent in self.core.agents_in(p):
@@ -672,30 +723,12 @@ class StreamProcessor:
             log.info(
                 "faust table vs rebuilt state for partitions %s: %d agents, %d missing or "
                 "stale in the table (corrected)",
-                sorted(partitions),
+                partitions,
                 checked,
                 mismatched,
             )
 
-    async def _publish(self, out: BatchOutput) -> None:
-        records = out.records()
-        delay = 0.2
-        while True:
-            try:
-                await self.publisher.publish(records)
-                break
-            except (KafkaError, OSError, TimeoutError) as err:
-                # not acked, not committed: retry until the broker takes it (backpressure)
-                self.stats.publish_retries += 1
-                log.warning("publishing %d outputs failed (%r); retrying", len(records), err)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        for d in out.derived:
-            if isinstance(d, Episode):
-                self.stats.episodes += 1
-            else:
-                self.stats.violations += 1
-        self.stats.states_published += len(out.changed)
+    def _published(self, out: BatchOutput) -> None:
         if self.table is not None:
             for agent, state in out.changed.items():
                 self.table[agent.encode()] = encode_state(state)
@@ -722,6 +755,109 @@ class StreamProcessor:
             raise RuntimeError(f"processor crashed: {reason!r}") from reason
 
 
+def _in_record(m: Any) -> InRecord:
+    """A faust Message (timestamp in seconds) as an InRecord."""
+    ts = int(m.timestamp * 1000) if m.timestamp else None
+    return InRecord(m.topic, m.partition, m.offset, m.key, m.value, ts)
+
+
+class _CommitAfterBatch(ConsumerRebalanceListener):
+    """Before partitions are taken away, let the batch in flight finish and commit."""
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self._lock = lock
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self._lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        pass
+
+
+class KafkaProcessor(_Processor):
+    """The same processing on a plain aiokafka consumer group (no faust, no table).
+
+    faust dispatches every record through several tasks and queues (~100 µs of CPU per
+    record here), which caps a worker far below a raw consumer. This engine reads with
+    ``getmany`` in batches and commits each batch's offsets right after its outputs are
+    acked: same outputs, same recovery, same guarantees.
+    """
+
+    engine = "aiokafka"
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        group_id: str = DEFAULT_GROUP,
+        config: ReducerConfig = DEFAULT_CONFIG,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
+        compression: str | None = None,
+        session_timeout_s: float = 10.0,
+        **_ignored: Any,
+    ) -> None:
+        super().__init__(
+            bootstrap,
+            group_id=group_id,
+            config=config,
+            max_event_bytes=max_event_bytes,
+            max_batch=max_batch,
+            batch_wait_s=batch_wait_s,
+            compression=compression,
+        )
+        self.session_timeout_s = session_timeout_s
+        self._lock = asyncio.Lock()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Consume, process and commit batch by batch until ``stop`` is set."""
+        stop = stop or asyncio.Event()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(self.session_timeout_s * 1000),
+            heartbeat_interval_ms=1000,
+            max_partition_fetch_bytes=8 << 20,
+            fetch_max_wait_ms=int(min(self.batch_wait_s, 0.5) * 1000),
+        )
+        consumer.subscribe([EVENTS], listener=_CommitAfterBatch(self._lock))
+        await self.publisher.start()
+        try:
+            await consumer.start()
+            wait_ms = int(self.batch_wait_s * 1000)
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=wait_ms, max_records=self.max_batch)
+                if not batches:
+                    continue
+                async with self._lock:
+                    records = [
+                        InRecord(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp)
+                        for tp, msgs in batches.items()
+                        for m in msgs
+                    ]
+                    await self.handle(records)
+                    offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batches.items() if msgs}
+                    try:
+                        await consumer.commit(offsets)
+                    except CommitFailedError as err:
+                        # a rebalance took partitions away mid-batch: their next owner
+                        # redoes the batch (outputs are idempotent), nothing is lost
+                        log.warning("commit after a rebalance failed (%s)", err)
+                    self._gaps.clear()  # commits are explicit here: nothing to release
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            await self.publisher.stop()
+
+
+Engine = Literal["faust", "aiokafka"]
+ENGINES: tuple[str, ...] = ("faust", "aiokafka")
+
+
 def build_app(
     settings: Settings | None = None,
     *,
@@ -729,9 +865,14 @@ def build_app(
     data_dir: Path | None = None,
     group_id: str = DEFAULT_GROUP,
     config: ReducerConfig = DEFAULT_CONFIG,
+    engine: Engine = "faust",
     **options: Any,
-) -> StreamProcessor:
-    """The processor for ``settings`` (or an explicit bootstrap and data dir)."""
+) -> StreamProcessor | KafkaProcessor:
+    """The processor for ``settings`` (or an explicit bootstrap and data dir).
+
+    ``engine="faust"`` (default) is the faust app; ``"aiokafka"`` the same processing on a
+    plain consumer group, for throughput (docs/processing.md).
+    """
     if settings is None and bootstrap is None:
         from agentstream.settings import load_settings
 
@@ -741,8 +882,15 @@ def build_app(
         options.setdefault("replication_factor", settings.replication_factor)
         options.setdefault("max_event_bytes", settings.max_event_bytes)
         options.setdefault("compression", settings.producer_compression)
+    bootstrap = bootstrap or (settings.bootstrap_servers if settings else "")
+    if engine == "aiokafka":
+        for faust_only in ("partitions", "replication_factor", "commit_interval_s", "use_table"):
+            options.pop(faust_only, None)
+        return KafkaProcessor(bootstrap, group_id=group_id, config=config, **options)
+    if engine != "faust":
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     return StreamProcessor(
-        bootstrap or (settings.bootstrap_servers if settings else ""),
+        bootstrap,
         data_dir or (settings.data_dir if settings else Path(".agentstream")) / "processor",
         group_id=group_id,
         config=config,

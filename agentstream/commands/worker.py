@@ -51,16 +51,24 @@ def worker(
         float,
         typer.Option("--action-timeout", min=0.001, help="seconds (event time) until stuck"),
     ] = 300.0,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine", help="faust (the faust app) or aiokafka (same processing, faster)"
+        ),
+    ] = "faust",
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING")] = "INFO",
 ) -> None:
     """Run the stream processor until stopped: agent state, violations, episodes, DLQ."""
+    if engine not in ("faust", "aiokafka"):
+        fail(f"worker: unknown engine {engine!r} — use --engine faust or --engine aiokafka")
     settings = _settings()
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     for noisy in ("aiokafka", "faust", "mode"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    stats = asyncio.run(_run(settings, group, max_batch, batch_wait, action_timeout))
+    stats = asyncio.run(_run(settings, group, max_batch, batch_wait, action_timeout, engine))
     console.print(
         f"processed {stats.records} records: {stats.applied} applied, {stats.duplicates} "
         f"duplicates, {stats.rejected} to the DLQ; {stats.violations} violations, "
@@ -71,7 +79,12 @@ def worker(
 
 
 async def _run(
-    settings: Any, group: str, max_batch: int, batch_wait: float, action_timeout: float
+    settings: Any,
+    group: str,
+    max_batch: int,
+    batch_wait: float,
+    action_timeout: float,
+    engine: Any,
 ) -> Any:
     from datetime import timedelta
 
@@ -90,6 +103,7 @@ async def _run(
         config=ReducerConfig(action_timeout=timedelta(seconds=action_timeout)),
         max_batch=max_batch,
         batch_wait_s=batch_wait,
+        engine=engine,
     )
     bootstrap = settings.bootstrap_servers
     try:
