@@ -319,3 +319,28 @@ def test_a_stale_endpoint_record_is_ignored(populated):
     with connect(url=url, run_dir=run) as db:
         assert isinstance(db, DirectReader)
         assert db.query("SELECT count() AS n FROM events").column("n")[0].as_py() == counts.total
+
+
+def test_docs_match_the_code(tmp_path):
+    """docs/analytics.md shows every named query's SQL verbatim and every column of every
+    table with its exact ClickHouse type."""
+    from projections.analytics import schema
+    from projections.analytics.store import AnalyticsStore
+
+    doc = (Path(__file__).parent.parent / "docs" / "analytics.md").read_text()
+    for q in NAMED_QUERIES.values():
+        assert f"### `{q.name}`" in doc, q.name
+        assert q.sql.strip() in doc, f"the SQL of {q.name} in docs/analytics.md is stale"
+    with AnalyticsStore(f"chdb://{tmp_path / 'ch'}") as store:
+        schema.migrate(store)
+        columns = store.rows(
+            "SELECT table, name, type FROM system.columns WHERE database = {db:String}",
+            {"db": store.database},
+        )
+    tables = {*schema.DATA_TABLES, "schema_version"}
+    checked = 0
+    for table, name, ctype in columns:
+        if table in tables:
+            assert f"| `{name}` | {ctype} |" in doc, f"{table}.{name} {ctype} not documented"
+            checked += 1
+    assert checked > 90
