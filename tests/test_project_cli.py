@@ -12,6 +12,7 @@ import time
 
 from falkordb import FalkorDB
 
+from projections.analytics.service import SERVICE_FILE
 from streams.producer import EventProducer
 from streams.simulator import SimulationConfig, generate, publish
 
@@ -64,6 +65,8 @@ async def test_project_feeds_analytics_and_graph_and_serves_queries(kafka, falko
         code = _run_project_and_check(env, events, falkordb, log, log_path)
     assert code == 0, log_path.read_text()[-2000:]
     assert "analytics: applied" in log_path.read_text()
+    # the owner withdrew its read endpoint record on the way out
+    assert not (tmp_path / "data" / "run" / SERVICE_FILE).exists()
 
 
 def _run_project_and_check(env, events, falkordb, log, log_path) -> int:

@@ -89,11 +89,24 @@ async def _run(settings: Any, names: list[str], report_every: float) -> list[Any
                 log.info("%s: applied %d, lag %d", r.projection.name, s.applied, s.lag())
     except (KafkaConnectionError, OSError) as err:
         stop.set()
+        _close(runners)
         fail(
             f"project: cannot reach the Kafka broker at {settings.bootstrap_servers} "
             f"({type(err).__name__}) — start it with `agentstream up` or set AGENTSTREAM_KAFKA_URL"
         )
+    _close(runners)
     return runners
+
+
+def _close(runners: list[Any]) -> None:
+    """Release stores (the analytics owner also withdraws its read endpoint record)."""
+    for r in runners:
+        close = getattr(r.projection, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception as err:  # closing must not hide the run's own outcome
+                log.warning("%s: close failed: %s", r.projection.name, err)
 
 
 def register(app: typer.Typer) -> None:
