@@ -372,6 +372,7 @@ class RebuildOptions:
     to_ms: int | None = None
     switch: bool = True
     chunk_rows: int = 50_000
+    tail: bool = True  # after the archive, continue from Kafka (needed to switch)
     reducer_config: ReducerConfig = DEFAULT_CONFIG
     reducer: Callable[[AgentState, Event, ReducerConfig, list[Derived]], bool] = advance
 
@@ -584,6 +585,7 @@ async def rebuild(
         await _timed(result, t.model, t.prepare)
     folder = _Folder(options, targets)
     folder.arm()
+    writer = _Writer(targets, result, progress)
     wants_rows = any(t.model == "analytics" for t in targets)
     try:
         sources = await open_sources(options)
@@ -600,13 +602,14 @@ async def rebuild(
                     pending.add(batch, events, derived, wants_rows)
                 result.read_seconds += time.perf_counter() - t0
                 if pending.rows_count >= options.chunk_rows:
-                    await _apply(targets, pending.take(), result, progress)
+                    await writer.submit(pending.take())
                 if on_progress:
                     on_progress(progress)
             if isinstance(src, ArchiveLogSource):
                 result.generations = sorted({s.generation for s in src.segments})
         if pending.events:
-            await _apply(targets, pending.take(), result, progress)
+            await writer.submit(pending.take())
+        await writer.drain()
         result.records_read = progress.read = sum(s.read for s in sources)
         result.agents = len(folder.states)
         progress.phase = "finishing"
@@ -623,6 +626,8 @@ async def rebuild(
             await _switch(targets, options, result, live)
             result.switched = True
     except BaseException:
+        with contextlib.suppress(BaseException):
+            await writer.drain()
         for t in targets:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(t.discard)
@@ -643,6 +648,10 @@ async def open_sources(options: RebuildOptions) -> list[LogSource]:
         return [KafkaLogSource(options.bootstrap, EVENTS, window=to_window)]
     assert options.archive_root is not None
     archive = ArchiveLogSource(options.archive_root, window=to_window)
+    if not options.tail:
+        if options.switch:
+            raise RebuildError("switching needs the Kafka tail after the archive (tail=True)")
+        return [archive]
     tail = await _tail_plan(options)
     if tail is None:
         return [archive]
@@ -721,6 +730,26 @@ class _Pending:
         )
         self.__init__()  # type: ignore[misc]
         return chunk
+
+
+class _Writer:
+    """Writes chunks in order, one at a time, in a worker thread, while the caller reads and
+    folds the next one: the stores' native work overlaps the Python decoding and folding."""
+
+    def __init__(self, targets: Sequence[Target], result: RebuildResult, progress: Progress):
+        self.targets, self.result, self.progress = targets, result, progress
+        self._inflight: asyncio.Task[None] | None = None
+
+    async def submit(self, chunk: Chunk) -> None:
+        await self.drain()
+        self._inflight = asyncio.create_task(
+            _apply(self.targets, chunk, self.result, self.progress)
+        )
+
+    async def drain(self) -> None:
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            await task
 
 
 async def _apply(
