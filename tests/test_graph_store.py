@@ -23,7 +23,7 @@ from projections.graph import queries
 from projections.graph.falkordb_store import FalkorDBStore
 from projections.graph.neo4j_store import Neo4jStore
 from projections.graph.projection import project
-from projections.graph.store import GraphStore, GraphStoreError
+from projections.graph.store import GraphStore, GraphStoreError, QueryTimeout
 from schemas import payloads as p
 from schemas.derived import Violation, ViolationCategory, derived_id
 from schemas.envelope import Event, new_event
@@ -353,16 +353,14 @@ def diamond(store: GraphStore) -> dict[str, Event]:
     return e
 
 
-# (single-statement timeout, hops per round trip): None walks breadth-first from the start
-WALKS = [(queries.SINGLE_SHOT_MS, 4), (None, 1), (None, 2), (None, 4)]
+# BFS levels per round trip: 50 (one trip for these graphs) down to one level per trip
+WALKS = [queries.LEVELS_PER_TRIP, 1, 2, 3]
 
 
-@pytest.mark.parametrize(("single_shot_ms", "hops_per_trip"), WALKS)
-def test_why_walks_back_to_the_root_causes_with_exact_distances(
-    store, single_shot_ms, hops_per_trip
-):
+@pytest.mark.parametrize("levels_per_trip", WALKS)
+def test_why_walks_back_to_the_root_causes_with_exact_distances(store, levels_per_trip):
     e = diamond(store)
-    walk = {"single_shot_ms": single_shot_ms, "hops_per_trip": hops_per_trip}
+    walk = {"levels_per_trip": levels_per_trip}
     result = queries.why(store, e["retry"].id, **walk)
     got = [(n.id, result.distance[n.id]) for n in result.ancestors()]
     # nearest first; at equal distance newest first
@@ -381,32 +379,35 @@ def test_why_walks_back_to_the_root_causes_with_exact_distances(
     assert shallow.truncated
 
 
-class CountingStore:
-    """Counts the reads that reach the store (to see which walk ran)."""
-
-    def __init__(self, inner: GraphStore) -> None:
-        self.inner, self.reads = inner, 0
-
-    def read(self, statement, params=None, timeout_ms=None):
-        self.reads += 1
-        return self.inner.read(statement, params, timeout_ms=timeout_ms)
-
-
-def test_why_falls_back_to_the_stepwise_walk_when_paths_explode(backend, store):
-    """Each event caused by the previous two: ~1.6^n paths, n nodes. The one-statement
-    walk hits its timeout; the breadth-first fallback still returns the exact answer."""
+def ladder(store: GraphStore, n: int) -> list[Event]:
+    """Each event caused by the previous two: ~1.6^n paths through n events."""
     s = Scenario(seed=21)
-    ladder: list[Event] = []
-    for i in range(45):
-        ladder.append(s.event(thought(f"step {i}"), *ladder[-2:]))
-    project(store, ladder)
-    counting = CountingStore(store)
-    result = queries.why(counting, ladder[-1].id, depth=44, single_shot_ms=20)  # type: ignore[arg-type]
+    events: list[Event] = []
+    for i in range(n):
+        events.append(s.event(thought(f"step {i}"), *events[-2:]))
+    project(store, events)
+    return events
+
+
+@pytest.mark.parametrize("levels_per_trip", [queries.LEVELS_PER_TRIP, 7])
+def test_why_stays_exact_and_cheap_where_paths_explode(store, levels_per_trip):
+    events = ladder(store, 45)
+    result = queries.why(store, events[-1].id, depth=44, levels_per_trip=levels_per_trip)
     assert [(n.id, result.distance[n.id]) for n in result.ancestors()] == [
-        (ladder[-1 - k].id, (k + 1) // 2) for k in range(1, 45)
+        (events[-1 - k].id, (k + 1) // 2) for k in range(1, 45)
     ]
-    if backend == "falkordb":
-        assert counting.reads > 3  # resolve, timed-out statement, several steps, violations
+    impact = queries.impact(store, events[0].id, levels_per_trip=levels_per_trip)
+    assert len(impact.downstream()) == 44 and impact.distance[events[-1].id] == 22
+
+
+def test_a_read_with_a_timeout_is_stopped_by_the_server(store):
+    events = ladder(store, 45)
+    exploding = "MATCH p = (:Event {id: $id})-[:CAUSED_BY*1..44]->(a) RETURN count(p)"
+    with pytest.raises(QueryTimeout):
+        store.read(exploding, {"id": events[-1].id}, timeout_ms=50)
+    assert store.read(
+        "MATCH (e:Event {id: $id}) RETURN e.id", {"id": events[0].id}, timeout_ms=1000
+    )
 
 
 def test_why_of_a_violation_starts_from_the_events_it_involves(store):
@@ -555,8 +556,11 @@ def test_neo4j_adapter_projects_and_queries_a_tiny_graph(bolt_server, bolt_store
         assert resp.counts() == counts
     finally:
         resp.close()
-    why = queries.why(bolt_store, third.id)
+    # The endpoint pastes statement and parameters into a 4 KB buffer (and crashes past
+    # it): keep the unrolled BFS statement short with few levels per round trip.
+    why = queries.why(bolt_store, third.id, levels_per_trip=3)
     assert [n.summary for n in why.ancestors()] == ["two", "one"]
-    assert queries.impact(bolt_store, first.id).failures()[0].id == third.id
+    impact = queries.impact(bolt_store, first.id, levels_per_trip=3)
+    assert impact.failures()[0].id == third.id
     found = queries.path(bolt_store, third.id, first.id)
     assert found is not None and found.hops == 2

@@ -3,9 +3,9 @@
 Edges point from effect to cause (``(effect)-[:CAUSED_BY]->(cause)``), so *why* walks
 ``CAUSED_BY`` forwards (towards root causes) and *impact* walks it backwards.
 
-Walks go breadth-first, a few hops per round trip (:func:`_walk`): a single unbounded
-variable-length match would enumerate every path, and causal graphs are full of diamonds.
-Distances are exact hop counts (the shortest chain of causes).
+Walks go breadth-first inside the database, many levels per round trip (:func:`_walk`,
+``cypher.ancestors_bfs``): a variable-length match would enumerate every path, and causal
+graphs are full of diamonds. Distances are exact hop counts (the shortest chain of causes).
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from typing import Any, Literal
 
 from projections.graph import cypher
 from projections.graph.model import FAILURE_STATUSES, from_epoch_us
-from projections.graph.store import GraphStore, QueryTimeout
+from projections.graph.store import GraphStore
 
 DEFAULT_WHY_DEPTH = 50
 DEFAULT_IMPACT_DEPTH = 100
 DEFAULT_PATH_HOPS = 1000
 MAX_DEPTH = 10_000
-HOPS_PER_TRIP = 4  # fallback walk: 4-5 measured fastest on diamond-heavy chains
-SINGLE_SHOT_MS = 250  # the one-statement walk gets this long before the fallback takes over
+LEVELS_PER_TRIP = 50  # BFS levels per round trip: a default-depth why is one round trip
 
 
 class NotInGraph(LookupError):
@@ -178,50 +177,25 @@ def _walk(
     store: GraphStore,
     starts: Sequence[EventInfo],
     start_links: dict[str, tuple[str, ...]],
-    step: Callable[[int], str],
+    statement: Callable[[int], str],
     depth: int,
-    hops_per_trip: int,
-    single_shot_ms: int | None,
+    levels_per_trip: int,
 ) -> _Walked:
-    """Everything within ``depth`` hops, with exact distances.
+    """Everything within ``depth`` hops of ``starts``, each at its shortest distance.
 
-    First one statement for the whole depth, under a server-side timeout: on ordinary
-    causal graphs that is the fastest (one round trip). Path enumeration can explode on
-    diamond-heavy graphs; then the timeout stops it and the walk goes breadth-first,
-    ``hops_per_trip`` hops per round trip, whose cost grows with the nodes, not the paths.
-    """
-    if single_shot_ms:
-        try:
-            return _expand(store, starts, start_links, step, depth, depth, single_shot_ms)
-        except QueryTimeout:
-            pass
-    return _expand(store, starts, start_links, step, depth, hops_per_trip, None)
-
-
-def _expand(
-    store: GraphStore,
-    starts: Sequence[EventInfo],
-    start_links: dict[str, tuple[str, ...]],
-    step: Callable[[int], str],
-    depth: int,
-    hops_per_trip: int,
-    timeout_ms: int | None,
-) -> _Walked:
-    """Breadth-first, ``hops_per_trip`` hops per round trip, from the exact frontier.
-
-    Every shortest path to a node at distance > d passes through a node at distance d, so
-    expanding 1..k hops from the nodes at distance exactly d finds every node at distance
-    d+1..d+k with its exact distance (d + the minimum path length the statement returns).
+    Breadth-first inside the database (``cypher.ancestors_bfs``), ``levels_per_trip``
+    levels per round trip; the next trip starts from the last level with everything found
+    so far as ``$seen``. A depth-50 ``why`` is one round trip.
     """
     nodes = {s.id: s for s in starts}
     distance = {s.id: 0 for s in starts}
     links = dict(start_links)
-    frontier = [s.id for s in starts]
+    frontier = sorted(distance)
     d = 0
     while frontier and d < depth:
-        k = min(hops_per_trip, depth - d)
+        k = min(levels_per_trip, depth - d)
         reached: list[str] = []
-        rows = store.read(step(k), {"ids": frontier}, timeout_ms=timeout_ms)
+        rows = store.read(statement(k), {"frontier": frontier, "seen": sorted(distance)})
         for hops, *fields, neighbours in rows:
             info = _event(fields, None)
             if info.id in distance:
@@ -318,8 +292,7 @@ def why(
     store: GraphStore,
     ident: str,
     depth: int = DEFAULT_WHY_DEPTH,
-    hops_per_trip: int = HOPS_PER_TRIP,
-    single_shot_ms: int | None = SINGLE_SHOT_MS,
+    levels_per_trip: int = LEVELS_PER_TRIP,
 ) -> WhyResult:
     """The causal chain backwards from an event (or a violation) to its root causes."""
     _check_depth(depth)
@@ -329,10 +302,9 @@ def why(
         store,
         targets,
         {t.id: t.causes for t in targets},
-        cypher.ancestors_step,
+        cypher.ancestors_bfs,
         depth,
-        hops_per_trip,
-        single_shot_ms,
+        levels_per_trip,
     )
     nodes = {
         i: (n if i in loaded else _with_causes(n, walked.links[i])) for i, n in walked.nodes.items()
@@ -419,8 +391,7 @@ def impact(
     store: GraphStore,
     event_id: str,
     depth: int = DEFAULT_IMPACT_DEPTH,
-    hops_per_trip: int = HOPS_PER_TRIP,
-    single_shot_ms: int | None = SINGLE_SHOT_MS,
+    levels_per_trip: int = LEVELS_PER_TRIP,
 ) -> ImpactResult:
     """Everything the event led to (transitively), with failure and violation counts."""
     _check_depth(depth)
@@ -432,10 +403,9 @@ def impact(
         store,
         [start],
         {start.id: start_effects},
-        cypher.descendants_step,
+        cypher.descendants_bfs,
         depth,
-        hops_per_trip,
-        single_shot_ms,
+        levels_per_trip,
     )
     # A descendant's causes are the reached nodes that list it as an effect.
     causes: dict[str, list[str]] = {i: [] for i in walked.nodes}
