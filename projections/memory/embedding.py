@@ -119,8 +119,20 @@ _lock = threading.Lock()
 _loaded: dict[tuple[str, str], SentenceEmbedder] = {}
 
 
-def load_embedder(model: str | None = None, device: str = "cpu") -> SentenceEmbedder:
-    """One model per (model, device) per process: loading takes seconds, encoding is shared."""
+def load_embedder(
+    model: str | None = None, device: str = "cpu", threads: int | None = None
+) -> SentenceEmbedder:
+    """One model per (model, device) per process: loading takes seconds, encoding is shared.
+
+    ``threads`` sets torch's CPU thread count, which is process-wide. Measured on 2 busy
+    cores: one thread embeds a query text in 20 ms p50 / 30 ms p95, two threads in
+    85 / 510 ms (they wait on each other), and batches are faster with one thread too.
+    On idle cores the default (one thread per core) encodes batches faster.
+    """
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     key = (resolve_model(model), device)
     with _lock:
         embedder = _loaded.get(key)

@@ -156,7 +156,7 @@ def default_store(settings: Settings | None = None, create: bool = False) -> Mem
     with _lock:
         store = _stores.get(key)
         if store is None:
-            embedder = load_embedder(s.embedding_model, s.embedding_device)
+            embedder = load_embedder(s.embedding_model, s.embedding_device, s.embedding_threads)
             store = _stores[key] = MemoryStore.open(
                 s.memory_location, embedder, s.memory_collection, create=create
             )
