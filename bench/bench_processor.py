@@ -20,6 +20,14 @@ this script starts (6 partitions); every trial then reads the same topic from of
   its table.
 
 The best of ``--repeats`` is reported; trials alternate between variants.
+
+``--recovery`` measures instead what faust's table recovery does on this broker: a faust
+worker (``agentstream worker`` subprocess) processes the workload, is stopped (SIGTERM or
+kill -9 once caught up, or kill -9 when half of it is committed) and restarted; one more
+event per agent makes every partition active again, and the restarted worker logs how many
+agents' states faust restored into its table versus the exact state re-folded from
+agent-events, and how long that rebuild took. Written to
+``bench/results/bench_processor_recovery.json``.
 """
 
 from __future__ import annotations
@@ -28,9 +36,13 @@ import argparse
 import asyncio
 import logging
 import os
+import re
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -41,9 +53,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agentstream.processes import ManagedProcess, free_port, tansu_argv
 from schemas.codec import EventCodec
+from schemas.envelope import Event, new_event
+from schemas.ids import Uuid7Generator
+from schemas.payloads import Feedback
 from schemas.topics import EVENTS
 from streams.admin import ensure_topics, wait_for_broker
-from streams.processor import BatchOutput, InRecord, StateCore, build_app
+from streams.processor import BatchOutput, InRecord, StateCore, build_app, processor_progress
 from streams.producer import EventProducer
 from streams.reducer import fold
 from streams.simulator import SimulationConfig, generate
@@ -171,6 +186,130 @@ async def fetch_records(bootstrap: str) -> list[InRecord]:
     return out
 
 
+RECOVERY_LINE = re.compile(
+    r"faust table vs rebuilt state for partitions \[[^\]]*\]: (\d+) agents, (\d+) missing"
+)
+REBUILD_LINE = re.compile(r"rebuilt partitions \{[^}]*\} from (\d+) records .* in ([\d.]+)s")
+
+
+class _Worker:
+    def __init__(self, bootstrap: str, data_dir: Path, name: str, group: str) -> None:
+        self.log = data_dir / f"{name}.log"
+        env = {
+            **os.environ,
+            "AGENTSTREAM_KAFKA_URL": f"kafka://{bootstrap}",
+            "AGENTSTREAM_DATA_DIR": str(data_dir / name),
+            "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agentstream.cli", "worker", "--group", group],
+            env=env,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def _caught_up(bootstrap: str, group: str, expected: int, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        progress = await processor_progress(bootstrap, group)
+        if progress.caught_up and sum(progress.highwater.values()) == expected:
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"group {group} not caught up")
+
+
+async def _committed_at_least(bootstrap: str, group: str, n: int, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sum((await processor_progress(bootstrap, group)).committed.values()) >= n:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"group {group} did not commit {n} records")
+
+
+async def recovery(args: argparse.Namespace) -> None:
+    """faust table recovery vs the event-sourced rebuild, after SIGTERM and after kill -9."""
+    events = list(
+        generate(SimulationConfig(agents=args.agents, runs=None, max_events=args.events, seed=1))
+    )
+    agents = sorted({e.agentid for e in events})
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpdir = Path(tmp)
+        port = free_port(HOST)
+        broker = ManagedProcess("broker", tansu_argv(HOST, port), tmpdir / "tansu.log")
+        broker.start()
+        figures: list[Figure] = []
+        results: dict[str, dict] = {}
+        try:
+            broker.wait_for_port(HOST, port, deadline_s=10)
+            bootstrap = f"{HOST}:{port}"
+            await wait_for_broker(bootstrap)
+            await ensure_topics(bootstrap, PARTITIONS)
+            await publish(bootstrap, events)
+            total = len(events)
+            for how in ("sigterm", "kill9", "kill9-mid-stream"):
+                group = f"recovery-{how}"
+                first = _Worker(bootstrap, tmpdir, f"{how}-1", group)
+                if how == "kill9-mid-stream":
+                    await _committed_at_least(bootstrap, group, total // 2)
+                else:
+                    await _caught_up(bootstrap, group, total)
+                if how.startswith("kill9"):
+                    first.proc.send_signal(signal.SIGKILL)
+                else:
+                    first.proc.send_signal(signal.SIGTERM)
+                first.proc.wait(60)
+                second = _Worker(bootstrap, tmpdir, f"{how}-2", group)
+                # one more event per agent: every partition gets a batch, so gets checked
+                extra = [_touch(a, i) for i, a in enumerate(agents)]
+                await publish(bootstrap, extra)
+                total += len(extra)
+                await _caught_up(bootstrap, group, total)
+                second.proc.send_signal(signal.SIGTERM)
+                second.proc.wait(60)
+                text = second.log.read_text()
+                checked = sum(int(m.group(1)) for m in RECOVERY_LINE.finditer(text))
+                wrong = sum(int(m.group(2)) for m in RECOVERY_LINE.finditer(text))
+                rebuilt = [(int(m[1]), float(m[2])) for m in REBUILD_LINE.finditer(text)]
+                results[how] = {
+                    "agents_checked": checked,
+                    "missing_or_stale_in_faust_table": wrong,
+                    "records_refolded": sum(r for r, _ in rebuilt),
+                    "rebuild_seconds": sum(s for _, s in rebuilt),
+                }
+                print(how, results[how], flush=True)
+                figures.append(
+                    Figure(f"faust table exact after {how} restart", checked - wrong, "agents")
+                )
+                figures.append(Figure(f"  ... missing or stale ({how})", wrong, "agents"))
+                figures.append(
+                    Figure(
+                        f"rebuild from agent-events ({how})",
+                        results[how]["records_refolded"]
+                        / max(results[how]["rebuild_seconds"], 1e-9),
+                        "records/s",
+                    )
+                )
+        finally:
+            broker.stop()
+    params = {"events": len(events), "agents": len(agents), "results": results}
+    path = write_results("bench_processor_recovery", figures, params)
+    print_table("faust table recovery vs event-sourced rebuild", figures)
+    print(f"wrote {path}")
+
+
+def _touch(agent: str, i: int) -> Event:
+    """One more (valid) event for ``agent``, after everything the simulator emitted."""
+    when = datetime(2030, 1, 1, tzinfo=UTC)
+    return new_event(
+        Feedback(score=1.0, source="test"),
+        id=Uuid7Generator(i).new(int(when.timestamp() * 1000)),
+        time=when,
+        agentid=agent,
+    )
+
+
 async def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.ERROR)
     load_before = os.getloadavg()[0]
@@ -279,4 +418,8 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--agents", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument(
+        "--recovery", action="store_true", help="measure faust table recovery instead"
+    )
+    parsed = parser.parse_args()
+    asyncio.run(recovery(parsed) if parsed.recovery else main(parsed))

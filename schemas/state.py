@@ -101,11 +101,12 @@ class LastDecision(_Frozen, kw_only=True):
 
 
 class Context(_Frozen, kw_only=True):
-    """A recent think event of the current run: candidate situations for episodes."""
+    """A recent think event: a candidate situation for the episodes of its run."""
 
     event_id: str
     kind: Literal["thought", "plan", "decision"]
     text: str
+    run_id: str | None = None
 
 
 class AgentState(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -122,7 +123,8 @@ class AgentState(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     run_id: str | None = None  # the current run (the runid of the latest event that had one)
     task_id: str | None = None
-    run: RunState | None = None
+    run: RunState | None = None  # the current run: the same record as runs[run_id]
+    runs: dict[str, RunState] = {}  # open and recently finished runs (one agent may interleave)
 
     open_actions: dict[str, OpenAction] = {}  # call id -> the open call
     counts: dict[str, int] = {}  # wire event type -> events applied
@@ -137,7 +139,7 @@ class AgentState(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     lessons: int = 0
     last_feedback_score: float | None = None
 
-    context: list[Context] = []  # recent think events of the current run, oldest first
+    context: list[Context] = []  # recent think events (all runs), oldest first
     episodes: dict[str, Episode] = {}  # recent episodes by episode_id, for lessons to attach
     seen: dict[str, int] = {}  # dedup window: recent event id -> its sequence number
 

@@ -1,8 +1,6 @@
-"""The stream processor: a faust app that advances agents.
+"""The stream processor: advances agents from ``agent-events`` (docs/processing.md).
 
-faust does what it is good at: group membership, fetching, batching (``take_events``),
-the table with its changelog, offset commits. The work itself lives in plain classes so it
-can be tested and benchmarked without faust:
+The work lives in plain classes, so it can be tested and benchmarked without faust:
 
 - :class:`StateCore` (no I/O): decodes raw records with :class:`schemas.codec.EventCodec`,
   folds them into per-agent :class:`~schemas.state.AgentState` with
@@ -11,11 +9,17 @@ can be tested and benchmarked without faust:
 - :class:`Publisher`: one aiokafka producer; a batch's outputs are written with
   ``create_batch``/``send_batch`` per partition and awaited before the batch is acked, so a
   committed offset always means "its outputs are on the broker".
-- :func:`rebuild_partition`: the recovery path. faust's changelog recovery is not exact on
-  the embedded broker (docs/processing.md, "Recovery on the embedded broker"), and the
-  state is event-sourced, so a partition this worker does not hold exactly is rebuilt by
-  re-folding ``agent-events`` from the beginning up to the first offset it is about to
-  process. Derived ids are deterministic, so re-emitted outputs are idempotent upserts.
+- :func:`rebuild_partitions` / :func:`fill_gaps`: the recovery path. The state is
+  event-sourced, so a partition this worker does not hold exactly is re-folded from
+  ``agent-events`` (offset 0 up to the first record it is about to process), and records
+  that never reached the worker are read from the log. Derived ids are deterministic, so
+  re-emitted outputs are idempotent upserts.
+
+Two engines drive it. :class:`StreamProcessor` is the faust app (one agent on
+``agent-events`` batching with ``take_events``, a table with changelog, faust's commits).
+:class:`KafkaProcessor` is the same processing on a plain aiokafka consumer group, for
+throughput: faust's per-record dispatch caps a worker far below the 30k events/s goal on
+this machine (bench/bench_processor.py).
 """
 
 from __future__ import annotations
@@ -272,8 +276,8 @@ async def read_log(
         fetch_max_wait_ms=100,
         max_partition_fetch_bytes=8 << 20,
     )
-    await consumer.start()
     try:
+        await consumer.start()
         consumer.assign(list(todo))
         for tp, (start, _) in todo.items():
             consumer.seek(tp, start)
@@ -401,8 +405,8 @@ class Publisher:
         self._started = False
 
     async def start(self) -> None:
+        self._started = True  # stop() must close the client even if start fails half-way
         await self._producer.start()
-        self._started = True
         for topic in (STATE, VIOLATIONS, EPISODES, DLQ):
             await self._partitions_of(topic)
 
@@ -736,8 +740,8 @@ class StreamProcessor(_Processor):
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set (or the app crashes: then raise its reason)."""
         stop = stop or asyncio.Event()
-        await self.publisher.start()
         try:
+            await self.publisher.start()
             await self.app.start()
             stopped = asyncio.ensure_future(self.app.wait_until_stopped())
             asked = asyncio.ensure_future(stop.wait())
@@ -825,8 +829,8 @@ class KafkaProcessor(_Processor):
             fetch_max_wait_ms=int(min(self.batch_wait_s, 0.5) * 1000),
         )
         consumer.subscribe([EVENTS], listener=_CommitAfterBatch(self._lock))
-        await self.publisher.start()
         try:
+            await self.publisher.start()
             await consumer.start()
             wait_ms = int(self.batch_wait_s * 1000)
             while not stop.is_set():

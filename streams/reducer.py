@@ -55,14 +55,16 @@ class ReducerConfig:
     """Per agent, the ids of the last N applied events are remembered; a repeat is ignored."""
     success_window: int = 20
     """Outcomes in the rolling success rate (per agent and per run)."""
-    context_window: int = 8
-    """Recent think events of the current run kept as candidate episode situations."""
+    context_window: int = 16
+    """Recent think events (of all runs) kept as candidate episode situations."""
     episode_window: int = 8
     """Recent episodes kept so that a later lesson can be attached to them."""
     max_text_chars: int = 1000
     """Situation, action and result texts are clipped to this many characters."""
     max_open_actions: int = 128
     """Beyond this many open actions the oldest is closed as ``abandoned`` (bounds state)."""
+    run_window: int = 8
+    """Runs kept per agent (open ones first; the oldest finished run is forgotten first)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -71,6 +73,7 @@ class ReducerConfig:
             "context_window",
             "episode_window",
             "max_open_actions",
+            "run_window",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"ReducerConfig.{name} must be >= 1")
@@ -102,6 +105,7 @@ def copy_state(state: AgentState) -> AgentState:
         counts=dict(state.counts),
         tools=dict(state.tools),
         context=list(state.context),
+        runs=dict(state.runs),
         episodes=dict(state.episodes),
         seen=dict(state.seen),
     )
@@ -176,7 +180,7 @@ def advance(state: AgentState, event: ev.Event, config: ReducerConfig, out: list
         state.task_id = event.taskid
     runid = event.runid
     if runid is not None and runid != state.run_id and cls is not ev.RunStartedEvent:
-        _enter_run(state, runid, None, t)
+        _enter_run(state, runid, None, t, config)
     _HANDLERS[cls](state, event, config, out)
     if state.open_actions:
         _check_timeouts(state, event, config, out)
@@ -186,11 +190,28 @@ def advance(state: AgentState, event: ev.Event, config: ReducerConfig, out: list
 # --- runs and the world model ------------------------------------------------------------
 
 
-def _enter_run(state: AgentState, run_id: str, goal: str | None, at: datetime) -> None:
+def _enter_run(
+    state: AgentState, run_id: str, goal: str | None, at: datetime, config: ReducerConfig
+) -> None:
+    """Make ``run_id`` the current run; a run not seen yet starts with a fresh world model."""
+    runs = state.runs
+    run = runs.get(run_id)
+    if run is None:
+        run = runs[run_id] = RunState(run_id=run_id, goal=goal, started_at=at)
+        state.stopped = False
+        if len(runs) > config.run_window:
+            finished = [r for r in runs.values() if r.status != "running" and r is not run]
+            del runs[(finished[0] if finished else next(iter(runs.values()))).run_id]
+    elif goal is not None and run.goal is None:
+        run = runs[run_id] = _replace(run, goal=goal)
     state.run_id = run_id
-    state.run = RunState(run_id=run_id, goal=goal, started_at=at)
-    state.context.clear()
-    state.stopped = False
+    state.run = run
+
+
+def _set_run(state: AgentState, run: RunState) -> None:
+    state.runs[run.run_id] = run
+    if state.run_id == run.run_id:
+        state.run = run
 
 
 def _record_outcome(o: Outlook, success: bool, window: int) -> Outlook:
@@ -207,22 +228,21 @@ def _record_outcome(o: Outlook, success: bool, window: int) -> Outlook:
 
 def _outcome(state: AgentState, run_id: str | None, success: bool, window: int) -> None:
     state.world = _record_outcome(state.world, success, window)
-    run = state.run
-    if run is not None and run.run_id == run_id:
-        state.run = _replace(run, world=_record_outcome(run.world, success, window))
+    run = state.runs.get(run_id) if run_id is not None else None
+    if run is not None:
+        _set_run(state, _replace(run, world=_record_outcome(run.world, success, window)))
 
 
 def _refresh_stuck(state: AgentState) -> None:
     stuck = tuple(a.call_id for a in state.open_actions.values() if a.timed_out)
     if stuck != state.world.stuck:
         state.world = _replace(state.world, stuck=stuck)
-    run = state.run
-    if run is not None:
+    for run in list(state.runs.values()):
         in_run = tuple(
             a.call_id for a in state.open_actions.values() if a.timed_out and a.run_id == run.run_id
         )
         if in_run != run.world.stuck:
-            state.run = _replace(run, world=_replace(run.world, stuck=in_run))
+            _set_run(state, _replace(run, world=_replace(run.world, stuck=in_run)))
 
 
 def _clip(text: str, limit: int) -> str:
@@ -336,22 +356,21 @@ def _thought(state: AgentState, event: ev.Event, config: ReducerConfig, out: lis
         output_tokens=world.output_tokens + data.output_tokens,
         cost_usd=world.cost_usd + data.cost_usd,
     )
-    run = state.run
-    if run is not None and run.run_id == event.runid:
+    run = state.runs.get(event.runid) if event.runid is not None else None
+    if run is not None:
         rw = run.world
-        state.run = _replace(
-            run,
-            world=_replace(
-                rw,
-                input_tokens=rw.input_tokens + data.input_tokens,
-                output_tokens=rw.output_tokens + data.output_tokens,
-                cost_usd=rw.cost_usd + data.cost_usd,
-            ),
+        world = _replace(
+            rw,
+            input_tokens=rw.input_tokens + data.input_tokens,
+            output_tokens=rw.output_tokens + data.output_tokens,
+            cost_usd=rw.cost_usd + data.cost_usd,
         )
+        _set_run(state, _replace(run, world=world))
     if state.model is None:
         state.model = data.model
     text = _clip(data.text, config.max_text_chars)
-    _remember(state, event, Context(event_id=event.id, kind="thought", text=text), config)
+    ctx = Context(event_id=event.id, kind="thought", text=text, run_id=event.runid)
+    _remember(state, event, ctx, config)
 
 
 def _plan(state: AgentState, event: ev.Event, config: ReducerConfig, out: list[Derived]) -> None:
@@ -359,7 +378,8 @@ def _plan(state: AgentState, event: ev.Event, config: ReducerConfig, out: list[D
     assert isinstance(data, p.Plan)
     steps = "; ".join(s.description for s in data.steps)
     text = _clip(f"plan: {data.goal}" + (f" — {steps}" if steps else ""), config.max_text_chars)
-    _remember(state, event, Context(event_id=event.id, kind="plan", text=text), config)
+    ctx = Context(event_id=event.id, kind="plan", text=text, run_id=event.runid)
+    _remember(state, event, ctx, config)
 
 
 def _decision(
@@ -375,26 +395,33 @@ def _decision(
         rationale=data.rationale,
     )
     text = f"decided {data.chosen}" + (f": {data.rationale}" if data.rationale else "")
-    ctx = Context(event_id=event.id, kind="decision", text=_clip(text, config.max_text_chars))
+    ctx = Context(
+        event_id=event.id,
+        kind="decision",
+        text=_clip(text, config.max_text_chars),
+        run_id=event.runid,
+    )
     _remember(state, event, ctx, config)
 
 
-def _situation(state: AgentState, causes: tuple[str, ...]) -> Context | None:
-    """The think event that led to an action: a cause if one is known, else the latest."""
+def _situation(state: AgentState, causes: tuple[str, ...], run_id: str | None) -> Context | None:
+    """The think event that led to an action: a cause if one is known, else the latest of
+    the action's run."""
     ctx = state.context
-    if not ctx:
-        return None
     if causes:
         for c in reversed(ctx):
             if c.event_id in causes:
                 return c
-    return ctx[-1]
+    for c in reversed(ctx):
+        if c.run_id == run_id:
+            return c
+    return None
 
 
 def _started(state: AgentState, event: ev.Event, config: ReducerConfig, out: list[Derived]) -> None:
     data = event.data
     assert isinstance(data, p.ActionStarted)
-    situation = _situation(state, event.causes)
+    situation = _situation(state, event.causes, event.runid)
     # a second start with the same call id (a retry of the call) replaces the first
     state.open_actions.pop(data.call_id, None)
     state.open_actions[data.call_id] = OpenAction(
@@ -611,7 +638,7 @@ def _run_started(
     data = event.data
     assert isinstance(data, p.RunStarted)
     run_id = event.runid if event.runid is not None else event.id
-    _enter_run(state, run_id, data.goal, event.time)
+    _enter_run(state, run_id, data.goal, event.time, config)
     _busy_or(state, AgentStatus.THINKING)
 
 
@@ -623,7 +650,7 @@ def _run_finished(
     _abandon(state, event, event.runid, out)
     run = state.run
     if run is not None and (event.runid is None or event.runid == run.run_id):
-        state.run = _replace(run, status=data.status, finished_at=event.time)
+        _set_run(state, _replace(run, status=data.status, finished_at=event.time))
         state.status = AgentStatus.FINISHED if data.status == "succeeded" else AgentStatus.FAILED
 
 

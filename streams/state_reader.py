@@ -66,8 +66,8 @@ async def fetch_high_watermarks(
 ) -> dict[int, int]:
     """Partition -> high watermark (offset of the next record), from fetch responses."""
     consumer = _consumer(bootstrap)
-    await consumer.start()
     try:
+        await consumer.start()
         tps = await _partitions(consumer, topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -85,10 +85,10 @@ async def _read_latest(
     timeout_s: float,
 ) -> tuple[dict[str, AgentState], int]:
     consumer = _consumer(bootstrap)
-    await consumer.start()
     states: dict[str, AgentState] = {}
     invalid = 0
     try:
+        await consumer.start()
         tps = await _partitions(consumer, topic)
         if partitions is not None:
             tps = [tp for tp in tps if tp.partition in partitions]
@@ -141,8 +141,8 @@ async def read_state(
     """Latest state of one agent (reads only the partition its key maps to), or None."""
     key = agent_id.encode()
     consumer = _consumer(bootstrap)
-    await consumer.start()
     try:
+        await consumer.start()
         parts = [tp.partition for tp in await _partitions(consumer, topic)]
     finally:
         await consumer.stop()

@@ -218,6 +218,42 @@ def test_run_world_model_starts_fresh_each_run() -> None:
     assert state.run.world.failures_in_a_row == 0 and state.run.world.outcomes == ""
 
 
+def test_interleaved_runs_keep_their_own_world_models() -> None:
+    a = Agent()
+    a.run = "r1"
+    r1 = [a.run_started(goal="one"), a.thought("r1 plan"), a.start("c1")]
+    a.run = "r2"
+    r2 = [a.run_started(goal="two"), a.thought("r2 plan"), a.start("c2")]
+    a.run = "r1"
+    back = [a.done("c1", status="error", actual=None)]
+    a.run = "r2"
+    done2 = a.done("c2")
+    state, derived = run([*r1, *r2, *back, done2])
+    assert set(state.runs) == {"r1", "r2"} and state.run_id == "r2"
+    assert state.run == state.runs["r2"] and state.run.goal == "two"
+    w1, w2 = state.runs["r1"].world, state.runs["r2"].world
+    assert (w1.outcomes, w1.failures_in_a_row, w1.input_tokens) == ("F", 1, 10)
+    assert (w2.outcomes, w2.failures_in_a_row, w2.input_tokens) == ("S", 0, 10)
+    assert state.world.outcomes == "FS" and state.world.input_tokens == 20
+    # each action's situation is the latest think event of its own run
+    assert [e.situation for e in episodes(derived)] == ["r1 plan", "r2 plan"]
+
+
+def test_runs_are_bounded_and_finished_ones_go_first() -> None:
+    a = Agent()
+    events = []
+    for i in range(4):
+        a.run = f"r{i}"
+        events.append(a.run_started())
+        if i in (1, 2):
+            events.append(a.run_finished())
+    state, _ = run(events, ReducerConfig(run_window=3))
+    assert list(state.runs) == ["r0", "r2", "r3"]  # r1 (finished, oldest) was forgotten
+    a.run = "r4"
+    state, _ = run([*events, a.run_started()], ReducerConfig(run_window=3))
+    assert list(state.runs) == ["r0", "r3", "r4"]
+
+
 def test_last_event_time_is_the_latest_not_the_last() -> None:
     a = Agent()
     e1 = a.thought(dt=10)
@@ -473,6 +509,7 @@ def test_event_of_another_agent_is_refused() -> None:
         {"dedup_window": 0},
         {"success_window": 0},
         {"max_open_actions": 0},
+        {"run_window": 0},
         {"action_timeout": timedelta(0)},
     ],
 )

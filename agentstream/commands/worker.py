@@ -70,9 +70,10 @@ def worker(
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     stats = asyncio.run(_run(settings, group, max_batch, batch_wait, action_timeout, engine))
     console.print(
-        f"processed {stats.records} records: {stats.applied} applied, {stats.duplicates} "
-        f"duplicates, {stats.rejected} to the DLQ; {stats.violations} violations, "
-        f"{stats.episodes} episodes; {stats.rebuilds} partitions rebuilt",
+        f"{stats.records} records delivered, {stats.gap_records} more read from the log; "
+        f"{stats.applied} applied, {stats.duplicates} duplicates, {stats.rejected} to the DLQ; "
+        f"{stats.violations} violations, {stats.episodes} episodes; "
+        f"{stats.rebuilds} partitions rebuilt",
         highlight=False,
         soft_wrap=True,
     )
