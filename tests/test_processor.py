@@ -26,7 +26,7 @@ from schemas.deadletter import DeadLetter, decode_dead_letter
 from schemas.derived import Episode, Violation, decode_episode, decode_violation
 from schemas.envelope import Event
 from schemas.state import AgentState, decode_state
-from schemas.topics import DLQ, EPISODES, EVENTS, VIOLATIONS
+from schemas.topics import DLQ, EPISODES, EVENTS, STATE, VIOLATIONS
 from streams.processor import (
     DEFAULT_GROUP,
     BatchOutput,
@@ -463,6 +463,14 @@ async def test_state_command_prints_the_published_state(kafka, tmp_path: Path) -
         stop.set()
         await task
     expected = fold(events)[0]["coder-1"]
+    # a record on agent-state that is not an AgentState is skipped (with a warning)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(STATE, b"not a state", key=b"coder-1")
+    finally:
+        await producer.stop()
+    assert await read_state(kafka.bootstrap, "coder-1") == expected
     env = {
         **os.environ,
         "AGENTSTREAM_KAFKA_URL": f"kafka://{kafka.bootstrap}",
