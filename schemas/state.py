@@ -132,7 +132,7 @@ class AgentState(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tools: dict[str, ToolStats] = {}
     world: Outlook = Outlook()  # agent-wide world model (all runs)
 
-    first_event_time: datetime | None = None
+    first_event_time: datetime | None = None  # the earliest event time seen (min)
     last_event_time: datetime | None = None  # the latest event time seen (max, not last)
     last_event_id: str | None = None  # the id of the last event applied, in log order
     last_decision: LastDecision | None = None

@@ -170,7 +170,8 @@ def advance(state: AgentState, event: ev.Event, config: ReducerConfig, out: list
     counts = state.counts
     counts[tag] = counts.get(tag, 0) + 1
     t = event.time
-    if state.first_event_time is None:
+    first = state.first_event_time
+    if first is None or t < first:
         state.first_event_time = t
     last = state.last_event_time
     if last is None or t > last:

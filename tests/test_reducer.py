@@ -184,7 +184,8 @@ def test_counts_tokens_costs_tools_and_last_decision() -> None:
     assert state.last_decision is not None
     assert (state.last_decision.event_id, state.last_decision.chosen) == (d.id, "grep")
     assert state.lessons == 1
-    assert state.first_event_time == events[0].time and state.last_event_time == events[-1].time
+    assert state.first_event_time == d.time == min(e.time for e in events)  # built first
+    assert state.last_event_time == events[-1].time
     assert state.last_event_id == events[-1].id
 
 
@@ -260,6 +261,7 @@ def test_last_event_time_is_the_latest_not_the_last() -> None:
     e2 = a.thought(dt=-5)  # arrives later in the log, happened earlier
     state, _ = run([e1, e2])
     assert state.last_event_time == e1.time and state.last_event_id == e2.id
+    assert state.first_event_time == e2.time
 
 
 # --- violations -----------------------------------------------------------------------------
