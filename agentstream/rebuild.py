@@ -457,7 +457,7 @@ async def set_group_offsets(
 
 
 async def group_idle(
-    bootstrap: str, group_id: str, topics: Sequence[str], deadline_s: float = 10.0
+    bootstrap: str, group_id: str, topics: Sequence[str], deadline_s: float = 20.0
 ) -> bool:
     """No live consumer holds any of the group's partitions (checked by joining it alone)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)

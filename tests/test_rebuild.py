@@ -457,6 +457,15 @@ async def test_rebuild_command_from_the_archive(kafka: Broker, tmp_path: Path):
     assert bad.returncode == 1 and "--no-switch" in bad.stderr
     assert bad.stderr.strip().count("\n") == 0
 
+    ok = await asyncio.to_thread(cli, env, "analytics", "state", "--source", "archive")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"{len(events)} events folded" in ok.stdout and "switched" in ok.stdout
+    assert "records/s" in ok.stderr  # the progress bar with its rate
+    with AnalyticsStore(f"chdb://{data / 'clickhouse'}", "agentstream", create=False) as s:
+        assert s.scalar("SELECT count() FROM events") == len(events)
+    # no state was recorded before: the rebuild published every agent's
+    assert await read_states(kafka.bootstrap) == fold(events)[0]
+
     # a live analytics projection is running: the rebuild refuses before doing anything
     runner = ProjectionRunner(_Idle(), kafka.bootstrap, config=FAST)
     held = asyncio.Event()
@@ -468,15 +477,6 @@ async def test_rebuild_command_from_the_archive(kafka: Broker, tmp_path: Path):
     await holding
     assert busy.returncode == 1, busy.stdout
     assert "live analytics projection is running" in busy.stderr
-
-    ok = await asyncio.to_thread(cli, env, "analytics", "state", "--source", "archive")
-    assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert f"{len(events)} events folded" in ok.stdout and "switched" in ok.stdout
-    assert "records/s" in ok.stderr  # the progress bar with its rate
-    with AnalyticsStore(f"chdb://{data / 'clickhouse'}", "agentstream", create=False) as s:
-        assert s.scalar("SELECT count() FROM events") == len(events)
-    # no state was recorded before: the rebuild published every agent's
-    assert await read_states(kafka.bootstrap) == fold(events)[0]
 
 
 async def wait_until_async(predicate, timeout_s: float) -> bool:
