@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -366,7 +367,7 @@ def debug_cmd(
             "(`agentstream query` lists runs) or try --source archive"
         )
     keys, mode = interactive_keys()
-    with mode:
+    with mode, contextlib.suppress(KeyboardInterrupt):  # Ctrl-C quits like q
         run_interactive(Stepper(timeline, speed), console, keys, clear=console.is_terminal)
 
 
