@@ -614,10 +614,11 @@ class Archiver:
 
     A broker that restarts under a running archiver (the embedded, in-memory one) is
     noticed in two ways: a partition's high watermark falls below the archiver's position,
-    or the check made before each segment is closed fails (the log's record just before
-    the segment, and the segment's first and last records, must still be the bytes the
-    archiver holds). Then it closes what it can vouch for, drops a segment that may mix
-    both logs, and starts the next generation from offset 0.
+    or the check made before each segment is closed fails (every partition's last archived
+    record, and the segment's first and last records, must still be in the log byte for
+    byte: :meth:`_vouch`). Then it keeps what provably came from the old log, drops a
+    segment that may have continued in the new one, and starts the next generation from
+    offset 0.
     """
 
     def __init__(
