@@ -353,8 +353,8 @@ def diamond(store: GraphStore) -> dict[str, Event]:
     return e
 
 
-# BFS levels per round trip: 50 (one trip for these graphs) down to one level per trip
-WALKS = [queries.LEVELS_PER_TRIP, 1, 2, 3]
+# None: the backend's default; 1: one query per level; more: unrolled BFS statements
+WALKS = [None, 1, 2, 3, queries.LEVELS_PER_TRIP]
 
 
 @pytest.mark.parametrize("levels_per_trip", WALKS)
@@ -389,7 +389,7 @@ def ladder(store: GraphStore, n: int) -> list[Event]:
     return events
 
 
-@pytest.mark.parametrize("levels_per_trip", [queries.LEVELS_PER_TRIP, 7])
+@pytest.mark.parametrize("levels_per_trip", [1, 7, queries.LEVELS_PER_TRIP])
 def test_why_stays_exact_and_cheap_where_paths_explode(store, levels_per_trip):
     events = ladder(store, 45)
     result = queries.why(store, events[-1].id, depth=44, levels_per_trip=levels_per_trip)
@@ -558,9 +558,10 @@ def test_neo4j_adapter_projects_and_queries_a_tiny_graph(bolt_server, bolt_store
         resp.close()
     # The endpoint pastes statement and parameters into a 4 KB buffer (and crashes past
     # it): keep the unrolled BFS statement short with few levels per round trip.
-    why = queries.why(bolt_store, third.id, levels_per_trip=3)
-    assert [n.summary for n in why.ancestors()] == ["two", "one"]
-    impact = queries.impact(bolt_store, first.id, levels_per_trip=3)
-    assert impact.failures()[0].id == third.id
+    for levels in (1, 3):
+        why = queries.why(bolt_store, third.id, levels_per_trip=levels)
+        assert [n.summary for n in why.ancestors()] == ["two", "one"]
+        impact = queries.impact(bolt_store, first.id, levels_per_trip=levels)
+        assert impact.failures()[0].id == third.id
     found = queries.path(bolt_store, third.id, first.id)
     assert found is not None and found.hops == 2

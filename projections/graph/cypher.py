@@ -187,7 +187,20 @@ WITH DISTINCT v
 RETURN {VIOLATION_FIELDS}, [(v)-[:INVOLVES]->(e) | e.id] AS events
 """
 
-# One round trip per (edge, neighbour) level: path search keeps parent pointers.
+# One level per round trip: the distinct next ids (why/impact on FalkorDB, queries._walk).
+CAUSES_STEP = """
+UNWIND $ids AS i
+MATCH (:Event {id: i})-[:CAUSED_BY]->(c)
+RETURN DISTINCT c.id
+"""
+
+EFFECTS_STEP = """
+UNWIND $ids AS i
+MATCH (:Event {id: i})<-[:CAUSED_BY]-(c)
+RETURN DISTINCT c.id
+"""
+
+# One level per round trip with the edges: path search keeps parent pointers.
 CAUSES_OF = """
 UNWIND $ids AS i
 MATCH (e:Event {id: i})-[:CAUSED_BY]->(c)
