@@ -393,27 +393,34 @@ class Publisher:
         self.bootstrap = bootstrap
         if compression in (None, "none") or not compression_available(compression):  # type: ignore[arg-type]
             compression = None
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            acks=acks,
-            compression_type=compression,
-            max_request_size=max_request_size,
-            linger_ms=0,
-            enable_idempotence=False,
-        )
+        self._options: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "acks": acks,
+            "compression_type": compression,
+            "max_request_size": max_request_size,
+            "linger_ms": 0,
+            "enable_idempotence": False,  # outputs are idempotent by id; Tansu lacks it
+        }
+        self._client: AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
-        self._started = False
+
+    @property
+    def _producer(self) -> AIOKafkaProducer:
+        if self._client is None:
+            raise RuntimeError("Publisher is not started")
+        return self._client
 
     async def start(self) -> None:
-        self._started = True  # stop() must close the client even if start fails half-way
-        await self._producer.start()
+        # created here, inside the running loop; stop() closes it even if start fails
+        self._client = AIOKafkaProducer(**self._options)
+        await self._client.start()
         for topic in (STATE, VIOLATIONS, EPISODES, DLQ):
             await self._partitions_of(topic)
 
     async def stop(self) -> None:
-        if self._started:
-            self._started = False
-            await self._producer.stop()
+        client, self._client = self._client, None
+        if client is not None:
+            await client.stop()
 
     async def _partitions_of(self, topic: str) -> list[int]:
         parts = self._partitions.get(topic)
@@ -425,7 +432,15 @@ class Publisher:
         return parts
 
     async def publish(self, records: Iterable[OutRecord]) -> int:
-        """Send every record (order kept per topic-partition) and wait for all acks."""
+        """Send every record (order kept per topic-partition), wait for all acks; return
+        how many were published."""
+        records = list(records)
+        await await_acks(await self.send(records))
+        return len(records)
+
+    async def send(self, records: Iterable[OutRecord]) -> list[asyncio.Future[Any]]:
+        """Hand every record to the producer (order kept per topic-partition); return the
+        futures of their acknowledgements without waiting for them."""
         groups: dict[tuple[str, int], list[OutRecord]] = {}
         for r in records:
             parts = self._partitions.get(r.topic) or await self._partitions_of(r.topic)
@@ -448,9 +463,16 @@ class Publisher:
                     )
                 futures.append(await self._producer.send_batch(batch, topic, partition=p))
                 i = j
-        if futures:
-            await asyncio.gather(*futures)
-        return sum(len(v) for v in groups.values())
+        return futures
+
+
+async def await_acks(futures: list[asyncio.Future[Any]]) -> None:
+    """Wait for every acknowledgement; raise the first error after all have settled."""
+    if futures:
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
 
 
 # --- the faust app -----------------------------------------------------------------------
@@ -493,6 +515,12 @@ class _Processor:
 
     async def handle(self, records: Sequence[InRecord]) -> BatchOutput:
         """Process one batch end to end: rebuild if needed, reduce, publish."""
+        out = await self.prepare(records)
+        await self._publish(out)
+        return out
+
+    async def prepare(self, records: Sequence[InRecord]) -> BatchOutput:
+        """Rebuild or fill partitions where needed and reduce the batch; publish nothing."""
         core = self.core
         out = BatchOutput()
         firsts: dict[int, int] = {}
@@ -507,7 +535,6 @@ class _Processor:
             if i is not None:  # a gap inside the batch: fill that partition up to it
                 r = records[i]
                 await self._rebuild({r.partition: r.offset}, out)
-        await self._publish(out)
         self.stats.batches += 1
         return out
 
@@ -559,18 +586,28 @@ class _Processor:
         """Hook: a batch's outputs are on the broker."""
 
     async def _publish(self, out: BatchOutput) -> None:
-        records = out.records()
+        """Publish ``out`` and wait until all of it is acknowledged, retrying as needed."""
         delay = 0.2
         while True:
             try:
-                await self.publisher.publish(records)
+                await self.publisher.publish(out.records())
                 break
             except (KafkaError, OSError, TimeoutError) as err:
                 # not acked, not committed: retry until the broker takes it (backpressure)
-                self.stats.publish_retries += 1
-                log.warning("publishing %d outputs failed (%r); retrying", len(records), err)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = await self._publish_failed(out, err, delay)
+        self._count(out)
+
+    async def _publish_failed(self, out: BatchOutput, err: BaseException, delay: float) -> float:
+        """Log, back off, and make ``out`` carry the agents' *current* states for the retry
+        (a later batch may already have published newer ones: never go back to older)."""
+        self.stats.publish_retries += 1
+        log.warning("publishing a batch's outputs failed (%r); retrying", err)
+        for agent in out.changed:
+            out.changed[agent] = self.core.states.get(agent, out.changed[agent])
+        await asyncio.sleep(delay)
+        return min(delay * 2, 5.0)
+
+    def _count(self, out: BatchOutput) -> None:
         for d in out.derived:
             if isinstance(d, Episode):
                 self.stats.episodes += 1
@@ -765,18 +802,26 @@ def _in_record(m: Any) -> InRecord:
     return InRecord(m.topic, m.partition, m.offset, m.key, m.value, ts)
 
 
-class _CommitAfterBatch(ConsumerRebalanceListener):
-    """Before partitions are taken away, let the batch in flight finish and commit."""
+class _FinishBeforeRevoke(ConsumerRebalanceListener):
+    """Before partitions are taken away, finish and commit the batches in flight."""
 
-    def __init__(self, lock: asyncio.Lock) -> None:
-        self._lock = lock
+    def __init__(self, processor: KafkaProcessor) -> None:
+        self._processor = processor
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        async with self._lock:
-            pass
+        await self._processor.finish_inflight()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         pass
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A batch whose outputs are sent but not yet known to be acknowledged."""
+
+    out: BatchOutput
+    acks: list[asyncio.Future[Any]]
+    offsets: dict[TopicPartition, int]
 
 
 class KafkaProcessor(_Processor):
@@ -784,8 +829,9 @@ class KafkaProcessor(_Processor):
 
     faust dispatches every record through several tasks and queues (~100 µs of CPU per
     record here), which caps a worker far below a raw consumer. This engine reads with
-    ``getmany`` in batches and commits each batch's offsets right after its outputs are
-    acked: same outputs, same recovery, same guarantees.
+    ``getmany`` in batches. While the broker acknowledges one batch's outputs, the next
+    batch is reduced; a batch's offsets are committed only once its outputs are all
+    acknowledged. Same outputs, same recovery, same guarantees.
     """
 
     engine = "aiokafka"
@@ -814,11 +860,49 @@ class KafkaProcessor(_Processor):
         )
         self.session_timeout_s = session_timeout_s
         self._lock = asyncio.Lock()
+        self._inflight: _InFlight | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def finish_inflight(self) -> None:
+        """Wait for the batch in flight (re-publishing it if it failed), then commit it."""
+        async with self._lock:
+            await self._finish()
+
+    async def _finish(self) -> None:
+        flight, self._inflight = self._inflight, None
+        if flight is None:
+            return
+        delay = 0.2
+        acks = flight.acks
+        while True:
+            try:
+                await await_acks(acks)
+                break
+            except (KafkaError, OSError, TimeoutError) as err:
+                delay = await self._publish_failed(flight.out, err, delay)
+                acks = await self._send(flight.out)
+        self._count(flight.out)
+        assert self._consumer is not None
+        try:
+            await self._consumer.commit(flight.offsets)
+        except CommitFailedError as err:
+            # the partitions were taken away meanwhile: their next owner redoes the batch
+            # (outputs are idempotent), nothing is lost
+            log.warning("commit after a rebalance failed (%s)", err)
+
+    async def _send(self, out: BatchOutput) -> list[asyncio.Future[Any]]:
+        """Hand ``out`` to the producer; a failure to even send becomes a failed ack."""
+        try:
+            return await self.publisher.send(out.records())
+        except (KafkaError, OSError, TimeoutError) as err:
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(err)
+            return [failed]
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Consume, process and commit batch by batch until ``stop`` is set."""
         stop = stop or asyncio.Event()
-        consumer = AIOKafkaConsumer(
+        consumer = self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.group_id,
             enable_auto_commit=False,
@@ -828,30 +912,30 @@ class KafkaProcessor(_Processor):
             max_partition_fetch_bytes=8 << 20,
             fetch_max_wait_ms=int(min(self.batch_wait_s, 0.5) * 1000),
         )
-        consumer.subscribe([EVENTS], listener=_CommitAfterBatch(self._lock))
+        consumer.subscribe([EVENTS], listener=_FinishBeforeRevoke(self))
         try:
             await self.publisher.start()
             await consumer.start()
             wait_ms = int(self.batch_wait_s * 1000)
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=wait_ms, max_records=self.max_batch)
-                if not batches:
-                    continue
                 async with self._lock:
+                    if not batches:
+                        await self._finish()  # idle: do not leave a batch uncommitted
+                        continue
                     records = [
                         InRecord(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp)
                         for tp, msgs in batches.items()
                         for m in msgs
                     ]
-                    await self.handle(records)
+                    out = await self.prepare(records)
+                    acks = await self._send(out)
+                    await self._finish()  # the previous batch, acknowledged meanwhile
                     offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batches.items() if msgs}
-                    try:
-                        await consumer.commit(offsets)
-                    except CommitFailedError as err:
-                        # a rebalance took partitions away mid-batch: their next owner
-                        # redoes the batch (outputs are idempotent), nothing is lost
-                        log.warning("commit after a rebalance failed (%s)", err)
+                    self._inflight = _InFlight(out, acks, offsets)
                     self._gaps.clear()  # commits are explicit here: nothing to release
+            async with self._lock:
+                await self._finish()
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()

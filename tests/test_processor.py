@@ -25,7 +25,7 @@ from schemas.codec import EventCodec, encode_event
 from schemas.deadletter import DeadLetter, decode_dead_letter
 from schemas.derived import Episode, Violation, decode_episode, decode_violation
 from schemas.envelope import Event
-from schemas.state import AgentState, decode_state
+from schemas.state import AgentState, decode_state, encode_state
 from schemas.topics import DLQ, EPISODES, EVENTS, STATE, VIOLATIONS
 from streams.processor import (
     DEFAULT_GROUP,
@@ -216,6 +216,54 @@ def test_core_skips_redelivered_records_and_asks_for_a_rebuild_after_a_gap() -> 
     gap = [_rec(9, recs[5].value, recs[5].key)]
     assert core.step(gap, 0, out3) == 0
     assert core.needs_rebuild(0, 9) and not core.needs_rebuild(0, 5)
+
+
+async def test_a_failed_publish_is_retried_with_current_states_before_the_commit() -> None:
+    """The aiokafka engine's in-flight batch: a failed ack means re-publish, then commit."""
+    from streams.processor import KafkaProcessor, _InFlight
+
+    events = workload(agents=1, runs=1)[:6]
+    agent = events[0].agentid
+    recs = [_rec(i, encode_event(e), agent.encode()) for i, e in enumerate(events)]
+    proc = KafkaProcessor("127.0.0.1:1")
+    proc.core.next_offset[0] = 0
+    first = BatchOutput()
+    proc.core.step(recs[:3], 0, first)
+    old_state = decode_state(encode_state(first.changed[agent]))
+
+    sent: list[list] = []
+    committed: list[dict] = []
+    loop = asyncio.get_running_loop()
+
+    class FlakyPublisher:
+        async def send(self, records):
+            sent.append(list(records))
+            fut = loop.create_future()
+            if len(sent) == 1:
+                fut.set_exception(OSError("broker went away"))
+            else:
+                fut.set_result(None)
+            return [fut]
+
+    class Consumer:
+        async def commit(self, offsets):
+            committed.append(offsets)
+
+    proc.publisher = FlakyPublisher()  # type: ignore[assignment]
+    proc._consumer = Consumer()  # type: ignore[assignment]
+    tp = TopicPartition(EVENTS, 0)
+    proc._inflight = _InFlight(first, await proc._send(first), {tp: 3})
+    proc.core.step(recs[3:], 0, BatchOutput())  # the next batch is reduced meanwhile
+    await proc.finish_inflight()
+
+    assert proc.stats.publish_retries == 1 and committed == [{tp: 3}]
+    assert [decode_state(r.value) for r in sent[0] if r.topic == STATE] == [old_state]
+    retried_states = [decode_state(r.value) for r in sent[1] if r.topic == STATE]
+    assert retried_states == [proc.core.states[agent]]  # the current state, not the old one
+    assert retried_states[0] != old_state
+    assert [r.value for r in sent[1] if r.topic != STATE] == [
+        r.value for r in sent[0] if r.topic != STATE
+    ]
 
 
 # --- the faust app, in process --------------------------------------------------------------
