@@ -3,9 +3,10 @@
 Edges point from effect to cause (``(effect)-[:CAUSED_BY]->(cause)``), so *why* walks
 ``CAUSED_BY`` forwards (towards root causes) and *impact* walks it backwards.
 
-Walks go breadth-first inside the database, many levels per round trip (:func:`_walk`,
-``cypher.ancestors_bfs``): a variable-length match would enumerate every path, and causal
-graphs are full of diamonds. Distances are exact hop counts (the shortest chain of causes).
+Walks go breadth-first, one light query per level (FalkorDB) or many levels per unrolled
+statement (Neo4j), see :func:`_walk`: a variable-length match would enumerate every path,
+and causal graphs are full of diamonds. Distances are exact hop counts (the shortest chain
+of causes).
 """
 
 from __future__ import annotations
