@@ -312,7 +312,8 @@ def default_services() -> list[Service]:
             "archiver",
             ["archive", "--max-segment-age", "10"],  # the in-memory log: close files often
             depends_on=("broker",),
-            enabled=lambda s: s.archive_embedded,
+            # the durable copy of an in-memory log; next to real Kafka it runs as its own service
+            enabled=lambda s: s.archive_embedded and s.kafka_embedded,
             note="agent-events -> Parquet in ARCHIVE_DIR (default DATA_DIR/archive): "
             "the durable copy of the log (`agentstream archive --info`)",
         ),

@@ -146,6 +146,7 @@ def test_up_status_up_again_down_via_cli(env: Env):
     assert {p: r["action"] for p, r in started.items()} == {
         "broker": "started",
         "graph": "started",
+        "archiver": "started",
     }
     assert started["broker"]["port"] == env.kafka_port
     assert started["graph"]["port"] == env.graph_port
@@ -157,7 +158,11 @@ def test_up_status_up_again_down_via_cli(env: Env):
     status = cli(env, "status", "--json")
     assert status.returncode == 0, status.stdout + status.stderr
     parts = {p["part"]: p for p in json.loads(status.stdout)}
-    assert {p: s["state"] for p, s in parts.items()} == {"broker": "running", "graph": "running"}
+    assert {p: s["state"] for p, s in parts.items()} == {
+        "broker": "running",
+        "graph": "running",
+        "archiver": "running",
+    }
     assert parts["broker"]["pid"] == pids["broker"]
     assert "in memory" in parts["broker"]["note"]
     assert parts["graph"]["detail"].startswith("FalkorDB ")
@@ -174,6 +179,7 @@ def test_up_status_up_again_down_via_cli(env: Env):
     assert {p: r["action"] for p, r in second.items()} == {
         "broker": "already running",
         "graph": "already running",
+        "archiver": "already running",
     }
     assert {p: r["pid"] for p, r in second.items()} == pids
 
@@ -183,7 +189,8 @@ def test_up_status_up_again_down_via_cli(env: Env):
     assert {p: (r["action"], r["pid"]) for p, r in stopped.items()} == {
         p: ("stopped", pid) for p, pid in pids.items()
     }
-    assert [r["part"] for r in json.loads(down.stdout)] == ["graph", "broker"]  # dependents first
+    # dependents first
+    assert [r["part"] for r in json.loads(down.stdout)] == ["archiver", "graph", "broker"]
     assert not any(pid_alive(pid) for pid in pids.values())
     assert not env.state_path.exists()
     assert not port_open(HOST, env.kafka_port) and not port_open(HOST, env.graph_port)
@@ -447,6 +454,7 @@ def test_external_parts_are_not_started_and_are_probed(env: Env):
     assert [(r.part, r.action) for r in stack.up()] == [
         ("broker", "external"),
         ("graph", "external"),
+        ("archiver", "disabled"),  # next to real Kafka the archiver is its own service
     ]
     assert not env.state_path.exists()
     parts = {p.part: p for p in stack.status()}
