@@ -119,14 +119,14 @@ async def processor_trial(
         **options,
     )
     first: list[float] = []
-    original = proc.handle
+    original = proc.prepare  # both engines reduce every batch through prepare()
 
-    async def timed_handle(records):
+    async def timed_prepare(records):
         if not first:
             first.append(time.perf_counter())
         return await original(records)
 
-    proc.handle = timed_handle  # type: ignore[method-assign]
+    proc.prepare = timed_prepare  # type: ignore[method-assign]
     stop = asyncio.Event()
     t_start = time.perf_counter()
     task = asyncio.create_task(proc.run(stop))
