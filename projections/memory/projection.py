@@ -34,7 +34,7 @@ EPISODES_WRITTEN = Counter(
     "agentstream_memory_episodes", "Episodes handled by the memory projection", ["result"]
 )
 
-# ~400 embeddings/s on 2 cores: 512 records is ~1.3 s of work, so a rebalance flush or a
+# ~400 short texts/s on 2 idle cores: 512 records is ~1.3 s of work, so a rebalance flush or a
 # shutdown never waits long behind the model.
 MEMORY_RUNNER_CONFIG = RunnerConfig(max_batch=512, max_wait_ms=500)
 EMBED_CHUNK = 256  # episodes embedded and upserted per store call inside one batch
