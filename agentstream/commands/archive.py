@@ -15,20 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from agentstream.console import console, fail
-
-
-def _settings() -> Any:
-    from pydantic import ValidationError
-
-    from agentstream.settings import load_settings
-
-    try:
-        return load_settings()
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        fail(f"settings: {where}: {first['msg']} — fix AGENTSTREAM_{where.upper()}")
+from agentstream.console import console, fail, settings_or_exit
 
 
 def archive(
@@ -53,7 +40,7 @@ def archive(
     ] = False,
 ) -> None:
     """Archive agent-events to hive-partitioned Parquet until stopped (SIGTERM / Ctrl-C)."""
-    settings = _settings()
+    settings = settings_or_exit()
     root = (directory or settings.archive_location).resolve()
     if info:
         _info(root)

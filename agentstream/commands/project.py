@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from agentstream.console import console, fail
+from agentstream.console import console, fail, settings_or_exit
 
 log = logging.getLogger("agentstream.project")
 
@@ -31,7 +31,6 @@ def project(
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING")] = "INFO",
 ) -> None:
     """Run projections (agent-events and derived topics -> read models) until stopped."""
-    from agentstream.settings import load_settings
     from agentstream.wiring import PROJECTIONS
 
     chosen = list(PROJECTIONS) if all_ or not names or names == ["all"] else names
@@ -43,7 +42,7 @@ def project(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    settings = load_settings()
+    settings = settings_or_exit()
     runners = asyncio.run(_run(settings, chosen, report_every))
     for r in runners:
         s = r.stats

@@ -19,26 +19,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from agentstream.console import console, fail
+from agentstream.console import console, fail, settings_or_exit
 
 memory_app = typer.Typer(
     name="memory",
     help="The episodic memory projection (agent-episodes -> Chroma).",
     no_args_is_help=True,
 )
-
-
-def _settings() -> Any:
-    from pydantic import ValidationError
-
-    from agentstream.settings import load_settings
-
-    try:
-        return load_settings()
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        fail(f"settings: {where}: {first['msg']} — fix AGENTSTREAM_{where.upper()}")
 
 
 def _store(settings: Any, create: bool = False) -> Any:
@@ -81,7 +68,7 @@ def recall(
         fail(str(err))
     if not text.strip():
         fail('recall needs a situation text, e.g. agentstream recall "the deploy timed out"')
-    settings = _settings()
+    settings = settings_or_exit()
     store = _store(settings)
     try:
         episodes = recall_episodes(
@@ -134,7 +121,7 @@ def memory_run(
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING")] = "INFO",
 ) -> None:
     """Run the memory projection until stopped: agent-episodes -> Chroma, with lag reports."""
-    settings = _settings()
+    settings = settings_or_exit()
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -201,7 +188,7 @@ def memory_status(
     from projections.memory.recall import default_store
     from projections.memory.store import MemoryStoreError
 
-    settings = _settings()
+    settings = settings_or_exit()
     info: dict[str, Any] = {
         "location": settings.memory_location,
         "collection": settings.memory_collection,

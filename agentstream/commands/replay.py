@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from agentstream.console import console, err_console, fail
+from agentstream.console import console, err_console, fail, settings_or_exit
 
 replay_app = typer.Typer(
     name="replay",
@@ -30,19 +30,6 @@ replay_app = typer.Typer(
 )
 
 MODEL_CHOICES = ("analytics", "graph", "memory", "state", "all")
-
-
-def _settings() -> Any:
-    from pydantic import ValidationError
-
-    from agentstream.settings import load_settings
-
-    try:
-        return load_settings()
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        fail(f"settings: {where}: {first['msg']} — fix AGENTSTREAM_{where.upper()}")
 
 
 def parse_time(text: str | None, option: str) -> datetime | None:
@@ -108,7 +95,7 @@ def rebuild_cmd(
     """Rebuild read models from the log into fresh targets, then switch over atomically."""
     from agentstream.rebuild import RebuildError, RebuildOptions
 
-    settings = _settings()
+    settings = settings_or_exit()
     chosen = _models(models)
     root = _check_source(source, settings)
     options = RebuildOptions(
@@ -344,7 +331,7 @@ def debug_cmd(
         timeline_json,
     )
 
-    settings = _settings()
+    settings = settings_or_exit()
     root = _check_source(source, settings)
     flt = TimelineFilter(
         run_id=run,
@@ -399,7 +386,7 @@ def verify_cmd(
     """Re-run the current reducer over history; compare with the states on agent-state."""
     from agentstream.debug_replay import divergence_json, verify
 
-    settings = _settings()
+    settings = settings_or_exit()
     root = _check_source(source, settings)
     _quiet_kafka()
     history = _read_or_fail(settings, source, root, None)

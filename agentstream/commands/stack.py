@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from agentstream.console import console, fail
+from agentstream.console import console, fail, settings_or_exit
 
 DataDir = Annotated[
     Path | None,
@@ -31,21 +31,10 @@ Timeout = Annotated[
 
 def _stack(data_dir: Path | None, timeout: float = 30.0) -> Any:
     """Settings errors become one line too, not a pydantic traceback."""
-    from pydantic import ValidationError
-
-    from agentstream.settings import load_settings
     from agentstream.stack import Stack
 
     overrides: dict[str, object] = {} if data_dir is None else {"data_dir": data_dir}
-    try:
-        settings = load_settings(**overrides)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
-        if where:
-            fail(f"settings: {where}: {msg} — fix AGENTSTREAM_{where.upper()} or the config file")
-        fail(f"settings: {msg} — fix that AGENTSTREAM_* variable or the config file")
+    settings = settings_or_exit(**overrides)
     return Stack(settings, deadline_s=timeout)
 
 

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from agentstream.console import console, fail
+from agentstream.console import console, fail, settings_or_exit
 
 topics_app = typer.Typer(help="Create and inspect the AgentStream topics.", no_args_is_help=True)
 
@@ -27,11 +27,10 @@ def create(
     """Create missing topics (existing ones are left as they are) and show partition counts."""
     from aiokafka.errors import KafkaError
 
-    from agentstream.settings import load_settings
     from schemas.topics import TOPICS
     from streams.admin import ensure_topics, wait_for_broker
 
-    settings = load_settings()
+    settings = settings_or_exit()
     wanted = partitions or settings.partitions
     bootstrap = settings.bootstrap_servers
 

@@ -14,20 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from agentstream.console import console, fail
-
-
-def _settings() -> Any:
-    from pydantic import ValidationError
-
-    from agentstream.settings import load_settings
-
-    try:
-        return load_settings()
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        fail(f"settings: {where}: {first['msg']} — fix AGENTSTREAM_{where.upper()}")
+from agentstream.console import console, fail, settings_or_exit
 
 
 def _unreachable(bootstrap: str, err: BaseException) -> str:
@@ -62,7 +49,7 @@ def worker(
     """Run the stream processor until stopped: agent state, violations, episodes, DLQ."""
     if engine not in ("faust", "aiokafka"):
         fail(f"worker: unknown engine {engine!r} — use --engine faust or --engine aiokafka")
-    settings = _settings()
+    settings = settings_or_exit()
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -121,7 +108,7 @@ def state(
     as_json: Annotated[bool, typer.Option("--json", help="print the raw state as JSON")] = False,
 ) -> None:
     """Print an agent's current state (the latest record on agent-state)."""
-    settings = _settings()
+    settings = settings_or_exit()
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     bootstrap = settings.bootstrap_servers
     found = asyncio.run(_read(bootstrap, agent))
