@@ -18,6 +18,7 @@ for none).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack, overload
@@ -60,7 +61,7 @@ def _ids(causes: Iterable[str | Event]) -> tuple[str, ...]:
     return tuple(c if isinstance(c, str) else c.id for c in causes)
 
 
-class _Builder(Generic[_R]):
+class _Builder(ABC, Generic[_R]):
     """Envelope filling and the helpers; ``_emit`` decides what a helper returns."""
 
     def __init__(
@@ -85,8 +86,9 @@ class _Builder(Generic[_R]):
         self.clock = clock
         self.last: Event | None = None
 
+    @abstractmethod
     def _emit(self, data: p.Payload, **envelope: Unpack[Envelope]) -> _R:
-        raise NotImplementedError
+        """Build and deliver (or just return) one event."""
 
     def build(
         self,

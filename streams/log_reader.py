@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -66,7 +67,7 @@ class LogRecord:
     generation: int = 0
 
 
-class LogBatch:
+class LogBatch(ABC):
     """Consecutive records of one partition of one topic (see the module docstring)."""
 
     def __init__(
@@ -76,9 +77,9 @@ class LogBatch:
         self.codec = codec or _default_codec
 
     @property
+    @abstractmethod
     def records(self) -> list[LogRecord]:
         """Every record in offset order, valid or not."""
-        raise NotImplementedError
 
     @property
     def first_offset(self) -> int:

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -482,7 +483,7 @@ def _faust_brokers(bootstrap: str) -> list[str]:
     return [f"kafka://{b.strip()}" for b in bootstrap.split(",") if b.strip()]
 
 
-class _Processor:
+class _Processor(ABC):
     """What both engines share: the core, the publisher, rebuild/gap handling, a batch."""
 
     engine = ""
@@ -579,10 +580,10 @@ class _Processor:
             self._rebuilt(fresh)
         self.stats.rebuild_seconds += time.monotonic() - started
 
-    def _rebuilt(self, partitions: Iterable[int]) -> None:
+    def _rebuilt(self, partitions: Iterable[int]) -> None:  # noqa: B027 (optional hook)
         """Hook: partitions were rebuilt from the log."""
 
-    def _published(self, out: BatchOutput) -> None:
+    def _published(self, out: BatchOutput) -> None:  # noqa: B027 (optional hook)
         """Hook: a batch's outputs are on the broker."""
 
     async def _publish(self, out: BatchOutput) -> None:
@@ -616,8 +617,9 @@ class _Processor:
         self.stats.states_published += len(out.changed)
         self._published(out)
 
+    @abstractmethod
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        raise NotImplementedError
+        """Consume until ``stop`` is set."""
 
 
 class StreamProcessor(_Processor):
