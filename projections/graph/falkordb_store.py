@@ -14,12 +14,7 @@ from urllib.parse import urlparse
 import redis.exceptions
 from falkordb import FalkorDB
 
-from projections.graph.cypher import (
-    COUNT_NODES,
-    COUNT_RELATIONSHIPS,
-    EVENT_FIELDS,
-    FALKORDB_DDL,
-)
+from projections.graph.cypher import COUNT_NODES, COUNT_RELATIONSHIPS, FALKORDB_DDL
 from projections.graph.store import (
     GraphCounts,
     GraphStoreError,
@@ -28,22 +23,6 @@ from projections.graph.store import (
     QueryTimeout,
     Statement,
 )
-
-# Every cause within $depth hops of the events in $ids, in one statement: FalkorDB's
-# built-in breadth-first search (``algo.bfs``, outgoing edges of one type, each node once,
-# the start excluded) instead of one round trip per level. Rows: EVENT_FIELDS, causes.
-# Distances are not returned: queries.why recomputes them from the causes lists, which is
-# exact because every node on a shortest chain within $depth is itself within $depth.
-# Checked against the level-by-level walk (tests/test_graph_store.py, bench_graph.py);
-# unlike ``-[:CAUSED_BY*1..n]->(a) RETURN DISTINCT a`` it returns every ancestor.
-ANCESTORS_ALGO_BFS = f"""
-UNWIND $ids AS i
-MATCH (s:Event {{id: i}})
-CALL algo.bfs(s, $depth, 'CAUSED_BY') YIELD nodes
-UNWIND nodes AS e
-WITH DISTINCT e
-RETURN {EVENT_FIELDS}, [(e)-[:CAUSED_BY]->(x) | x.id] AS causes
-"""
 
 _EMPTY_KEY = "empty key"  # "Invalid graph operation on empty key": the graph does not exist
 _ALREADY_INDEXED = "already indexed"

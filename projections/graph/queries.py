@@ -3,9 +3,8 @@
 Edges point from effect to cause (``(effect)-[:CAUSED_BY]->(cause)``), so *why* walks
 ``CAUSED_BY`` forwards (towards root causes) and *impact* walks it backwards.
 
-Walks go breadth-first: ``why`` on FalkorDB in one call of its built-in ``algo.bfs``;
-otherwise one light query per level (FalkorDB) or many levels per unrolled statement
-(Neo4j), see :func:`_walk`. A variable-length match would enumerate every path,
+Walks go breadth-first, one light query per level (FalkorDB) or many levels per unrolled
+statement (Neo4j), see :func:`_walk`: a variable-length match would enumerate every path,
 and causal graphs are full of diamonds. Distances are exact hop counts (the shortest chain
 of causes).
 """
@@ -194,14 +193,10 @@ def _walk(
     """Everything within ``depth`` hops of ``starts`` (causes if ``up``, else effects), each
     at its shortest distance, breadth-first, never enumerating paths.
 
-    ``levels_per_trip is None`` walking up on FalkorDB: one ``algo.bfs`` call
-    (:func:`_walk_up_algo_bfs`). ``levels_per_trip == 1``: one query per level for the
-    distinct next ids, then one fetch of every event found. Otherwise
-    ``cypher.ancestors_bfs`` walks that many levels inside the database per round trip,
-    continuing from the last level with ``$seen``.
+    ``levels_per_trip == 1``: one query per level for the distinct next ids, then one fetch
+    of every event found. Otherwise ``cypher.ancestors_bfs`` walks that many levels inside
+    the database per round trip, continuing from the last level with ``$seen``.
     """
-    if up and levels_per_trip is None and store.backend == "falkordb":
-        return _walk_up_algo_bfs(store, starts, start_links, depth)
     k = levels_per_trip or levels_per_trip_for(store)
     if k == 1:
         return _walk_by_level(store, starts, start_links, up, depth)
@@ -226,45 +221,6 @@ def _walk(
                 reached.append(info.id)
         frontier = sorted(reached)
         d += levels
-    return _Walked(nodes, distance, links)
-
-
-def _walk_up_algo_bfs(
-    store: GraphStore,
-    starts: Sequence[EventInfo],
-    start_links: dict[str, tuple[str, ...]],
-    depth: int,
-) -> _Walked:
-    """FalkorDB's own breadth-first search: every ancestor and its causes in one round
-    trip (measured several times faster than a query per level, bench/bench_graph.py).
-
-    The distances are a breadth-first walk in Python over the causes lists returned.
-    Ancestors reachable only through causes the starts did not have when they were read
-    (a write in between) are left out, so the result matches the starts as read.
-    """
-    from projections.graph.falkordb_store import ANCESTORS_ALGO_BFS
-
-    nodes = {s.id: s for s in starts}
-    links = dict(start_links)
-    found: dict[str, EventInfo] = {}
-    for *fields, causes in store.read(ANCESTORS_ALGO_BFS, {"ids": sorted(nodes), "depth": depth}):
-        info = _event(fields, causes)
-        if info.id not in nodes:
-            found[info.id] = info
-    distance = {s: 0 for s in nodes}
-    frontier = sorted(nodes)
-    d = 0
-    while frontier and d < depth:
-        d += 1
-        nxt: list[str] = []
-        for f in frontier:
-            for c in links[f]:
-                if c in found and c not in distance:
-                    distance[c] = d
-                    nxt.append(c)
-                    nodes[c] = found[c]
-                    links[c] = found[c].causes
-        frontier = nxt
     return _Walked(nodes, distance, links)
 
 
