@@ -16,6 +16,7 @@ process per directory), or the directory itself when nobody holds it.
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from agentstream.settings import Settings
 
 
-class AnalyticsReader:
+class AnalyticsReader(ABC):
     """Read-only queries against the analytics model; results are ``pyarrow.Table``."""
 
     via: str = ""
@@ -59,10 +60,11 @@ class AnalyticsReader:
             ) from None
         return self.query(q.sql, q.bind(params))
 
+    @abstractmethod
     def _run(self, sql: str, params: dict[str, Any]) -> pa.Table:
-        raise NotImplementedError
+        """Execute an already checked statement on this reader's connection."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: readers without a connection keep it)
         """Release the connection."""
 
     def __enter__(self) -> AnalyticsReader:
