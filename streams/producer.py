@@ -434,20 +434,8 @@ class EventProducer:
             raise _too_large(event, len(value), self.max_event_bytes)
         route = self._route_of.get(event.agentid) or self._route_for(event.agentid)
         key, lane = route
-        builder = lane.builder
-        if builder is None:
-            builder = lane.builder = self._new_batch()
         headers = [_CE_TYPE[type(event)], ("ce_id", event.id.encode()), _CONTENT_TYPE_HEADER]
-        ts = (event.time - _EPOCH) // _MS
-        if builder.append(timestamp=ts, key=key, value=value, headers=headers) is None:
-            builder = self._next_batch(lane)
-            builder.append(timestamp=ts, key=key, value=value, headers=headers)
-        lane.open_count += 1
-        lane.accepted += 1
-        self._outstanding += 1
-        self.stats.accepted += 1
-        if not lane.wake.is_set():
-            lane.wake.set()
+        self._append(lane, key, value, headers, (event.time - _EPOCH) // _MS)
 
     async def send_many(self, events: Iterable[Event]) -> int:
         """Accept several events, in order; returns how many."""
@@ -492,7 +480,7 @@ class EventProducer:
         headers: list[tuple[str, bytes]],
         timestamp_ms: int | None,
     ) -> None:
-        """What ``send`` does inline, for ``send_raw``."""
+        """Append one encoded record to its partition's open batch and wake the lane."""
         builder = lane.builder
         if builder is None:
             builder = lane.builder = self._new_batch()
