@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 
 from agentstream.processes import ManagedProcess, falkordb_argv, free_port, port_bindable
 from projections.graph import queries
@@ -389,7 +390,7 @@ def ladder(store: GraphStore, n: int) -> list[Event]:
     return events
 
 
-@pytest.mark.parametrize("levels_per_trip", [1, 7, queries.LEVELS_PER_TRIP])
+@pytest.mark.parametrize("levels_per_trip", [None, 1, 7, queries.LEVELS_PER_TRIP])
 def test_why_stays_exact_and_cheap_where_paths_explode(store, levels_per_trip):
     events = ladder(store, 45)
     result = queries.why(store, events[-1].id, depth=44, levels_per_trip=levels_per_trip)
@@ -398,6 +399,59 @@ def test_why_stays_exact_and_cheap_where_paths_explode(store, levels_per_trip):
     ]
     impact = queries.impact(store, events[0].id, levels_per_trip=levels_per_trip)
     assert len(impact.downstream()) == 44 and impact.distance[events[-1].id] == 22
+
+
+def random_dag(store: GraphStore, n: int, seed: int) -> list[Event]:
+    """``n`` events, each caused by up to three random earlier ones (some by none: extra
+    roots), plus a cause that never arrives (a placeholder)."""
+    rng = random.Random(seed)
+    s = Scenario(seed=seed)
+    events: list[Event] = []
+    for i in range(n):
+        picks = rng.sample(events, k=min(len(events), rng.randrange(4))) if events else []
+        causes: list[Event | str] = list(picks)
+        if i == n // 2:
+            causes.append("never-arrived")
+        events.append(s.event(thought(f"step {i}"), *causes))
+    project(store, events)
+    return events
+
+
+def _walk_view(result: queries.WhyResult | queries.ImpactResult) -> dict[str, object]:
+    return {
+        i: (result.distance[i], n.causes, n.type, n.time_us, n.summary)
+        for i, n in result.nodes.items()
+    }
+
+
+def test_every_walk_finds_the_same_events_at_the_same_distances(store):
+    """The backend's own walk (on FalkorDB: the server-side UDF) against the portable
+    Cypher walks, on a random DAG, for why and impact at several depths."""
+    events = random_dag(store, 120, seed=4)
+    walks = [None, 1, 3, queries.LEVELS_PER_TRIP]
+    for target in (events[-1], events[-7], events[60]):
+        for depth in (1, 2, 5, 50):
+            views = [_walk_view(queries.why(store, target.id, depth, w)) for w in walks]
+            assert all(v == views[0] for v in views[1:]), (target.id, depth)
+    for source in (events[0], events[3], events[40]):
+        for depth in (1, 4, 100):
+            impacts = [queries.impact(store, source.id, depth, w) for w in walks]
+            views = [(_walk_view(r), r.effects) for r in impacts]
+            assert all(v == views[0] for v in views[1:]), (source.id, depth)
+    assert queries.why(store, events[60].id, depth=1).nodes["never-arrived"].placeholder
+
+
+def test_falkordb_reloads_its_walk_after_the_server_lost_it(falkordb):
+    """UDF libraries live in the server, not in a graph: a fresh or restarted server has
+    none, and the next walk loads it (no setup() call needed by a reader)."""
+    writer = FalkorDBStore(falkordb.host, falkordb.port, "udf")
+    writer.setup()
+    events = ladder(writer, 10)
+    redis.Redis(host=falkordb.host, port=falkordb.port).execute_command("GRAPH.UDF", "FLUSH")
+    reader = FalkorDBStore(falkordb.host, falkordb.port, "udf")
+    result = queries.why(reader, events[-1].id)
+    assert len(result.ancestors()) == 9 and not result.truncated
+    writer.clear()
 
 
 def test_a_read_with_a_timeout_is_stopped_by_the_server(store):

@@ -3,8 +3,10 @@
 Kept to the subset both understand (LOCAL_STACK.md): UNWIND + MERGE/SET, OPTIONAL MATCH,
 CASE, pattern comprehensions, bounded variable-length patterns. Every value arrives as a
 parameter; the only thing ever formatted into a statement is a validated hop count
-(variable-length bounds cannot be parameters in Cypher). Only the index/constraint DDL
-differs per backend.
+(variable-length bounds cannot be parameters in Cypher). What differs per backend: the
+index/constraint DDL, and the walk behind why/impact: on FalkorDB it runs inside the
+server as a UDF (``traversal.py``); Neo4j walks with ``ancestors_bfs``/``descendants_bfs``,
+which run on both and are the reference the UDF is tested against.
 
 Patterns start at the node bound by id and leave the far end unlabelled: FalkorDB's
 planner otherwise label-scans every Event for each row (measured: a reversed

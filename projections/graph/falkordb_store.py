@@ -3,6 +3,11 @@
 RESP, not Bolt: LOCAL_STACK.md lists what FalkorDB's Bolt endpoint breaks. A FalkorDB
 graph is one Redis key, so a graph built under another name swaps in with ``RENAME``:
 atomic (Redis runs one command at a time) and O(1) whatever the graph's size.
+
+The store also owns the server-side walk (``traversal.py``, a FalkorDB UDF library). UDF
+libraries belong to the server, not to a graph, and a restarted or fresh server may not
+have it: a read that calls it and finds it missing loads it and runs again, so no caller
+ever has to think about it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from urllib.parse import urlparse
 import redis.exceptions
 from falkordb import FalkorDB
 
+from projections.graph import traversal
 from projections.graph.cypher import COUNT_NODES, COUNT_RELATIONSHIPS, FALKORDB_DDL
 from projections.graph.store import (
     GraphCounts,
@@ -27,6 +33,7 @@ from projections.graph.store import (
 _EMPTY_KEY = "empty key"  # "Invalid graph operation on empty key": the graph does not exist
 _ALREADY_INDEXED = "already indexed"
 _TIMED_OUT = "timed out"  # "Query timed out"
+_MISSING_WALK = f"Unknown function '{traversal.LIBRARY}."
 
 
 class FalkorDBStore:
@@ -74,6 +81,7 @@ class FalkorDBStore:
         )
 
     def setup(self) -> None:
+        self.load_traversal()
         for ddl in FALKORDB_DDL:
             try:
                 self._g.query(ddl)
@@ -83,8 +91,26 @@ class FalkorDBStore:
                 if _ALREADY_INDEXED not in str(err):
                     raise
 
+    def load_traversal(self) -> None:
+        """(Re)load the walk UDF library on the server; harmless if it is already there."""
+        try:
+            self._db.udf_load(traversal.LIBRARY, traversal.SCRIPT, True)
+        except redis.exceptions.ConnectionError as err:
+            raise self._unavailable(err) from err
+
     def read(
         self, statement: str, params: Params | None = None, timeout_ms: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        try:
+            return self._read(statement, params, timeout_ms)
+        except redis.exceptions.ResponseError as err:
+            if _MISSING_WALK not in str(err):
+                raise
+        self.load_traversal()
+        return self._read(statement, params, timeout_ms)
+
+    def _read(
+        self, statement: str, params: Params | None, timeout_ms: int | None
     ) -> list[tuple[Any, ...]]:
         try:
             result = self._g.ro_query(

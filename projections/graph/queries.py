@@ -3,10 +3,10 @@
 Edges point from effect to cause (``(effect)-[:CAUSED_BY]->(cause)``), so *why* walks
 ``CAUSED_BY`` forwards (towards root causes) and *impact* walks it backwards.
 
-Walks go breadth-first, one light query per level (FalkorDB) or many levels per unrolled
-statement (Neo4j), see :func:`_walk`: a variable-length match would enumerate every path,
-and causal graphs are full of diamonds. Distances are exact hop counts (the shortest chain
-of causes).
+Walks go breadth-first, never enumerating paths (a variable-length match would, and causal
+graphs are full of diamonds): on FalkorDB in one round trip, inside the server (the
+``traversal.js`` UDF); on Neo4j many levels per unrolled statement; see :func:`_walk`.
+Distances are exact hop counts (the shortest chain of causes).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from projections.graph import cypher
+import msgspec
+
+from projections.graph import cypher, traversal
 from projections.graph.model import FAILURE_STATUSES, from_epoch_us
 from projections.graph.store import GraphStore
 
@@ -175,13 +177,6 @@ class _Walked:
     links: dict[str, tuple[str, ...]]  # id -> neighbours in the walk's direction
 
 
-def levels_per_trip_for(store: GraphStore) -> int:
-    """FalkorDB runs beside us: one light query per level measured ~2x faster than the
-    unrolled statement (bench/bench_graph.py). A Neo4j server is across a network, where
-    round trips dominate: 50 levels per statement."""
-    return 1 if store.backend == "falkordb" else LEVELS_PER_TRIP
-
-
 def _walk(
     store: GraphStore,
     starts: Sequence[EventInfo],
@@ -193,11 +188,17 @@ def _walk(
     """Everything within ``depth`` hops of ``starts`` (causes if ``up``, else effects), each
     at its shortest distance, breadth-first, never enumerating paths.
 
-    ``levels_per_trip == 1``: one query per level for the distinct next ids, then one fetch
-    of every event found. Otherwise ``cypher.ancestors_bfs`` walks that many levels inside
-    the database per round trip, continuing from the last level with ``$seen``.
+    ``levels_per_trip=None`` picks the backend's fastest walk. FalkorDB: the server-side
+    walk (``traversal.WALK``), one round trip whatever the depth. Neo4j: unrolled
+    statements of ``LEVELS_PER_TRIP`` levels. An explicit ``levels_per_trip`` runs the
+    portable Cypher walks on any backend: ``1`` is one query per level for the distinct
+    next ids, then one fetch of every event found; more runs ``cypher.ancestors_bfs``
+    (that many levels inside the database per round trip, continuing with ``$seen``).
+    All of them return the same result (tests/test_graph_store.py).
     """
-    k = levels_per_trip or levels_per_trip_for(store)
+    if levels_per_trip is None and store.backend == "falkordb":
+        return _walk_in_server(store, starts, start_links, up, depth)
+    k = levels_per_trip or LEVELS_PER_TRIP
     if k == 1:
         return _walk_by_level(store, starts, start_links, up, depth)
     statement = cypher.ancestors_bfs if up else cypher.descendants_bfs
@@ -221,6 +222,35 @@ def _walk(
                 reached.append(info.id)
         frontier = sorted(reached)
         d += levels
+    return _Walked(nodes, distance, links)
+
+
+def _walk_in_server(
+    store: GraphStore,
+    starts: Sequence[EventInfo],
+    start_links: dict[str, tuple[str, ...]],
+    up: bool,
+    depth: int,
+) -> _Walked:
+    """The walk of ``traversal.js``: one JSON array of [hops, EVENT_FIELDS..., along]."""
+    params = {
+        "ids": [s.id for s in starts],
+        "depth": depth,
+        "direction": "outgoing" if up else "incoming",
+    }
+    rows = store.read(traversal.WALK, params)
+    walked: list[list[Any]] = msgspec.json.decode(rows[0][0]) if rows else []
+    nodes = {s.id: s for s in starts}
+    distance = {s.id: 0 for s in starts}
+    links = dict(start_links)
+    for hops, *fields, along in walked:
+        if hops == 0:
+            continue  # a start: the caller loaded it already
+        eid = fields[0]
+        # impact() derives each descendant's causes from the walk's links itself
+        nodes[eid] = _event(fields, along if up else None)
+        distance[eid] = int(hops)
+        links[eid] = tuple(sorted(along))
     return _Walked(nodes, distance, links)
 
 
