@@ -21,10 +21,13 @@ Both parts run against a fresh embedded FalkorDB (redis-server + module, AOF on,
    the one five back: diamonds all the way down), built with ``project`` in batches of
    10,000 until done or ``--budget-s`` is spent (then the size reached is reported).
    ``queries.why(depth=50)`` from ``--queries`` random events at least 60 deep: p50/p99.
+   On FalkorDB that is the server-side walk (the ``traversal.js`` UDF, one round trip).
    Baseline: the bare client walking breadth-first, one query per level, then fetching the
-   same columns (it must find the same ancestors). Context: a naive single
+   same columns (it must find the same ancestors). Context: the portable Cypher walk
+   (``levels_per_trip=1``, the code path Neo4j-compatible Cypher gives), and a naive single
    ``[:CAUSED_BY*1..50]`` query, its p50 and the share of the ancestors it returns
-   (FalkorDB 4.16 under-reports it on graphs with shortcuts).
+   (FalkorDB 4.16 under-reports it on graphs with shortcuts). All three walks run
+   interleaved per target, so they see the same machine load.
 """
 
 from __future__ import annotations
@@ -212,12 +215,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-def why_latencies(store: FalkorDBStore, ids: list[str]) -> tuple[list[float], dict[str, int]]:
+def why_latencies(
+    store: FalkorDBStore, ids: list[str], levels_per_trip: int | None = None
+) -> tuple[list[float], dict[str, int]]:
     """Latency of ``queries.why(depth=50)`` per target, and how many ancestors each had."""
     out, sizes = [], {}
     for i in ids:
         t = time.perf_counter()
-        result = queries.why(store, i, depth=WHY_DEPTH)
+        result = queries.why(store, i, depth=WHY_DEPTH, levels_per_trip=levels_per_trip)
         out.append((time.perf_counter() - t) * 1000)
         sizes[i] = len(result.nodes) - 1
     return out, sizes
@@ -319,13 +324,17 @@ def main() -> None:
                 "relationships": counts.total_relationships,
             }
             figures.append(Figure("projection rate (large build)", build_rate, "events/s"))
-            why_latencies(store, ids[:10])  # warm-up (plan caches)
-            lat, raw_lat, sizes = [], [], {}
-            for i in ids:  # interleaved, so both see the same machine load
+            why_latencies(store, ids[:10])  # warm-up (loads the UDF, plan caches)
+            why_latencies(store, ids[:10], levels_per_trip=1)
+            lat, raw_lat, portable_lat, sizes = [], [], [], {}
+            for i in ids:  # interleaved, so all see the same machine load
                 one, size = why_latencies(store, [i])
                 lat += one
                 sizes.update(size)
                 raw_lat += raw_bfs_latencies(port, [i], sizes)
+                portable, psize = why_latencies(store, [i], levels_per_trip=1)
+                assert psize == size, "the portable walk and the server-side walk disagree"
+                portable_lat += portable
             varlen_p50, varlen_share = raw_varlen(port, ids[:20], sizes)
             params["why_queries"] = len(lat)
             params["why_mean_ancestors"] = round(statistics.mean(sizes.values()), 1)
@@ -345,6 +354,20 @@ def main() -> None:
                 Figure(
                     f"why depth {WHY_DEPTH} p99 ({built:,} events)",
                     p99,
+                    "ms",
+                    baseline=percentile(raw_lat, 99),
+                    baseline_name="raw BFS, 1 query/level",
+                ),
+                Figure(
+                    f"why depth {WHY_DEPTH} p50, portable Cypher walk",
+                    statistics.median(portable_lat),
+                    "ms",
+                    baseline=statistics.median(raw_lat),
+                    baseline_name="raw BFS, 1 query/level",
+                ),
+                Figure(
+                    f"why depth {WHY_DEPTH} p99, portable Cypher walk",
+                    percentile(portable_lat, 99),
                     "ms",
                     baseline=percentile(raw_lat, 99),
                     baseline_name="raw BFS, 1 query/level",
