@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         description="torch CPU threads for embedding (process-wide; default: one per core). "
         "1 is faster when the cores are busy with other work",
     )
+    recall_index: bool = Field(
+        default=True,
+        description="recall() without a store answers from an in-process exact index of the "
+        "collection (~1.5 KB RAM per episode, loaded in the background); off: Chroma's "
+        "filtered search. Accepts on/off",
+    )
 
     # --- archive -----------------------------------------------------------------------
     archive_dir: Path | None = Field(

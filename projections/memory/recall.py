@@ -3,6 +3,11 @@
 ``recall(text)`` embeds the situation, asks the store for the nearest episodes that pass
 the filters, and returns plain frozen dataclasses an agent can put straight into a prompt
 (:func:`format_for_prompt`) or serialise (:meth:`RecalledEpisode.as_dict`).
+
+Without an explicit ``store``, recall answers from the process's
+:class:`~projections.memory.exact_index.ExactIndex` (setting ``recall_index``, on by
+default): Chroma's filtered search takes ~50-150 ms at 100k episodes, the in-memory index
+~1-3 ms. A one-shot caller (the CLI) passes the store itself and queries Chroma directly.
 """
 
 from __future__ import annotations
@@ -11,12 +16,13 @@ import re
 import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from projections.memory.store import Filter, MemoryHit, MemoryStore, Scalar
 
 if TYPE_CHECKING:
     from agentstream.settings import Settings
+    from projections.memory.exact_index import ExactIndex
 
 Outcome = Literal["success", "failure"]
 OUTCOMES: tuple[str, ...] = ("success", "failure")
@@ -138,8 +144,15 @@ def recall_filter(
     return Filter(equals, at_least)
 
 
+class Searcher(Protocol):
+    """What recall needs: a :class:`MemoryStore` (Chroma) or an ``ExactIndex`` over one."""
+
+    def query(self, text: str, k: int = 5, where: Filter | None = None) -> list[MemoryHit]: ...
+
+
 _lock = threading.Lock()
 _stores: dict[tuple[str, str, str | None, str], MemoryStore] = {}
+_indexes: dict[tuple[str, str, str | None, str], ExactIndex] = {}
 
 
 def default_store(settings: Settings | None = None, create: bool = False) -> MemoryStore:
@@ -163,6 +176,29 @@ def default_store(settings: Settings | None = None, create: bool = False) -> Mem
         return store
 
 
+def default_searcher(settings: Settings | None = None) -> Searcher:
+    """What :func:`recall` asks when no store is given: the settings' store, behind the
+    process's exact index unless ``recall_index`` is off (``AGENTSTREAM_RECALL_INDEX=off``).
+
+    The index is created once per process; its thread loads the collection in the
+    background (~10 s per 100k episodes, ~1.5 KB of RAM per episode) and queries go to
+    Chroma until it is loaded.
+    """
+    from agentstream.settings import load_settings
+    from projections.memory.exact_index import ExactIndex
+
+    s = settings or load_settings()
+    store = default_store(s)
+    if not s.recall_index:
+        return store
+    key = (s.memory_location, s.memory_collection, s.embedding_model, s.embedding_device)
+    with _lock:
+        index = _indexes.get(key)
+        if index is None:
+            index = _indexes[key] = ExactIndex(store)
+        return index
+
+
 def recall(
     situation_text: str,
     k: int = 5,
@@ -172,21 +208,23 @@ def recall(
     since: datetime | timedelta | None = None,
     *,
     tenant: str | None = None,
-    store: MemoryStore | None = None,
+    store: Searcher | None = None,
 ) -> list[RecalledEpisode]:
     """The ``k`` remembered episodes whose situations are nearest to ``situation_text``.
 
     Filters narrow the candidates before ranking: ``agent`` (agent id), ``tool``,
     ``outcome`` ("success"/"failure"), ``since`` (a time, or a duration back from now) and
     ``tenant``. Nearest first; fewer than ``k`` when fewer episodes pass the filters.
+    ``store``: a :class:`MemoryStore` (asks Chroma) or an ``ExactIndex``; default
+    :func:`default_searcher`.
     """
     if not situation_text.strip():
         raise ValueError("recall needs a non-empty situation text")
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     where = recall_filter(agent, tool, outcome, since, tenant)
-    store = store or default_store()
-    return [hit_to_episode(h) for h in store.query(situation_text, k, where)]
+    searcher = store if store is not None else default_searcher()
+    return [hit_to_episode(h) for h in searcher.query(situation_text, k, where)]
 
 
 def format_for_prompt(episodes: list[RecalledEpisode]) -> str:

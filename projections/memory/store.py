@@ -13,6 +13,11 @@ Things Chroma does that this adapter exists to contain (measured, chromadb 1.5):
   opened with an explicit one (:mod:`projections.memory.embedding`).
 - ``collection.modify(name=...)`` renames in ~1.5 ms and a handle stays bound to the
   collection's id, which is what ``replace_live_with`` builds on.
+
+Every upsert stamps each record's metadata with ``stored_at`` (unix seconds, taken just
+before the Chroma write of its chunk). Readers that mirror the collection
+(:mod:`projections.memory.exact_index`) find what changed since a time with one ``get``;
+stamping here, in the adapter, means every writer does it.
 """
 
 from __future__ import annotations
@@ -41,11 +46,20 @@ T = TypeVar("T")
 MEMORY_SCHEMA_VERSION = 1
 DEFAULT_COLLECTION = "agentstream-episodes"
 WRITE_CHUNK = 1000  # records per Chroma upsert call (below every backend's max batch size)
+STORED_AT = "stored_at"  # metadata key: unix seconds of the upsert that wrote the record
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
 
 
 class MemoryStoreError(RuntimeError):
     """A one-line, actionable problem with the memory store."""
+
+
+class NoCollection(MemoryStoreError):
+    """The store has no collection under the name it was opened with."""
+
+
+class CollectionGone(MemoryStoreError):
+    """The collection a :class:`PinnedCollection` reads was deleted (e.g. swapped out)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +285,7 @@ class MemoryStore:
             except NotFoundError:
                 if time.monotonic() >= deadline:
                     where = self.location or "the memory store"
-                    raise MemoryStoreError(
+                    raise NoCollection(
                         f"{where} has no collection {self.name!r} — run the memory projection "
                         "(`agentstream memory run` creates it) or check "
                         "AGENTSTREAM_MEMORY_COLLECTION"
@@ -284,7 +298,9 @@ class MemoryStore:
         """Insert or replace records by id; returns how many were written.
 
         Embeds the documents in the model's batches unless ``embeddings`` (one row per
-        record) are given, e.g. precomputed vectors in a benchmark.
+        record) are given, e.g. precomputed vectors in a benchmark. Each record's metadata
+        gets ``stored_at`` = ``time.time()`` just before its chunk is written (a value the
+        caller put there is overwritten): readers mirroring the collection poll by it.
         """
         if not records:
             return 0
@@ -308,7 +324,7 @@ class MemoryStore:
                     ids=[r.id for r in part],
                     embeddings=vectors,
                     documents=[r.document for r in part],
-                    metadatas=[dict(r.metadata) for r in part],
+                    metadatas=stamped([r.metadata for r in part], time.time()),
                 )
             )
         return len(records)
@@ -360,6 +376,19 @@ class MemoryStore:
             for i, d, m, s in zip(ids, docs, metas, dists, strict=True)
         ]
 
+    def pin(self, wait_s: float = 2.0) -> PinnedCollection:
+        """A reader bound to the collection live *now*: it never follows a swap, so a long
+        read (paging through every record) sees one collection or fails with
+        :class:`CollectionGone`. Waits up to ``wait_s`` for a name unbound by a swap."""
+        return PinnedCollection(self._lookup(wait_s))
+
+    def live_collection_id(self, wait_s: float = 2.0) -> str | None:
+        """The id of the collection live under this name, ``None`` if there is none."""
+        try:
+            return str(self._lookup(wait_s).id)
+        except NoCollection:
+            return None
+
     # --- rebuild and swap -------------------------------------------------------------------
 
     def replace_live_with(self, staging: str, keep_retired: bool = False) -> str | None:
@@ -391,3 +420,90 @@ class MemoryStore:
             self.client.delete_collection(retired)
             return None
         return retired
+
+
+def stamped(metadatas: Sequence[Mapping[str, Scalar]], at: float) -> list[dict[str, Scalar]]:
+    """Copies of ``metadatas`` with ``stored_at`` set to ``at``."""
+    return [{**m, STORED_AT: at} for m in metadatas]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPage:
+    """Records read back from one collection: ids, metadata and (when asked for) the vectors
+    as float32 rows in the same order (``None`` when not requested)."""
+
+    ids: list[str]
+    metadatas: list[dict[str, Scalar]]
+    vectors: np.ndarray | None = None
+
+
+class PinnedCollection:
+    """Reads from exactly one Chroma collection (by its id), for mirrors of the store.
+
+    Unlike :class:`MemoryStore`, it never looks the name up again: if the collection is
+    deleted (a swap retired it), every call raises :class:`CollectionGone` and the caller
+    decides what to do (a mirror reloads from the new live collection).
+    """
+
+    def __init__(self, collection: Collection) -> None:
+        self._col = collection
+        self.id = str(collection.id)
+        self.name = collection.name
+
+    def _call(self, op: Callable[[Collection], T]) -> T:
+        from chromadb.errors import NotFoundError
+
+        try:
+            return op(self._col)
+        except NotFoundError:
+            raise CollectionGone(
+                f"collection {self.name!r} ({self.id}) no longer exists — it was swapped out "
+                "or dropped; read the live one again"
+            ) from None
+
+    def count(self) -> int:
+        return self._call(lambda col: col.count())
+
+    def page(self, offset: int, limit: int, vectors: bool = True) -> StoredPage:
+        """Records ``offset .. offset+limit`` in Chroma's storage order."""
+        include: list[Any] = ["metadatas", "embeddings"] if vectors else ["metadatas"]
+        got = self._call(lambda col: col.get(include=include, limit=limit, offset=offset))
+        return _page(got, vectors)
+
+    def changed_since(self, at: float) -> StoredPage:
+        """Metadata of every record whose ``stored_at`` is at or after ``at`` (no vectors)."""
+        where: Any = {STORED_AT: {"$gte": at}}
+        return _page(self._call(lambda col: col.get(where=where, include=["metadatas"])), False)
+
+    def with_vectors(self, ids: Sequence[str]) -> StoredPage:
+        """Metadata and vectors of the stored records among ``ids`` (missing ids are absent)."""
+        if not ids:
+            return StoredPage([], [], None)
+        got = self._call(lambda col: col.get(ids=list(ids), include=["metadatas", "embeddings"]))
+        return _page(got, True)
+
+    def records(self, ids: Sequence[str]) -> dict[str, MemoryRecord]:
+        """Document and metadata of the stored records among ``ids``."""
+        if not ids:
+            return {}
+        got = self._call(lambda col: col.get(ids=list(ids), include=["documents", "metadatas"]))
+        docs = got["documents"] or []
+        metas = got["metadatas"] or []
+        return {
+            i: MemoryRecord(i, d or "", dict(m or {}))
+            for i, d, m in zip(got["ids"], docs, metas, strict=True)
+        }
+
+
+def _page(got: Mapping[str, Any], vectors: bool) -> StoredPage:
+    ids = list(got["ids"])
+    metas = [dict(m or {}) for m in (got.get("metadatas") or [])]
+    matrix: np.ndarray | None = None
+    if vectors:
+        raw = got.get("embeddings")
+        matrix = (
+            np.asarray(raw, dtype=np.float32).reshape(len(ids), -1)
+            if raw is not None and len(ids)
+            else np.zeros((0, 0), dtype=np.float32)
+        )
+    return StoredPage(ids, metas, matrix)
