@@ -122,8 +122,9 @@ class FalkorDBStore:
             if _EMPTY_KEY in str(err):
                 return []  # never written: reads like an empty graph
             if _TIMED_OUT in str(err):
+                limit = f"after {timeout_ms} ms" if timeout_ms else "by the server's time limit"
                 raise QueryTimeout(
-                    f"graph query stopped after {timeout_ms} ms", "narrow the query"
+                    f"graph query stopped {limit}", "narrow the query (e.g. a smaller --depth)"
                 ) from err
             raise
         return [tuple(row) for row in result.result_set]
