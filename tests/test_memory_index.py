@@ -138,6 +138,9 @@ FILTERS = {
     "matches nothing": (Filter(equals={"agent_id": "nobody"}), 5),
     "value of another type": (Filter(equals={"outcome": 1}), 5),
     "k above the matches": (Filter(equals={"agent_id": "a3", "outcome": "failure"}), 1000),
+    # > 30% of rows pass: every row is scored and the failing ones masked out
+    "dense, k above the matches": (Filter(equals={"tenant": "default"}), 1000),
+    "every row passes": (Filter(at_least={"time": 0.0}), 5),
 }
 
 
@@ -151,7 +154,7 @@ def test_index_answers_equal_brute_force(name: str, index: ExactIndex, data: Dat
         want = brute_force(data, q, k, where)
         assert [i for i, _ in got] == [i for i, _ in want]
         assert np.allclose([d for _, d in got], [d for _, d in want], atol=1e-5)
-    if name == "k above the matches":
+    if name in ("k above the matches", "dense, k above the matches"):
         assert 0 < len(want) < k
     if name in ("matches nothing", "value of another type"):
         assert want == []

@@ -55,7 +55,11 @@ def recall(
     k: Annotated[int, typer.Option("--k", min=1, max=1000, help="how many episodes")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
-    """Recall the past episodes whose situations are most similar to TEXT."""
+    """Recall the past episodes whose situations are most similar to TEXT.
+
+    Asks Chroma directly: a one-shot command does not load the in-process exact index
+    that recall() uses in long-lived processes (loading it costs far more than one query).
+    """
     from projections.memory.recall import OUTCOMES, parse_since
     from projections.memory.recall import recall as recall_episodes
     from projections.memory.store import MemoryStoreError

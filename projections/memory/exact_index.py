@@ -241,19 +241,21 @@ class VectorTable:
             return [], [], 0
         m = self.mask(where)
         vectors = self.vectors[:n]
-        if m is None:
-            rows = None
+        matched = n if m is None else int(np.count_nonzero(m))
+        if matched == 0:
+            return [], [], 0
+        rows: np.ndarray | None = None
+        if m is None or matched == n:
             scores = vectors @ query
-            matched = n
+        elif matched > DENSE_SHARE * n:
+            # score every row, push the failing ones below any cosine (-1..1): no gather
+            scores = np.where(m, vectors @ query, np.float32(-3.0))
         else:
             rows = np.flatnonzero(m)
-            matched = len(rows)
-            if matched == 0:
-                return [], [], 0
-            dense = matched > DENSE_SHARE * n
-            scores = (vectors @ query)[rows] if dense else vectors[rows] @ query
-        take = min(k, matched)
-        part = np.argpartition(-scores, take - 1)[:take] if take < matched else np.arange(matched)
+            scores = vectors[rows] @ query
+        take = min(k, matched)  # in the dense case the failing rows rank below every passing one
+        size = len(scores)
+        part = np.argpartition(-scores, take - 1)[:take] if take < size else np.arange(size)
         order = part[np.argsort(-scores[part], kind="stable")]
         chosen = order if rows is None else rows[order]
         distances = (1.0 - scores[order].astype(np.float64)).tolist()
