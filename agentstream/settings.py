@@ -103,6 +103,65 @@ class Settings(BaseSettings):
         default=True, description="`agentstream up` supervises the archiver (`agentstream archive`)"
     )
 
+    # --- supervised parts (`agentstream up`) --------------------------------------------
+    worker_enabled: bool = Field(
+        default=True, description="`agentstream up` supervises the stream processor worker"
+    )
+    worker_engine: Literal["aiokafka", "faust"] = Field(
+        default="aiokafka", description="the worker engine `up` runs (`agentstream worker`)"
+    )
+    projections_enabled: bool = Field(
+        default=True, description="`agentstream up` supervises the projections (analytics, ...)"
+    )
+    projections: list[str] = Field(
+        default_factory=lambda: ["analytics", "graph", "memory"],
+        description="the read models `up` runs projections for",
+    )
+
+    # --- log durability (embedded broker) -----------------------------------------------
+    archive_flush_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="the archiver writes what it has read at least this often: the most "
+        "acknowledged-but-unarchived time an embedded broker crash can lose",
+    )
+
+    # --- metrics and health ---------------------------------------------------------------
+    metrics_host: str = "127.0.0.1"
+    metrics_port_base: int = Field(
+        default=9460,
+        ge=0,
+        le=65000,
+        description="each long-running part serves /metrics, /healthz, /readyz on "
+        "metrics_port_base + its offset (0: pick a free port, recorded for `status`)",
+    )
+
+    # --- web UI -------------------------------------------------------------------------
+    ui_enabled: bool = Field(default=True, description="`agentstream up` supervises the web UI")
+    ui_host: str = "127.0.0.1"
+    ui_port: int = Field(default=8700, ge=0, le=65535)
+    ui_token: str | None = Field(
+        default=None, description="required (bearer or login cookie) when ui_host is not loopback"
+    )
+
+    # --- OpenTelemetry receiver ---------------------------------------------------------
+    otlp_enabled: bool = Field(
+        default=True, description="`agentstream up` supervises the OTLP trace receiver"
+    )
+    otlp_host: str = "127.0.0.1"
+    otlp_http_port: int = Field(default=4318, ge=0, le=65535)
+    otlp_grpc_port: int = Field(default=4317, ge=0, le=65535, description="0: no gRPC")
+    otlp_token: str | None = Field(
+        default=None, description="required (bearer) when otlp_host is not loopback"
+    )
+    otlp_max_body_bytes: int = Field(default=16 << 20, ge=1024)
+
+    # --- analyst read path ----------------------------------------------------------------
+    query_max_execution_s: float = Field(default=60.0, gt=0)
+    query_max_result_rows: int = Field(default=1_000_000, ge=1)
+    query_max_result_bytes: int = Field(default=256 << 20, ge=1024)
+
     @classmethod
     def settings_customise_sources(
         cls,
