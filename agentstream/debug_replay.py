@@ -21,9 +21,10 @@ import os
 import select
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import msgspec
@@ -35,6 +36,7 @@ from rich.text import Text
 from schemas import payloads as p
 from schemas.derived import Episode, Violation
 from schemas.envelope import Event
+from schemas.errors import InvalidEvent
 from schemas.state import AgentState
 from streams.log_reader import LogRecord
 from streams.reducer import (
@@ -113,6 +115,49 @@ def merge_partitions(
             key=lambda pair: (pair[0].generation, pair[0].timestamp_ms),
         )
     )
+
+
+async def read_history(
+    bootstrap: str,
+    source: str,
+    archive_root: Path | None,
+    agent: str | None = None,
+    agents: Collection[str] | None = None,
+) -> list[tuple[LogRecord, Event]]:
+    """Every valid event of ``source`` (``kafka`` or ``archive``) with its record, merged
+    by :func:`merge_partitions`. ``agent`` reads only the Kafka partition its key maps to.
+    ``agents`` keeps only those agents' events, skipping the others before decoding: an
+    agent's state depends on its own events only, so their steps are the same.
+    """
+    import pyarrow.compute as pc
+
+    from agentstream.rebuild import RebuildOptions, open_sources
+    from streams.log_reader import ArchiveLogSource, KafkaLogSource
+
+    keys = None if agents is None else {a.encode() for a in agents}
+    if source == "kafka":
+        only = agent.encode() if agent else None
+        if only is None and keys is not None and len(keys) == 1:
+            only = next(iter(keys))
+        sources: list[Any] = [KafkaLogSource(bootstrap, only_key=only)]
+    else:
+        opts = RebuildOptions(bootstrap, source, archive_root, switch=False)  # type: ignore[arg-type]
+        sources = await open_sources(opts)
+        for src in sources:
+            if keys is not None and isinstance(src, ArchiveLogSource):
+                src.filter_expr = pc.field("log_key").isin(sorted(keys))
+    out: list[tuple[LogRecord, Event]] = []
+    for src in sources:
+        async for batch in src.batches():
+            if keys is None:
+                out.extend(batch.events())
+                continue
+            decode = batch.codec.decode
+            for rec in batch.records:
+                if rec.key in keys:
+                    with contextlib.suppress(InvalidEvent):
+                        out.append((rec, decode(rec.value)))
+    return merge_partitions(out)
 
 
 @dataclass(frozen=True)

@@ -259,22 +259,9 @@ async def _history(
 ) -> list[tuple[Any, Any]]:
     """Every valid event of the chosen source with its record: partitions merged by log time,
     each partition (so each agent) in log order."""
-    from agentstream.rebuild import RebuildOptions, open_sources
-    from streams.log_reader import KafkaLogSource
+    from agentstream.debug_replay import read_history
 
-    opts = RebuildOptions(settings.bootstrap_servers, source, root, switch=False)  # type: ignore[arg-type]
-    if source == "kafka":
-        key = agent.encode() if agent else None
-        sources: list[Any] = [KafkaLogSource(settings.bootstrap_servers, only_key=key)]
-    else:
-        sources = await open_sources(opts)
-    from agentstream.debug_replay import merge_partitions
-
-    out: list[tuple[Any, Any]] = []
-    for src in sources:
-        async for batch in src.batches():
-            out.extend(batch.events())
-    return merge_partitions(out)
+    return await read_history(settings.bootstrap_servers, source, root, agent)
 
 
 async def _recorded_states(bootstrap: str) -> dict[str, list[Any]]:
