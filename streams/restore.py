@@ -1,0 +1,462 @@
+"""Restore the in-memory log from the Parquet archive: one log again after a broker restart.
+
+The embedded broker (Tansu, memory only) starts empty. ``agentstream up`` calls
+:func:`restore_log` right after it created the topics and before any consumer starts:
+every archived record of ``agent-events`` (valid events from ``events/`` *and* rejected
+records from ``dlq/``) is produced again into its original partition, in its original
+order, with its original key, value bytes and record timestamp. When the archive holds one
+generation per partition that starts at offset 0 and has no holes (the normal case), every
+record gets its original offset back, so the archive, the new log and every consumer's
+stored position agree.
+
+When it cannot (an archive with several generations, one not starting at 0, or holes), the
+history is still restored completely and in order: generations one after the other, each
+partition renumbered from 0. The report says so (``offsets_preserved=False`` per
+partition, with the holes); the epoch marker records where new records start, so the
+archiver continues without archiving the restored records twice.
+
+Afterwards it checks that each partition's high watermark equals the number of records
+restored and that the last record holds the archived bytes, then writes the log's epoch
+marker (:mod:`streams.log_identity`). Records are written with ``create_batch`` /
+``send_batch`` per partition (aiokafka keeps one request in flight per partition, so
+order holds), many batches in flight at once.
+
+Not restored: Kafka record headers (the archive does not keep them; no AgentStream
+consumer reads them), and the derived topics (``agent-state``, ``agent-episodes``, ...):
+the processor re-derives them from the restored log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from schemas.topics import EVENTS
+from streams.archive import (
+    DLQ_DIR,
+    EVENTS_DIR,
+    Segment,
+    complete_segments,
+    fetch_high_watermarks,
+    fetch_record,
+)
+from streams.log_identity import EPOCH_TOPIC, EpochMarker, ensure_epoch, new_marker
+
+_COLUMNS = ["log_offset", "log_timestamp", "log_key", "raw"]
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: records produced so far out of the total to restore."""
+
+
+class RestoreError(RuntimeError):
+    """The restore could not be completed; the message says which partition and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Offsets missing inside one archived generation of one partition."""
+
+    generation: int
+    partition: int
+    first: int
+    last: int
+
+    @property
+    def records(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionRestore:
+    """What one partition got back."""
+
+    partition: int
+    records: int  # produced into the log
+    high_watermark: int  # fetched after the restore; equals ``records`` when it worked
+    generations: tuple[int, ...]
+    offsets_preserved: bool  # every record is at its archived offset
+    gaps: tuple[Gap, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.high_watermark == self.records
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreReport:
+    """The outcome of :func:`restore_log`; ``ok`` is the one flag to check."""
+
+    topic: str
+    archive_dir: str
+    records: int
+    seconds: float
+    partitions: dict[int, PartitionRestore] = field(default_factory=dict)
+    epoch: str | None = None
+    skipped: str | None = None  # why nothing was restored (e.g. the log was not empty)
+
+    @property
+    def ok(self) -> bool:
+        return all(p.ok for p in self.partitions.values())
+
+    @property
+    def offsets_preserved(self) -> bool:
+        return all(p.offsets_preserved for p in self.partitions.values())
+
+    @property
+    def gaps(self) -> list[Gap]:
+        return [g for p in self.partitions.values() for g in p.gaps]
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        if self.skipped:
+            return f"restore skipped: {self.skipped}"
+        text = (
+            f"restored {self.records:,} records into {len(self.partitions)} partitions of "
+            f"{self.topic} in {self.seconds:.1f}s ({self.rate:,.0f}/s)"
+        )
+        if not self.offsets_preserved:
+            text += "; offsets renumbered (the archive has several generations or holes)"
+        if self.gaps:
+            text += (
+                f"; the archive misses {sum(g.records for g in self.gaps):,} offsets: "
+                + ", ".join(
+                    f"g{g.generation} p{g.partition} {g.first}..{g.last}" for g in self.gaps[:10]
+                )
+            )
+        if not self.ok:
+            bad = [p for p in self.partitions.values() if not p.ok]
+            text += "; HIGH WATERMARK MISMATCH: " + ", ".join(
+                f"p{p.partition} {p.high_watermark} != {p.records}" for p in bad
+            )
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(ok=self.ok, offsets_preserved=self.offsets_preserved, rate=self.rate)
+        return d
+
+
+# --- planning (pure, from the archive's files) ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionPlan:
+    partition: int
+    segments: tuple[Segment, ...]  # in (generation, first offset) order
+    records: int
+    gaps: tuple[Gap, ...]
+    offsets_preserved: bool
+
+
+def plan_restore(root: Path) -> dict[int, PartitionPlan]:
+    """Per partition: which segments, how many records, holes, whether offsets survive."""
+    by_partition: dict[int, list[Segment]] = {}
+    for seg in complete_segments(root):
+        by_partition.setdefault(seg.partition, []).append(seg)
+    plans: dict[int, PartitionPlan] = {}
+    for p, segs in sorted(by_partition.items()):
+        segs.sort(key=lambda s: (s.generation, s.first_offset))
+        gaps: list[Gap] = []
+        preserved = len({s.generation for s in segs}) == 1 and segs[0].first_offset == 0
+        expected: dict[int, int] = {}
+        records = 0
+        for s in segs:
+            nxt = expected.get(s.generation)
+            if nxt is not None and s.first_offset > nxt:
+                gaps.append(Gap(s.generation, p, nxt, s.first_offset - 1))
+                preserved = False
+            expected[s.generation] = s.last_offset + 1
+            records += s.last_offset - s.first_offset + 1
+        plans[p] = PartitionPlan(p, tuple(segs), records, tuple(gaps), preserved)
+    return plans
+
+
+def read_segment(root: Path, seg: Segment) -> pa.Table:
+    """The segment's records (events and dlq rows together) in offset order."""
+    tables = [
+        pq.read_table(root / f.relpath, columns=_COLUMNS)
+        for f in seg.files
+        if f.kind in (EVENTS_DIR, DLQ_DIR)
+    ]
+    if not tables:
+        return pa.table({c: [] for c in _COLUMNS})
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return table.sort_by("log_offset") if len(tables) > 1 else table
+
+
+def _rows(table: pa.Table) -> Iterator[tuple[int, int, bytes | None, bytes]]:
+    offsets = table.column("log_offset").to_pylist()
+    stamps = pc.cast(table.column("log_timestamp"), pa.int64()).to_pylist()
+    keys = table.column("log_key").to_pylist()
+    raws = table.column("raw").to_pylist()
+    return zip(offsets, stamps, keys, raws, strict=True)
+
+
+# --- producing --------------------------------------------------------------------------------
+
+
+class _Counter:
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.done, self.total, self.progress = 0, total, progress
+        self._last = 0.0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.progress is not None and (now - self._last > 0.1 or self.done >= self.total):
+            self._last = now
+            self.progress(self.done, self.total)
+
+
+async def _restore_partition(
+    producer: AIOKafkaProducer,
+    root: Path,
+    topic: str,
+    plan: PartitionPlan,
+    counter: _Counter,
+    max_in_flight: int,
+) -> tuple[int, bytes | None, list[str]]:
+    """Produce one partition's records in order; return (count, last value, mismatches)."""
+    in_flight: list[tuple[asyncio.Future[Any], int]] = []
+    produced = 0
+    last_raw: bytes | None = None
+    moved: list[str] = []
+
+    async def settle(keep: int) -> None:
+        while len(in_flight) > keep:
+            fut, n = in_flight.pop(0)
+            await fut  # raises the broker's error: the caller turns it into RestoreError
+            counter.add(n)
+
+    for seg in plan.segments:
+        table = await asyncio.to_thread(read_segment, root, seg)
+        batch = producer.create_batch()
+        n = 0
+        for offset, ts, key, raw in _rows(table):
+            if plan.offsets_preserved and offset != produced and len(moved) < 5:
+                moved.append(f"archived offset {offset} would land at {produced}")
+            if batch.append(key=key, value=raw, timestamp=ts) is None:
+                in_flight.append(
+                    (await producer.send_batch(batch, topic, partition=plan.partition), n)
+                )
+                await settle(max_in_flight)
+                batch, n = producer.create_batch(), 0
+                if batch.append(key=key, value=raw, timestamp=ts) is None:
+                    raise RestoreError(
+                        f"partition {plan.partition}: record at archived offset {offset} "
+                        f"({len(raw)} bytes) is larger than a produce request allows"
+                    )
+            n += 1
+            produced += 1
+            last_raw = raw
+        if n:
+            in_flight.append((await producer.send_batch(batch, topic, partition=plan.partition), n))
+            await settle(max_in_flight)
+    await settle(0)
+    return produced, last_raw, moved
+
+
+async def _log_is_empty(bootstrap: str, topic: str) -> tuple[list[int], int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()  # all topics, without naming one (Tansu would create it)
+        partitions = sorted(consumer.partitions_for_topic(topic) or ())
+        if not partitions:
+            raise RestoreError(
+                f"topic {topic!r} does not exist on {bootstrap}: create the topics first "
+                "(streams.admin.ensure_topics)"
+            )
+        hw = await fetch_high_watermarks(consumer, [TopicPartition(topic, p) for p in partitions])
+        return partitions, sum(hw.values())
+    finally:
+        await consumer.stop()
+
+
+async def _verify(
+    bootstrap: str, topic: str, expected: dict[int, tuple[int, bytes | None]]
+) -> dict[int, tuple[int, bool]]:
+    """Per partition: the fetch high watermark, and whether the last record is the archived one."""
+    if not expected:
+        return {}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in expected]
+        hws = await fetch_high_watermarks(consumer, tps)
+        out: dict[int, tuple[int, bool]] = {}
+        for tp in tps:
+            count, last_raw = expected[tp.partition]
+            hw = hws[tp]
+            same = True
+            if count and hw == count:
+                rec = await fetch_record(consumer, tp, count - 1)
+                same = rec is not None and (rec.value or b"") == last_raw
+            out[tp.partition] = (hw, same)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def restore_log_async(
+    bootstrap: str,
+    archive_dir: Path,
+    *,
+    topic: str = EVENTS,
+    progress: Progress | None = None,
+    epoch_topic: str = EPOCH_TOPIC,
+    max_batch_bytes: int = 1 << 20,
+    max_in_flight: int = 8,
+) -> RestoreReport:
+    """The coroutine behind :func:`restore_log` (same arguments)."""
+    started = time.monotonic()
+    root = Path(archive_dir)
+    partitions, held = await _log_is_empty(bootstrap, topic)
+    if held:
+        marker = await ensure_epoch(bootstrap, topic=epoch_topic)
+        return RestoreReport(
+            topic,
+            str(root),
+            0,
+            time.monotonic() - started,
+            epoch=marker.epoch,
+            skipped=f"{topic} already holds {held:,} records (not a fresh broker)",
+        )
+    plans = plan_restore(root) if root.is_dir() else {}
+    missing = sorted(set(plans) - set(partitions))
+    if missing:
+        raise RestoreError(
+            f"the archive has partitions {missing} that {topic} lacks (it has {len(partitions)}): "
+            "set AGENTSTREAM_PARTITIONS to the archive's count"
+        )
+    counter = _Counter(sum(p.records for p in plans.values()), progress)
+    if progress is not None:
+        progress(0, counter.total)
+    results: dict[int, tuple[int, bytes | None, list[str]]] = {}
+    if plans:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            linger_ms=0,
+            max_batch_size=max_batch_bytes,
+            max_request_size=max(max_batch_bytes, 4 << 20) + (64 << 10),
+            enable_idempotence=False,
+            request_timeout_ms=30_000,
+        )
+        await producer.start()
+        try:
+            done = await asyncio.gather(
+                *(
+                    _restore_partition(producer, root, topic, plan, counter, max_in_flight)
+                    for plan in plans.values()
+                )
+            )
+        except Exception as err:
+            raise RestoreError(f"producing into {topic} failed: {err!r}") from err
+        finally:
+            await producer.stop()
+        results = dict(zip(plans, done, strict=True))
+    checked = await _verify(bootstrap, topic, {p: (r[0], r[1]) for p, r in results.items()})
+    report_parts: dict[int, PartitionRestore] = {}
+    for p, plan in plans.items():
+        count, _, moved = results[p]
+        hw, same_last = checked[p]
+        if moved:
+            raise RestoreError(
+                f"partition {p}: {moved[0]} (the archive has a hole it did not list)"
+            )
+        if not same_last:
+            raise RestoreError(f"partition {p}: the last record in the log is not the archived one")
+        report_parts[p] = PartitionRestore(
+            p,
+            count,
+            hw,
+            tuple(sorted({s.generation for s in plan.segments})),
+            plan.offsets_preserved,
+            plan.gaps,
+        )
+    preserved = all(p.offsets_preserved for p in report_parts.values())
+    marker: EpochMarker = await ensure_epoch(
+        bootstrap,
+        new_marker({p: r.records for p, r in report_parts.items()}, preserved),
+        topic=epoch_topic,
+    )
+    return RestoreReport(
+        topic,
+        str(root),
+        sum(r.records for r in report_parts.values()),
+        time.monotonic() - started,
+        report_parts,
+        marker.epoch,
+    )
+
+
+def restore_log(
+    bootstrap: str,
+    archive_dir: Path,
+    *,
+    topic: str = EVENTS,
+    progress: Progress | None = None,
+    epoch_topic: str = EPOCH_TOPIC,
+    max_batch_bytes: int = 1 << 20,
+    max_in_flight: int = 8,
+) -> RestoreReport:
+    """Refill a fresh broker's ``topic`` from the archive at ``archive_dir``; blocks.
+
+    Call it after the topics exist and before any consumer or producer touches the log.
+    - fresh log (every partition of ``topic`` empty): produces every archived record
+      (``events/`` and ``dlq/`` rows) into its partition in archived order with its key,
+      value bytes and timestamp; verifies each partition's fetch high watermark equals the
+      count and the last record's bytes; then writes the log's epoch marker (restored).
+    - log not empty: restores nothing (``report.skipped`` says why) and makes sure the log
+      has an epoch marker. An empty or missing archive restores nothing and writes a
+      fresh marker.
+    ``progress(done, total)`` is called as records are acknowledged (for a progress bar).
+    Raises :class:`RestoreError` (one line naming partition and cause) if the topic is
+    missing, has fewer partitions than the archive, or the broker refuses records.
+    Safe to call from inside a running event loop (it then runs in a helper thread).
+    """
+
+    def make() -> Any:
+        return restore_log_async(
+            bootstrap,
+            archive_dir,
+            topic=topic,
+            progress=progress,
+            epoch_topic=epoch_topic,
+            max_batch_bytes=max_batch_bytes,
+            max_in_flight=max_in_flight,
+        )
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(make())
+        except BaseException as err:  # handed to the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=target, name="agentstream-restore")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -1,0 +1,219 @@
+"""Restoring the in-memory log from the archive, against real Tansu brokers.
+
+A broker restart is simulated by stopping the fixture's broker and starting a new one on
+the same port (the embedded broker keeps nothing): the restored log must hold every
+archived record (dead letters included) at its archived partition and offset, byte for
+byte, with its key and timestamp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from conftest import HOST, TEST_PARTITIONS, Broker
+
+from agentstream.processes import ManagedProcess, tansu_argv
+from schemas.envelope import Event
+from schemas.topics import EVENTS
+from streams.admin import ensure_topics, wait_for_broker
+from streams.archive import Archiver, archive_state, complete_segments
+from streams.log_identity import fetch_marker
+from streams.producer import EventProducer
+from streams.restore import RestoreError, plan_restore, restore_log, restore_log_async
+from streams.simulator import SimulationConfig, generate
+
+pytestmark = pytest.mark.integration
+
+INVALID = [b"not json", b'{"type": "agent.think.thought.v1"}', b"[1, 2]", b"\xff\xfe"]
+
+
+def sim(runs: int, seed: int, agents: int = 6) -> list[Event]:
+    return list(generate(SimulationConfig(agents=agents, runs=runs, seed=seed)))
+
+
+async def publish(bootstrap: str, events: list[Event], invalid: list[bytes] = ()) -> None:
+    async with EventProducer(bootstrap, linger_ms=2) as producer:
+        await producer.send_many(events)
+        for i, raw in enumerate(invalid):
+            await producer.send_raw(f"bad-{i}".encode(), raw, timestamp_ms=1_700_000_000_000 + i)
+
+
+async def wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def archived_count(root: Path) -> int:
+    return sum(last + 1 for last in archive_state(root).last_offsets.values())
+
+
+async def archive_all(bootstrap: str, root: Path, total: int) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(Archiver(bootstrap, root, max_segment_age_s=0.3).run(stop))
+    try:
+        await wait_for(lambda: archived_count(root) >= total or task.done(), 60, "archived")
+    finally:
+        stop.set()
+        await task
+
+
+def archived_records(root: Path) -> dict[int, list[tuple[int, int, bytes | None, bytes]]]:
+    """partition -> (offset, timestamp ms, key, value) of every archived record, in order."""
+    out: dict[int, list[tuple[int, int, bytes | None, bytes]]] = {}
+    for seg in complete_segments(root):
+        for f in seg.files:
+            t = pq.read_table(
+                root / f.relpath, columns=["log_offset", "log_timestamp", "log_key", "raw"]
+            )
+            rows = zip(
+                t["log_offset"].to_pylist(),
+                pc.cast(t["log_timestamp"], pa.int64()).to_pylist(),
+                t["log_key"].to_pylist(),
+                t["raw"].to_pylist(),
+                strict=True,
+            )
+            out.setdefault(seg.partition, []).extend(rows)
+    return {p: sorted(v) for p, v in out.items()}
+
+
+async def log_records(bootstrap: str) -> dict[int, list[tuple[int, int, bytes | None, bytes]]]:
+    """partition -> every record of agent-events in the live log, read to the high watermark."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    out: dict[int, list[tuple[int, int, bytes | None, bytes]]] = {}
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(EVENTS, p) for p in sorted(consumer.partitions_for_topic(EVENTS))]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, 0)
+        done: set[TopicPartition] = set()
+        deadline = time.monotonic() + 30
+        while len(done) < len(tps) and time.monotonic() < deadline:
+            got = await consumer.getmany(timeout_ms=300)
+            for tp, recs in got.items():
+                out.setdefault(tp.partition, []).extend(
+                    (r.offset, r.timestamp, r.key, r.value) for r in recs
+                )
+            for tp in tps:
+                hw = consumer.highwater(tp)
+                if hw is not None and await consumer.position(tp) >= hw:
+                    done.add(tp)
+    finally:
+        await consumer.stop()
+    return {p: v for p, v in out.items() if v}
+
+
+async def start_broker_on(port: int, log_dir: Path) -> ManagedProcess:
+    """A new, empty broker on ``port`` (what `agentstream up` starts after a stop)."""
+    log = log_dir / f"tansu-{port}-{time.monotonic_ns()}.log"
+    proc = ManagedProcess("broker", tansu_argv(HOST, port), log)
+    proc.start()
+    proc.wait_for_port(HOST, port, deadline_s=10)
+    await wait_for_broker(f"{HOST}:{port}")
+    await ensure_topics(f"{HOST}:{port}", TEST_PARTITIONS)
+    return proc
+
+
+async def test_restore_gives_identical_offsets_bytes_keys_and_timestamps(
+    kafka: Broker, tmp_path: Path
+):
+    root = tmp_path / "archive"
+    events = sim(runs=8, seed=5)
+    await publish(kafka.bootstrap, events, INVALID)
+    total = len(events) + len(INVALID)
+    await archive_all(kafka.bootstrap, root, total)
+    before = await log_records(kafka.bootstrap)
+    assert archived_records(root) == before  # the archive is exact (precondition)
+    assert sum(len(v) for v in before.values()) == total
+
+    kafka.process.stop()
+    proc = await start_broker_on(kafka.port, tmp_path)
+    try:
+        seen: list[tuple[int, int]] = []
+        report = await asyncio.to_thread(
+            restore_log, kafka.bootstrap, root, progress=lambda d, t: seen.append((d, t))
+        )
+        assert report.ok and report.offsets_preserved and not report.gaps, report.summary()
+        assert report.records == total
+        assert {p: r.high_watermark for p, r in report.partitions.items()} == {
+            p: len(v) for p, v in before.items()
+        }
+        assert seen and seen[-1] == (total, total)
+        after = await log_records(kafka.bootstrap)
+        assert after == before  # offsets, timestamps, keys and bytes, dead letters included
+        marker = await fetch_marker(kafka.bootstrap)
+        assert marker is not None and marker.epoch == report.epoch and marker.restored
+        assert marker.restored_next == {p: len(v) for p, v in before.items()}
+
+        # a second call on the now non-empty log restores nothing and keeps the marker
+        again = await restore_log_async(kafka.bootstrap, root)
+        assert again.skipped and again.records == 0 and again.epoch == report.epoch
+        assert await log_records(kafka.bootstrap) == before
+    finally:
+        proc.stop()
+
+
+async def test_restore_of_an_empty_archive_writes_a_fresh_marker(kafka: Broker, tmp_path: Path):
+    report = await restore_log_async(kafka.bootstrap, tmp_path / "none")
+    assert report.ok and report.records == 0 and report.epoch
+    marker = await fetch_marker(kafka.bootstrap)
+    assert marker is not None and marker.epoch == report.epoch
+
+
+async def test_restore_refuses_an_archive_with_more_partitions(kafka: Broker, tmp_path: Path):
+    root = tmp_path / "archive"
+    events = sim(runs=4, seed=9)
+    await publish(kafka.bootstrap, events)
+    await archive_all(kafka.bootstrap, root, len(events))
+    kafka.process.stop()
+    port = kafka.port
+    proc = ManagedProcess("broker", tansu_argv(HOST, port), tmp_path / "small.log")
+    proc.start()
+    proc.wait_for_port(HOST, port, deadline_s=10)
+    try:
+        await wait_for_broker(kafka.bootstrap)
+        await ensure_topics(kafka.bootstrap, 2)
+        with pytest.raises(RestoreError, match="AGENTSTREAM_PARTITIONS"):
+            await restore_log_async(kafka.bootstrap, root)
+    finally:
+        proc.stop()
+
+
+def test_plan_reports_holes_and_several_generations(tmp_path: Path):
+    """Pure planning from file names: holes and generations mean renumbered offsets."""
+    import json
+
+    root = tmp_path / "a"
+
+    def seg(g: int, p: int, a: int, b: int) -> None:
+        from streams.archive import ARCHIVE_SCHEMA, SEGMENT_KEY, segment_file_name
+
+        d = root / "events" / "date=2026-01-01" / "hour=00"
+        d.mkdir(parents=True, exist_ok=True)
+        name = segment_file_name(g, p, a, b)
+        rel = f"events/date=2026-01-01/hour=00/{name}"
+        meta = {SEGMENT_KEY: json.dumps({"files": [rel]}).encode()}
+        pq.write_table(ARCHIVE_SCHEMA.empty_table().replace_schema_metadata(meta), d / name)
+
+    seg(1, 0, 0, 9)
+    seg(1, 0, 10, 19)
+    seg(1, 1, 0, 4)
+    seg(1, 1, 8, 9)  # hole 5..7
+    seg(1, 2, 0, 4)
+    seg(2, 2, 0, 2)  # a second generation
+    plans = plan_restore(root)
+    assert plans[0].records == 20 and plans[0].offsets_preserved and not plans[0].gaps
+    assert plans[1].records == 7 and not plans[1].offsets_preserved
+    assert [(g.first, g.last) for g in plans[1].gaps] == [(5, 7)]
+    assert plans[2].records == 8 and not plans[2].offsets_preserved and not plans[2].gaps
