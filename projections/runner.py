@@ -7,9 +7,19 @@ so ``Projection.apply`` must be idempotent; together that is effectively-once.
 Before a rebalance takes partitions away, the buffered batch is flushed and committed,
 so the next owner starts exactly where this one stopped.
 
-Records that cannot be decoded are skipped, counted (``rejected``) and logged with their
-position. The processors own the dead-letter topic for ``agent-events``: every consumer
-of that topic meets the same bad record, and only one of them writes it to the DLQ.
+Records of ``agent-events`` go through the shared admission rule
+(:func:`schemas.admission.admit`): what the processor dead-letters (invalid, null key, key
+that is not the agent id) is skipped here too, counted (``rejected``) and logged with its
+position. The processors own the dead-letter topic for those: every consumer of the topic
+meets the same bad record, and only one of them writes it to the DLQ.
+
+A batch whose ``apply`` raises is told apart by the exception
+(:func:`schemas.admission.is_infrastructure_error`): a store or broker that is unavailable
+is retried with backoff (``retries``, ``last_error``) and never dead-letters anything; any
+other error is caused by some record of the batch, so the batch is bisected until the
+records that raise alone are found. Those are dead-lettered to ``agent-events-dlq`` with
+reason ``processing_error`` (stage ``projection:<name>`` and the exception type), the rest
+is applied, and the offsets move past them. No record can stop a projection.
 """
 
 from __future__ import annotations
@@ -22,10 +32,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import Counter, Gauge, Histogram
+
+from schemas.admission import admit, is_infrastructure_error, processing_error
+from schemas.deadletter import dead_letter, encode_dead_letter
+from schemas.errors import InvalidEvent
+from schemas.topics import DLQ, EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +52,11 @@ REJECTED = Counter(
 )
 RETRIES = Counter(
     "agentstream_projection_apply_retries", "Batches retried after a failed apply", ["projection"]
+)
+DEAD_LETTERED = Counter(
+    "agentstream_projection_records_dead_lettered",
+    "Records a projection raised on, sent to the DLQ as processing_error",
+    ["projection"],
 )
 LAG = Gauge(
     "agentstream_projection_lag", "High watermark minus committed offset", ["projection", "topic"]
@@ -94,6 +114,8 @@ class RunnerStats:
     batches: int = 0
     retries: int = 0
     last_error: str | None = None
+    dead_lettered: int = 0  # records apply raised on (processing_error on the DLQ)
+    bisections: int = 0  # batches split to find the records that raise
     committed: dict[TopicPartition, int] = field(default_factory=dict)
     highwater: dict[TopicPartition, int] = field(default_factory=dict)
 
@@ -131,9 +153,17 @@ class ProjectionRunner:
         self._consumer: AIOKafkaConsumer | None = None
         self._buffer: list[ConsumerRecord] = []
         self._started = asyncio.Event()
+        self._stop: asyncio.Event | None = None
+        self._dlq: AIOKafkaProducer | None = None
+
+    @property
+    def stage(self) -> str:
+        """The stage name dead letters of this runner carry."""
+        return f"projection:{self.projection.name}"
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; flushes and commits what it holds before returning."""
+        self._stop = stop
         await asyncio.to_thread(self.projection.setup)
         cfg = self.config
         consumer = AIOKafkaConsumer(
@@ -154,11 +184,17 @@ class ProjectionRunner:
             while not stop.is_set():
                 await self._fill_buffer(stop)
                 await self.flush()
+        except _Abandoned:
+            pass  # stopping while a backend is down: the batch stays uncommitted, redelivered
         finally:
-            with contextlib.suppress(KafkaError, asyncio.CancelledError):
+            with contextlib.suppress(KafkaError, asyncio.CancelledError, _Abandoned):
                 await self.flush()
             await consumer.stop()
             self._consumer = None
+            if self._dlq is not None:
+                with contextlib.suppress(KafkaError, OSError):
+                    await self._dlq.stop()
+                self._dlq = None
 
     async def _fill_buffer(self, stop: asyncio.Event) -> None:
         assert self._consumer is not None
@@ -194,8 +230,14 @@ class ProjectionRunner:
         out: list[Record] = []
         decoders = self.projection.decoders
         for r in raw:
+            decode = decoders[r.topic]
             try:
-                value = decoders[r.topic](r.value)
+                if r.topic == EVENTS:  # the admission rule every consumer of the log shares
+                    value = admit(r.key, r.value, decode)
+                    if isinstance(value, InvalidEvent):
+                        raise value
+                else:
+                    value = decode(r.value)
             except Exception as err:  # any decoder failure is a bad record, not a crash
                 self.stats.rejected += 1
                 REJECTED.labels(self.projection.name).inc()
@@ -217,20 +259,12 @@ class ProjectionRunner:
             return
         raw, self._buffer = self._buffer, []
         records = self._decode(raw)
-        delay = self.config.retry_initial_s
-        while True:
-            started = time.perf_counter()
-            try:
-                if records:
-                    await asyncio.to_thread(self.projection.apply, records)
-                break
-            except Exception as err:  # the store failed: keep the batch, back off, retry
-                self.stats.retries += 1
-                self.stats.last_error = f"{type(err).__name__}: {err}"
-                RETRIES.labels(self.projection.name).inc()
-                log.exception("%s: apply failed, retrying in %.1fs", self.projection.name, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.config.retry_max_s)
+        started = time.perf_counter()
+        failed = await self._apply(records) if records else []
+        if failed:
+            await self._dead_letter(raw, failed)
+            dead = {id(f) for f, _ in failed}
+            records = [r for r in records if id(r) not in dead]
         BATCH_SECONDS.labels(self.projection.name).observe(time.perf_counter() - started)
         self.stats.applied += len(records)
         self.stats.batches += 1
@@ -246,6 +280,118 @@ class ProjectionRunner:
             log.warning("%s: commit after rebalance failed (%s)", self.projection.name, err)
             return
         self.stats.committed.update(offsets)
+
+    async def _apply(self, records: list[Record]) -> list[tuple[Record, Exception]]:
+        """Apply ``records``; return those that raise on their own, with their error.
+
+        Infrastructure errors are retried here with backoff until the backend is back (or
+        the runner is stopped). Any other error bisects the batch: ``apply`` is idempotent,
+        so applying the halves again is safe, and a batch with k bad records costs about
+        ``2 k log2(n)`` extra applies.
+        """
+        delay = self.config.retry_initial_s
+        while True:
+            try:
+                await asyncio.to_thread(self.projection.apply, records)
+                return []
+            except Exception as err:
+                if not is_infrastructure_error(err):
+                    return await self._isolate(records, err)
+                self.stats.retries += 1
+                self.stats.last_error = f"{type(err).__name__}: {err}"
+                RETRIES.labels(self.projection.name).inc()
+                log.warning(
+                    "%s: store or broker unavailable (%s), retrying the batch in %.1fs",
+                    self.projection.name,
+                    self.stats.last_error,
+                    delay,
+                )
+                await self._backoff(delay)
+                delay = min(delay * 2, self.config.retry_max_s)
+
+    async def _isolate(
+        self, records: list[Record], err: Exception
+    ) -> list[tuple[Record, Exception]]:
+        if len(records) == 1:
+            # once more on its own, so a passing glitch does not dead-letter a good record
+            try:
+                await asyncio.to_thread(self.projection.apply, records)
+                return []
+            except Exception as again:
+                if is_infrastructure_error(again):
+                    return await self._apply(records)
+                return [(records[0], again)]
+        self.stats.bisections += 1
+        mid = len(records) // 2
+        log.warning(
+            "%s: apply raised %s on a batch of %d; bisecting to find the records that raise",
+            self.projection.name,
+            type(err).__name__,
+            len(records),
+        )
+        return await self._apply(records[:mid]) + await self._apply(records[mid:])
+
+    async def _backoff(self, delay: float) -> None:
+        """Sleep ``delay``, or give up on the batch (uncommitted) when the runner stops."""
+        stop = self._stop
+        if stop is None:
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            raise _Abandoned
+
+    async def _dead_letter(
+        self, raw: list[ConsumerRecord], failed: list[tuple[Record, Exception]]
+    ) -> None:
+        """Write each failed record to the DLQ (acknowledged) before its offset is committed."""
+        by_pos = {(r.topic, r.partition, r.offset): r for r in raw}
+        values: list[tuple[bytes | None, bytes]] = []
+        for rec, err in failed:
+            original = by_pos[(rec.topic, rec.partition, rec.offset)]
+            letter = dead_letter(
+                processing_error(self.stage, err).as_dict(),
+                topic=rec.topic,
+                partition=rec.partition,
+                offset=rec.offset,
+                timestamp_ms=rec.timestamp_ms,
+                key=rec.key,
+                value=original.value,
+                rejected_by=self.group_id,
+                stage=self.stage,
+                error_type=type(err).__name__,
+            )
+            values.append((rec.key, encode_dead_letter(letter)))
+            log.error(
+                "%s: %s[%d]@%d raised %r on its own: dead-lettered as processing_error",
+                self.projection.name,
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                err,
+            )
+        delay = self.config.retry_initial_s
+        while True:
+            try:
+                if self._dlq is None:
+                    producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+                    await producer.start()
+                    self._dlq = producer
+                acks = [await self._dlq.send(DLQ, value, key=key) for key, value in values]
+                await asyncio.gather(*acks)
+                break
+            except (KafkaError, OSError, TimeoutError) as err:
+                self.stats.last_error = f"dead-lettering: {type(err).__name__}: {err}"
+                log.warning("%s: DLQ write failed (%s), retrying", self.projection.name, err)
+                if self._dlq is not None:
+                    with contextlib.suppress(KafkaError, OSError):
+                        await self._dlq.stop()
+                    self._dlq = None
+                await self._backoff(delay)
+                delay = min(delay * 2, self.config.retry_max_s)
+        self.stats.dead_lettered += len(values)
+        DEAD_LETTERED.labels(self.projection.name).inc(len(values))
 
     async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         """Learn where the group stands, so lag and ``caught_up`` are right after a restart."""
@@ -265,6 +411,10 @@ class ProjectionRunner:
             return False
         hw, committed = self.stats.highwater, self.stats.committed
         return all(tp in hw and committed.get(tp, 0) >= hw[tp] for tp in self.assigned)
+
+
+class _Abandoned(Exception):
+    """The runner was stopped while a backend was down: leave the batch uncommitted."""
 
 
 async def run_projection(

@@ -32,6 +32,10 @@ class DeadLetter(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     original_sha256: str
     original_truncated: bool = False
     rejected_by: str  # the consumer group that rejected it
+    # reason "processing_error" only: which stage raised (e.g. "processor", "projection:graph",
+    # "archiver") and the exception's type name; None for input rejected on admission
+    stage: str | None = None
+    error_type: str | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -49,6 +53,8 @@ def dead_letter(
     value: bytes | None,
     rejected_by: str,
     max_original_bytes: int = DEFAULT_MAX_ORIGINAL_BYTES,
+    stage: str | None = None,
+    error_type: str | None = None,
 ) -> DeadLetter:
     """Build the record for one rejected input; ``error`` is ``InvalidEvent.as_dict()``."""
     raw = value or b""
@@ -66,6 +72,8 @@ def dead_letter(
         original_sha256=hashlib.sha256(raw).hexdigest(),
         original_truncated=len(raw) > max_original_bytes,
         rejected_by=rejected_by,
+        stage=stage,
+        error_type=error_type,
     )
 
 

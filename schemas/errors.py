@@ -21,6 +21,7 @@ class RejectReason(StrEnum):
     UNKNOWN_VERSION = "unknown_version"
     UPCAST_FAILED = "upcast_failed"
     KEY_MISMATCH = "key_mismatch"  # Kafka key is not the event's agentid: per-agent order lost
+    PROCESSING_ERROR = "processing_error"  # admitted, but a stage raised on it (DeadLetter.stage)
 
 
 class InvalidEvent(ValueError):

@@ -56,6 +56,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
+from schemas.admission import admit, is_infrastructure_error, processing_error
 from schemas.arrow import EVENT_ROW_SCHEMA, events_to_table
 from schemas.codec import EventCodec
 from schemas.envelope import Event
@@ -70,6 +71,7 @@ TMP_DIR = "_tmp"
 LOCK_FILE = ".lock"
 SEGMENT_KEY = b"agentstream.segment"
 DEFAULT_GROUP = "agentstream-archiver"
+STAGE = "archiver"  # in the detail of a dlq row whose event row could not be built
 
 LOG_COLUMNS = [
     pa.field("log_generation", pa.int32(), nullable=False),
@@ -358,6 +360,7 @@ class SegmentWriter:
         self._buffers: dict[tuple[str, str], _BucketBuffer] = {}
         self._writers: dict[tuple[str, str], tuple[pq.ParquetWriter, Path]] = {}
         self._tmp = root / TMP_DIR
+        self.processing_errors = 0  # admitted events whose row could not be built (-> dlq)
 
     def add(self, record: ConsumerRecord, outcome: Event | InvalidEvent) -> None:
         """Append one record (in offset order) with its decoded event or rejection."""
@@ -393,15 +396,70 @@ class SegmentWriter:
         if not buf:
             return
         kind, _ = key
-        table = (_dlq_table if kind == DLQ_DIR else _event_table)(
-            self.generation, self.partition, buf
-        )
+        if kind == DLQ_DIR:
+            table = _dlq_table(self.generation, self.partition, buf)
+        else:
+            try:
+                table = _event_table(self.generation, self.partition, buf)
+            except Exception as err:
+                if is_infrastructure_error(err):
+                    raise
+                buf = self._set_aside(buf, err)
+                if not buf:
+                    return
+                table = _event_table(self.generation, self.partition, buf)
         if key not in self._writers:
             _make_dirs(self._tmp)
             tmp_path = self._tmp / f"p{self.partition:02d}-{kind}-{len(self._writers)}.parquet"
             writer = pq.ParquetWriter(tmp_path, table.schema, compression=self.compression)
             self._writers[key] = (writer, tmp_path)
         self._writers[key][0].write_table(table, row_group_size=max(len(buf), 1))
+
+    def _set_aside(self, buf: _BucketBuffer, err: Exception) -> _BucketBuffer:
+        """Move the events whose row cannot be built to the dlq; return the others.
+
+        A record must not stop the archiver: each event of the failed row group is tried
+        alone, and those that still fail are archived as dlq rows (reason
+        ``processing_error``) with their bytes, so the archive stays a copy of the log.
+        """
+        keep = _BucketBuffer()
+        dlq_keys: set[tuple[str, str]] = set()
+        for i, event in enumerate(buf.events):
+            one = _BucketBuffer(
+                [event], [buf.offsets[i]], [buf.timestamps[i]], [buf.keys[i]], [buf.raws[i]]
+            )
+            try:
+                _event_table(self.generation, self.partition, one)
+            except Exception as row_err:
+                if is_infrastructure_error(row_err):
+                    raise
+                self.processing_errors += 1
+                log.error(
+                    "archive: p%d offset %d: building its row raised %r; archived in dlq "
+                    "as processing_error",
+                    self.partition,
+                    buf.offsets[i],
+                    row_err,
+                )
+                dkey = (DLQ_DIR, bucket_of_ms(buf.timestamps[i]))
+                dlq = self._buffers.setdefault(dkey, _BucketBuffer())
+                dlq.offsets.append(buf.offsets[i])
+                dlq.timestamps.append(buf.timestamps[i])
+                dlq.keys.append(buf.keys[i])
+                dlq.raws.append(buf.raws[i])
+                dlq.errors.append(processing_error(STAGE, row_err))
+                dlq_keys.add(dkey)
+                continue
+            keep.events.append(event)
+            keep.offsets.append(buf.offsets[i])
+            keep.timestamps.append(buf.timestamps[i])
+            keep.keys.append(buf.keys[i])
+            keep.raws.append(buf.raws[i])
+        if not dlq_keys:  # only together did they fail: nothing to single out
+            raise err
+        for dkey in dlq_keys:
+            self._flush(dkey)
+        return keep
 
     def close(self) -> list[str]:
         """Write the rest, make every file durable and visible; return their relative paths."""
@@ -604,6 +662,7 @@ class ArchiverStats:
     started: bool = False
     resets: int = 0  # times the log was found reset under the running archiver
     dropped: int = 0  # records of segments dropped because they may mix two logs (re-read)
+    processing_errors: int = 0  # admitted events whose row could not be built (in dlq/)
 
 
 class Archiver:
@@ -704,10 +763,9 @@ class Archiver:
                     if seg is None:
                         seg = SegmentWriter(self.root, generation, p, self.row_group_rows)
                         self._open[p] = seg
-                    try:
-                        outcome: Event | InvalidEvent = self.codec.decode(rec.value or b"")
-                    except InvalidEvent as err:
-                        outcome = err
+                    # the shared admission rule: what the processor dead-letters goes to dlq/
+                    outcome = admit(rec.key, rec.value or b"", self.codec.decode)
+                    if isinstance(outcome, InvalidEvent):
                         self.stats.invalid += 1
                     seg.add(rec, outcome)
                     self._next[p] = rec.offset + 1
@@ -745,6 +803,7 @@ class Archiver:
             )
             return
         files = await asyncio.to_thread(seg.close)
+        self.stats.processing_errors += seg.processing_errors
         self.stats.segments += 1
         self.stats.files += len(files)
         self.stats.positions[partition] = seg.last_offset + 1

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from schemas.admission import admit
 from schemas.arrow import EVENT_ROW_SCHEMA, events_to_table
 from schemas.codec import EventCodec
 from schemas.envelope import Event
@@ -99,10 +100,11 @@ class LogBatch(ABC):
         good: list[tuple[LogRecord, Event]] = []
         bad: list[tuple[LogRecord, InvalidEvent]] = []
         for rec in self.records:
-            try:
-                good.append((rec, self.codec.decode(rec.value)))
-            except InvalidEvent as err:
-                bad.append((rec, err))
+            outcome = admit(rec.key, rec.value, self.codec.decode)  # the shared admission rule
+            if isinstance(outcome, InvalidEvent):
+                bad.append((rec, outcome))
+            else:
+                good.append((rec, outcome))
         return good, bad
 
     def events(self) -> list[tuple[LogRecord, Event]]:

@@ -39,15 +39,23 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from schemas.admission import admit, processing_error
 from schemas.codec import DEFAULT_MAX_EVENT_BYTES, EventCodec
 from schemas.deadletter import DEFAULT_MAX_ORIGINAL_BYTES, dead_letter, encode_dead_letter
 from schemas.derived import Episode, Violation, encode_derived
 from schemas.envelope import Event
-from schemas.errors import InvalidEvent, RejectReason
+from schemas.errors import InvalidEvent
 from schemas.state import AgentState, encode_state
 from schemas.topics import DLQ, EPISODES, EVENTS, STATE, VIOLATIONS
 from streams.producer import compression_available, partition_for_key
-from streams.reducer import DEFAULT_CONFIG, Derived, ReducerConfig, advance, initial_state
+from streams.reducer import (
+    DEFAULT_CONFIG,
+    Derived,
+    ReducerConfig,
+    advance,
+    copy_state,
+    initial_state,
+)
 from streams.state_reader import fetch_high_watermarks
 
 if TYPE_CHECKING:
@@ -59,6 +67,8 @@ DEFAULT_GROUP = "agentstream-processor"
 TABLE_NAME = "agent_state"
 DEFAULT_MAX_BATCH = 5000
 DEFAULT_BATCH_WAIT_S = 0.1
+STAGE = "processor"  # DeadLetter.stage of records the reducer raised on
+JOURNAL_LIMIT = 10_000  # events kept to undo a failed step; beyond, a fresh snapshot is taken
 
 
 # --- records in and out ------------------------------------------------------------------
@@ -112,6 +122,7 @@ class ProcessorStats:
     applied: int = 0  # events that changed a state
     duplicates: int = 0  # valid events ignored by the dedup window
     rejected: int = 0  # records sent to the DLQ
+    processing_errors: int = 0  # ... of them admitted, but the reducer raised on them
     redelivered_skipped: int = 0  # records below the partition's applied offset
     violations: int = 0
     episodes: int = 0
@@ -156,20 +167,18 @@ class StateCore:
         self.agents_of: dict[int, set[str]] = {}
         self.stats = stats or ProcessorStats()
         self.next_offset = self.stats.next_offset
+        self.advance = advance  # the reducer step (a test may wrap it to inject a failure)
+        # agent -> (its state before the first step since the journal began, the events
+        # applied since): enough to undo a step that raised half-way through the state
+        self._journal: dict[str, tuple[AgentState | None, list[Event]]] = {}
+        self._journaled = 0
 
     def decode(self, rec: InRecord) -> Event:
-        """The event in ``rec``, or :class:`InvalidEvent` (also for a key that is not the agent)."""
-        if rec.value is None:
-            raise InvalidEvent(RejectReason.NOT_JSON, "record has no value (a tombstone)")
-        event = self.codec.decode(rec.value)
-        if rec.key is None or rec.key != event.agentid.encode():
-            raise InvalidEvent(
-                RejectReason.KEY_MISMATCH,
-                f"record key {rec.key!r} is not the event's agentid {event.agentid!r}; "
-                "the key must be the agent id so that one agent's events stay in order",
-                "$.agentid",
-            )
-        return event
+        """The event in ``rec``, or :class:`InvalidEvent` (schemas.admission: the shared rule)."""
+        outcome = admit(rec.key, rec.value, self.codec.decode)
+        if isinstance(outcome, InvalidEvent):
+            raise outcome
+        return outcome
 
     def needs_rebuild(self, partition: int, offset: int) -> bool:
         """Whether the states of ``partition`` are not known exact just before ``offset``."""
@@ -195,25 +204,94 @@ class StateCore:
         return None
 
     def apply(self, rec: InRecord, out: BatchOutput) -> None:
-        """Fold one record into its agent's state, collecting what it derives into ``out``."""
-        try:
-            event = self.decode(rec)
-        except InvalidEvent as err:
-            out.dead.append(self._dead(rec, err))
+        """Fold one record into its agent's state, collecting what it derives into ``out``.
+
+        Invalid input, and an admitted event the reducer raises on, become dead letters;
+        nothing here raises on data.
+        """
+        outcome = admit(rec.key, rec.value, self.codec.decode)
+        if isinstance(outcome, InvalidEvent):
+            out.dead.append(self._dead(rec, outcome))
             self.stats.rejected += 1
             return
-        agent = event.agentid
-        state = self.states.get(agent)
-        if state is None:
-            state = self.states[agent] = initial_state(event)
-            self.agents_of.setdefault(rec.partition, set()).add(agent)
-        if advance(state, event, self.config, out.derived):
-            out.changed[agent] = state
+        derived_before = len(out.derived)
+        try:
+            changed = self._step(rec.partition, outcome, out.derived)
+        except Exception as err:  # a record must not stop the worker
+            del out.derived[derived_before:]
+            self._undo(rec.partition, outcome.agentid, out)
+            out.dead.append(
+                self._dead(rec, processing_error(STAGE, err), STAGE, type(err).__name__)
+            )
+            self.stats.rejected += 1
+            self.stats.processing_errors += 1
+            log.error(
+                "the reducer raised on %s[%d]@%d (%r): dead-lettered as processing_error",
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                err,
+            )
+            return
+        if changed:
+            out.changed[outcome.agentid] = self.states[outcome.agentid]
             self.stats.applied += 1
         else:
             self.stats.duplicates += 1
 
-    def _dead(self, rec: InRecord, err: InvalidEvent) -> OutRecord:
+    def _step(self, partition: int, event: Event, derived: list[Derived]) -> bool:
+        """One reducer step on the agent's state, journaled so that a failure can be undone."""
+        agent = event.agentid
+        state = self.states.get(agent)
+        entry = self._journal.get(agent)
+        if entry is None:
+            if self._journaled >= JOURNAL_LIMIT:
+                self.forget_journal()
+            entry = self._journal[agent] = (
+                copy_state(state) if state is not None else None,
+                [],
+            )
+        if state is None:
+            state = self.states[agent] = initial_state(event)
+            self.agents_of.setdefault(partition, set()).add(agent)
+        changed = self.advance(state, event, self.config, derived)
+        entry[1].append(event)
+        self._journaled += 1
+        return changed
+
+    def _undo(self, partition: int, agent: str, out: BatchOutput | None) -> None:
+        """Put back the agent's state as it was before the step that raised.
+
+        The reducer works in place, so a step that raised may have left the state half
+        updated: rebuild it from the journal's snapshot and the events applied since.
+        """
+        before, events = self._journal.get(agent, (None, []))
+        if before is None and not events:
+            self.states.pop(agent, None)
+            self.agents_of.get(partition, set()).discard(agent)
+            if out is not None:
+                out.changed.pop(agent, None)
+            return
+        state = copy_state(before) if before is not None else initial_state(events[0])
+        scratch: list[Derived] = []
+        for event in events:
+            self.advance(state, event, self.config, scratch)
+        self.states[agent] = state
+        if out is not None and agent in out.changed:
+            out.changed[agent] = state
+
+    def forget_journal(self) -> None:
+        """Start a new undo window (at each batch; the snapshots are taken lazily)."""
+        self._journal.clear()
+        self._journaled = 0
+
+    def _dead(
+        self,
+        rec: InRecord,
+        err: InvalidEvent,
+        stage: str | None = None,
+        error_type: str | None = None,
+    ) -> OutRecord:
         record = dead_letter(
             err.as_dict(),
             topic=rec.topic,
@@ -224,6 +302,8 @@ class StateCore:
             value=rec.value,
             rejected_by=self.group_id,
             max_original_bytes=self.max_original_bytes,
+            stage=stage,
+            error_type=error_type,
         )
         return OutRecord(DLQ, rec.key, encode_dead_letter(record))
 
@@ -233,20 +313,18 @@ class StateCore:
         """Forget the states of ``partition``'s agents (before rebuilding them)."""
         for agent in self.agents_of.pop(partition, ()):
             self.states.pop(agent, None)
+            self._journal.pop(agent, None)
         self.next_offset.pop(partition, None)
 
     def replay(self, rec: InRecord, scratch: list[Derived]) -> None:
         """Fold one historical record silently: its outputs are known to be published."""
-        try:
-            event = self.decode(rec)
-        except InvalidEvent:
+        outcome = admit(rec.key, rec.value, self.codec.decode)
+        if isinstance(outcome, InvalidEvent):
             return  # it went to the DLQ when it was first processed
-        agent = event.agentid
-        state = self.states.get(agent)
-        if state is None:
-            state = self.states[agent] = initial_state(event)
-            self.agents_of.setdefault(rec.partition, set()).add(agent)
-        advance(state, event, self.config, scratch)
+        try:
+            self._step(rec.partition, outcome, scratch)
+        except Exception:  # dead-lettered when it was first processed
+            self._undo(rec.partition, outcome.agentid, None)
         scratch.clear()
 
     def agents_in(self, partition: int) -> set[str]:
@@ -523,6 +601,7 @@ class _Processor(ABC):
     async def prepare(self, records: Sequence[InRecord]) -> BatchOutput:
         """Rebuild or fill partitions where needed and reduce the batch; publish nothing."""
         core = self.core
+        core.forget_journal()
         out = BatchOutput()
         firsts: dict[int, int] = {}
         for r in records:
