@@ -1,0 +1,836 @@
+"""Spans to events: the three GenAI tracing conventions mapped onto the AgentStream contract.
+
+Pure: no I/O, no clock, no randomness. The only state is :class:`TraceMemory`, a bounded
+record of recently seen spans that the caller owns and passes in, because OTLP exporters
+send spans when they *end*: a tool span arrives before the agent span that contains it,
+and the model call that chose the tool may have been exported in an earlier batch.
+
+Which convention a span follows (first match wins):
+
+1. OpenTelemetry GenAI: ``gen_ai.operation.name`` (chat, text_completion,
+   generate_content -> model call; execute_tool -> tool; invoke_agent -> agent;
+   create_agent -> agent definition);
+2. OpenInference: ``openinference.span.kind`` (LLM, TOOL, AGENT, CHAIN);
+3. OpenLLMetry: ``traceloop.span.kind`` (workflow, task, agent, tool), and model calls
+   recognised by ``llm.request.type`` or ``gen_ai.prompt.*`` / ``gen_ai.completion.*``;
+4. older GenAI spans with ``gen_ai.request.model`` / ``gen_ai.system`` but no operation
+   name are model calls.
+
+Anything else (HTTP, DB, ...) is not an event: it is skipped and counted by reason.
+
+Event ids are UUIDv7-shaped but derived, not random: the time bits are the event's time
+and the "random" bits a hash of (trace id, span id, phase). A retried export therefore
+produces the very same ids, and every consumer deduplicates by id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from typing import Any
+
+import msgspec
+
+from schemas import payloads as p
+from schemas.envelope import Event, new_event
+from schemas.ids import uuid7_from_parts
+
+# --- attribute names (the conventions' own spellings) -------------------------------------
+
+OPERATION = "gen_ai.operation.name"
+OI_KIND = "openinference.span.kind"
+TL_KIND = "traceloop.span.kind"
+TL_REQUEST_TYPE = "llm.request.type"
+
+LLM_OPERATIONS = frozenset({"chat", "text_completion", "generate_content"})
+TOOL_OPERATIONS = frozenset({"execute_tool"})
+AGENT_OPERATIONS = frozenset({"invoke_agent"})
+CREATE_AGENT_OPERATIONS = frozenset({"create_agent"})
+
+SUPPORTED_SEMCONV = ((1, 26), (1, 44))
+"""OpenTelemetry semantic-conventions versions (from a scope's or resource's schema_url)
+whose GenAI attributes this mapping reads; a span declaring another version is rejected
+with the version in the reason rather than read by guesswork."""
+
+_SCHEMA_RE = re.compile(r"opentelemetry\.io/schemas/(\d+)\.(\d+)(?:\.(\d+))?")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_json = msgspec.json.Decoder()
+
+
+class Kind(Enum):
+    """What a span is for AgentStream."""
+
+    LLM = "llm"  # a model call -> thought
+    TOOL = "tool"  # a tool call -> action started + action completed
+    AGENT = "agent"  # an agent invocation / workflow -> run started + run finished
+    CREATE_AGENT = "create_agent"  # an agent definition -> agent started
+    STRUCTURAL = "structural"  # a GenAI grouping span with no event (nested chain, task)
+    OTHER = "other"  # not a GenAI span
+
+
+EMITTING = frozenset({Kind.LLM, Kind.TOOL, Kind.AGENT, Kind.CREATE_AGENT})
+
+
+@dataclass(slots=True)
+class SpanNode:
+    """What the memory keeps of one span: enough to link later spans to it."""
+
+    kind: Kind
+    parent: bytes
+    start_ns: int
+    end_ns: int
+    agent: str | None = None
+    run: str | None = None
+    tool_call_ids: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _Trace:
+    spans: dict[bytes, SpanNode] = field(default_factory=dict)
+    llms: list[bytes] = field(default_factory=list)
+    tools: list[bytes] = field(default_factory=list)
+
+
+class TraceMemory:
+    """The last ``max_traces`` traces, up to ``max_spans`` spans each (oldest evicted first).
+
+    Losing it (a restart) only loses links to spans of earlier batches: ids stay the same.
+    """
+
+    def __init__(self, max_traces: int = 4096, max_spans: int = 1024) -> None:
+        self.max_traces = max_traces
+        self.max_spans = max_spans
+        self._traces: OrderedDict[bytes, _Trace] = OrderedDict()
+
+    def trace(self, trace_id: bytes) -> _Trace:
+        t = self._traces.get(trace_id)
+        if t is None:
+            t = self._traces[trace_id] = _Trace()
+            if len(self._traces) > self.max_traces:
+                self._traces.popitem(last=False)
+        else:
+            self._traces.move_to_end(trace_id)
+        return t
+
+    def remember(self, trace_id: bytes, span_id: bytes, node: SpanNode) -> None:
+        t = self.trace(trace_id)
+        if span_id in t.spans:
+            t.spans[span_id] = node
+            return
+        if len(t.spans) >= self.max_spans:
+            return
+        t.spans[span_id] = node
+        if node.kind is Kind.LLM:
+            t.llms.append(span_id)
+        elif node.kind is Kind.TOOL:
+            t.tools.append(span_id)
+
+    def __len__(self) -> int:
+        return len(self._traces)
+
+
+@dataclass
+class MappedBatch:
+    """The outcome of one export request."""
+
+    events: list[Event] = field(default_factory=list)
+    spans: int = 0
+    mapped: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    event_spans: list[int] = field(default_factory=list)  # events[i] came from span #n
+
+    @property
+    def rejected_count(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def skipped_count(self) -> int:
+        return sum(self.skipped.values())
+
+    def message(self) -> str:
+        """The partial-success text: what was rejected and what was skipped, and why."""
+        parts = []
+        if self.rejected:
+            parts.append(
+                f"rejected {self.rejected_count} spans: "
+                + "; ".join(f"{r}: {n}" for r, n in self.rejected.most_common())
+            )
+        if self.skipped:
+            parts.append(
+                f"skipped {self.skipped_count} spans that are not agent steps: "
+                + "; ".join(f"{r}: {n}" for r, n in self.skipped.most_common())
+            )
+        return ". ".join(parts)
+
+
+# --- ids and small helpers ---------------------------------------------------------------
+
+
+def event_id(trace_id: bytes, span_id: bytes, phase: str, unix_ms: int) -> str:
+    """A UUIDv7 whose time is ``unix_ms`` and whose 74 other bits hash the span and phase."""
+    h = hashlib.blake2b(trace_id + span_id + phase.encode(), digest_size=10).digest()
+    bits = int.from_bytes(h, "big")
+    return uuid7_from_parts(unix_ms, bits >> 68, bits)
+
+
+def _time(ns: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def _any(v: Any) -> Any:
+    """An OTLP AnyValue as a Python value."""
+    which = v.WhichOneof("value")
+    if which == "string_value":
+        return v.string_value
+    if which == "int_value":
+        return v.int_value
+    if which == "double_value":
+        return v.double_value
+    if which == "bool_value":
+        return v.bool_value
+    if which == "array_value":
+        return [_any(x) for x in v.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: _any(kv.value) for kv in v.kvlist_value.values}
+    if which == "bytes_value":
+        return v.bytes_value.hex()
+    return None
+
+
+def attributes(kvs: Iterable[Any]) -> dict[str, Any]:
+    return {kv.key: _any(kv.value) for kv in kvs}
+
+
+def _str(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return v
+    return msgspec.json.encode(v).decode()
+
+
+def _int(v: Any) -> int:
+    try:
+        return max(0, int(v))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _float(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return 0.0
+    return f if f > 0 and f != float("inf") else 0.0
+
+
+def _first(a: dict[str, Any], *names: str) -> Any:
+    for n in names:
+        v = a.get(n)
+        if v is not None and v != "":
+            return v
+    return None
+
+
+def _loads(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return _json.decode(v)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return v
+    return v
+
+
+def _as_arguments(v: Any) -> dict[str, Any]:
+    v = _loads(v)
+    if v is None:
+        return {}
+    if isinstance(v, dict):
+        return v
+    return {"input": v}
+
+
+def schema_version(url: str) -> tuple[int, int] | None:
+    m = _SCHEMA_RE.search(url or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _unsupported_schema(url: str) -> str | None:
+    v = schema_version(url)
+    if v is None:
+        return None
+    lo, hi = SUPPORTED_SEMCONV
+    if lo <= v <= hi:
+        return None
+    return (
+        f"semantic conventions {v[0]}.{v[1]} (schema_url {url}) not supported: "
+        f"this receiver reads {lo[0]}.{lo[1]} to {hi[0]}.{hi[1]}"
+    )
+
+
+# --- classification ----------------------------------------------------------------------
+
+
+def classify(a: dict[str, Any]) -> tuple[Kind, str | None]:
+    """(kind, skip reason). The reason says why a GenAI-looking span has no event type."""
+    op = a.get(OPERATION)
+    if isinstance(op, str) and op:
+        if op in LLM_OPERATIONS:
+            return Kind.LLM, None
+        if op in TOOL_OPERATIONS:
+            return Kind.TOOL, None
+        if op in AGENT_OPERATIONS:
+            return Kind.AGENT, None
+        if op in CREATE_AGENT_OPERATIONS:
+            return Kind.CREATE_AGENT, None
+        return Kind.OTHER, f"gen_ai.operation.name {op!r} (no event type)"
+    oi = a.get(OI_KIND)
+    if isinstance(oi, str) and oi:
+        k = oi.upper()
+        if k == "LLM":
+            return Kind.LLM, None
+        if k == "TOOL":
+            return Kind.TOOL, None
+        if k == "AGENT":
+            return Kind.AGENT, None
+        if k == "CHAIN":
+            return Kind.STRUCTURAL, None  # a root chain becomes a run (see map_request)
+        return Kind.OTHER, f"openinference.span.kind {oi!r} (no event type)"
+    tl = a.get(TL_KIND)
+    if isinstance(tl, str) and tl:
+        k = tl.lower()
+        if k == "workflow":
+            return Kind.AGENT, None
+        if k == "agent":
+            return Kind.AGENT, None
+        if k == "tool":
+            return Kind.TOOL, None
+        if k == "task":
+            return Kind.STRUCTURAL, None
+        return Kind.OTHER, f"traceloop.span.kind {tl!r} (no event type)"
+    rt = a.get(TL_REQUEST_TYPE)
+    if isinstance(rt, str) and rt:
+        if rt in ("chat", "completion"):
+            return Kind.LLM, None
+        return Kind.OTHER, f"llm.request.type {rt!r} (no event type)"
+    for key in a:
+        if key.startswith(("gen_ai.prompt.", "gen_ai.completion.")):
+            return Kind.LLM, None
+    if "gen_ai.request.model" in a or "gen_ai.system" in a:
+        return Kind.LLM, None
+    return Kind.OTHER, None
+
+
+def _other_reason(span: Any) -> str:
+    kind = {1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}.get(
+        span.kind, "unspecified"
+    )
+    return f"not a GenAI span ({kind})"
+
+
+# --- what a span says (each convention's spelling) -------------------------------------------
+
+_AGENT_NAMES = ("gen_ai.agent.name", "agent.name")
+_RUN_KEYS = ("gen_ai.conversation.id", "session.id")
+
+
+def _agent_of(a: dict[str, Any], kind: Kind) -> str | None:
+    v = _first(a, *_AGENT_NAMES)
+    if v is None and kind is Kind.AGENT:
+        v = _first(a, "traceloop.entity.name", "traceloop.workflow.name")
+    return _str(v)
+
+
+def _indexed(a: dict[str, Any], prefix: str) -> dict[int, dict[str, Any]]:
+    """``prefix.<i>.<rest>`` attributes grouped by i (OpenInference and OpenLLMetry lists)."""
+    out: dict[int, dict[str, Any]] = {}
+    plen = len(prefix)
+    for key, value in a.items():
+        if not key.startswith(prefix):
+            continue
+        idx, _, rest = key[plen:].partition(".")
+        if idx.isdigit():
+            out.setdefault(int(idx), {})[rest] = value
+    return dict(sorted(out.items()))
+
+
+@dataclass(slots=True)
+class _LlmView:
+    text: str
+    tool_calls: list[dict[str, Any]]
+    input_messages: list[dict[str, Any]]
+    output_messages: list[dict[str, Any]]
+
+
+def _genai_messages(v: Any) -> list[dict[str, Any]]:
+    v = _loads(v)
+    return [m for m in v if isinstance(m, dict)] if isinstance(v, list) else []
+
+
+def _parts_text(msg: dict[str, Any]) -> str:
+    parts = msg.get("parts")
+    if isinstance(parts, list):
+        return "".join(
+            str(pt.get("content", ""))
+            for pt in parts
+            if isinstance(pt, dict) and pt.get("type") == "text"
+        )
+    content = msg.get("content")
+    return content if isinstance(content, str) else ""
+
+
+def _llm_view(a: dict[str, Any]) -> _LlmView:
+    """Output text, tool calls chosen, and the messages, whichever convention carries them."""
+    out_msgs = _genai_messages(a.get("gen_ai.output.messages"))
+    in_msgs = _genai_messages(a.get("gen_ai.input.messages"))
+    calls: list[dict[str, Any]] = []
+    texts: list[str] = []
+    if out_msgs:
+        for m in out_msgs:
+            texts.append(_parts_text(m))
+            for pt in m.get("parts") or ():
+                if isinstance(pt, dict) and pt.get("type") == "tool_call":
+                    calls.append(
+                        {
+                            "id": _str(pt.get("id")),
+                            "name": _str(pt.get("name")),
+                            "arguments": pt.get("arguments"),
+                        }
+                    )
+    oi_out = _indexed(a, "llm.output_messages.")
+    if oi_out:
+        for m in oi_out.values():
+            texts.append(_str(m.get("message.content")) or "")
+            for tc in _indexed(m, "message.tool_calls.").values():
+                calls.append(
+                    {
+                        "id": _str(tc.get("tool_call.id")),
+                        "name": _str(tc.get("tool_call.function.name")),
+                        "arguments": _loads(tc.get("tool_call.function.arguments")),
+                    }
+                )
+            out_msgs.append(
+                {
+                    "role": _str(m.get("message.role")) or "assistant",
+                    "content": _str(m.get("message.content")) or "",
+                }
+            )
+        for m in _indexed(a, "llm.input_messages.").values():
+            in_msgs.append(
+                {
+                    "role": _str(m.get("message.role")) or "user",
+                    "content": _str(m.get("message.content")) or "",
+                }
+            )
+    tl_out = _indexed(a, "gen_ai.completion.")
+    if tl_out:
+        for m in tl_out.values():
+            texts.append(_str(m.get("content")) or "")
+            for tc in _indexed(m, "tool_calls.").values():
+                calls.append(
+                    {
+                        "id": _str(tc.get("id")),
+                        "name": _str(tc.get("name")),
+                        "arguments": _loads(tc.get("arguments")),
+                    }
+                )
+            out_msgs.append(
+                {
+                    "role": _str(m.get("role")) or "assistant",
+                    "content": _str(m.get("content")) or "",
+                }
+            )
+        for m in _indexed(a, "gen_ai.prompt.").values():
+            in_msgs.append(
+                {"role": _str(m.get("role")) or "user", "content": _str(m.get("content")) or ""}
+            )
+    text = "\n".join(t for t in texts if t)
+    if not text:
+        text = _str(_first(a, "output.value", "traceloop.entity.output")) or ""
+    if not text and calls:
+        text = "calls " + ", ".join(
+            f"{c.get('name') or '?'}({_str(c.get('arguments')) or ''})" for c in calls
+        )
+    return _LlmView(text, calls, in_msgs, out_msgs)
+
+
+def _tool_call_ids(view: _LlmView) -> tuple[str, ...]:
+    return tuple(c["id"] for c in view.tool_calls if c.get("id"))
+
+
+# --- the mapping ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Ctx:
+    """Per-resource/scope context of the spans being mapped."""
+
+    service: str
+    tenant: str
+    source: str
+    resource_agent: str | None
+    schema_problem: str | None
+
+
+def _valid_ids(span: Any) -> str | None:
+    if len(span.trace_id) != 16 or not any(span.trace_id):
+        return "missing or invalid trace id (need 16 non-zero bytes)"
+    if len(span.span_id) != 8 or not any(span.span_id):
+        return "missing or invalid span id (need 8 non-zero bytes)"
+    if span.parent_span_id and len(span.parent_span_id) != 8:
+        return "invalid parent span id (need 8 bytes)"
+    if span.start_time_unix_nano == 0 or span.end_time_unix_nano == 0:
+        return "missing start or end time"
+    if span.end_time_unix_nano < span.start_time_unix_nano:
+        return "span ends before it starts"
+    return None
+
+
+def map_request(
+    request: Any,
+    memory: TraceMemory,
+    *,
+    tenant: str | None = None,
+) -> MappedBatch:
+    """Map an ``ExportTraceServiceRequest`` to events.
+
+    ``tenant``: the tenant the caller authenticated as (a token's tenant); it wins over the
+    ``agentstream.tenant`` resource attribute. Events come out in time order (a span's
+    start before its end), so one agent's events are applied in the order they happened.
+    """
+    batch = MappedBatch()
+    pending: list[tuple[Any, dict[str, Any], Kind, _Ctx]] = []
+    # pass 1: validate, classify and remember every span, so that spans of the same
+    # batch can be linked whatever their order in the request
+    for rs in request.resource_spans:
+        ra = attributes(rs.resource.attributes)
+        service = _str(ra.get("service.name")) or "unknown_service"
+        res_tenant = tenant or _str(ra.get("agentstream.tenant")) or "default"
+        res_agent = _str(_first(ra, *_AGENT_NAMES))
+        res_problem = _unsupported_schema(rs.schema_url)
+        for ss in rs.scope_spans:
+            scope = ss.scope.name or "unknown-scope"
+            problem = _unsupported_schema(ss.schema_url) or res_problem
+            ctx = _Ctx(service, res_tenant, f"/otlp/{service}/{scope}", res_agent, problem)
+            for span in ss.spans:
+                batch.spans += 1
+                bad = _valid_ids(span)
+                if bad is not None:
+                    batch.rejected[bad] += 1
+                    continue
+                a = attributes(span.attributes)
+                kind, why = classify(a)
+                if kind is Kind.OTHER:
+                    batch.skipped[why or _other_reason(span)] += 1
+                    memory.remember(
+                        span.trace_id,
+                        span.span_id,
+                        SpanNode(
+                            kind,
+                            span.parent_span_id,
+                            span.start_time_unix_nano,
+                            span.end_time_unix_nano,
+                        ),
+                    )
+                    continue
+                if ctx.schema_problem is not None:
+                    batch.rejected[ctx.schema_problem] += 1
+                    continue
+                if kind is Kind.STRUCTURAL and _is_root(memory, span):
+                    kind = Kind.AGENT  # a root chain or workflow is the run
+                node = SpanNode(
+                    kind,
+                    span.parent_span_id,
+                    span.start_time_unix_nano,
+                    span.end_time_unix_nano,
+                    agent=_agent_of(a, kind),
+                    run=_str(_first(a, *_RUN_KEYS)),
+                )
+                if kind is Kind.LLM:
+                    view = _llm_view(a)
+                    node.tool_call_ids = _tool_call_ids(view)
+                memory.remember(span.trace_id, span.span_id, node)
+                if kind is Kind.STRUCTURAL:
+                    batch.skipped["GenAI grouping span (nested chain or task): no event"] += 1
+                    continue
+                pending.append((span, a, kind, ctx))
+    # pass 2: build the events
+    # time order; at the same instant what ends (a thought, a completion) goes before what
+    # starts (the tool call it led to), and a span's own events keep their order
+    keyed: list[tuple[int, int, int, int, Event]] = []
+    for n, (span, a, kind, ctx) in enumerate(pending):
+        start, end = span.start_time_unix_nano, span.end_time_unix_nano
+        for rank, event in enumerate(_events(span, a, kind, ctx, memory)):
+            is_start = rank == 0 and kind is not Kind.LLM
+            t_ns = start if is_start else end
+            keyed.append((t_ns, 1 if is_start or start == end else 0, n, rank, event))
+        batch.mapped += 1
+    keyed.sort(key=lambda k: k[:4])
+    batch.events = [k[4] for k in keyed]
+    batch.event_spans = [k[2] for k in keyed]
+    return batch
+
+
+def _is_root(memory: TraceMemory, span: Any) -> bool:
+    """No parent, or a parent known not to be a GenAI span."""
+    if not span.parent_span_id:
+        return True
+    node = memory.trace(span.trace_id).spans.get(span.parent_span_id)
+    return node is not None and node.kind is Kind.OTHER
+
+
+def _ancestors(t: _Trace, parent: bytes) -> Iterable[tuple[bytes, SpanNode | None]]:
+    """Parent, grandparent, ... as far as known (an unknown one is yielded once, as None)."""
+    seen = 0
+    while parent and seen < 64:
+        node = t.spans.get(parent)
+        yield parent, node
+        if node is None:
+            return
+        parent = node.parent
+        seen += 1
+
+
+def _identity(
+    t: _Trace, node: SpanNode, ctx: _Ctx, trace_hex: str
+) -> tuple[str, str, bytes | None]:
+    """(agent id, run id, span id of the nearest known emitting ancestor, if any).
+
+    An ancestor not seen yet (it ends later, so it is usually exported later) gives no link:
+    its event id needs its start time. Links are missing then, never wrong.
+    """
+    agent = node.agent
+    run = node.run
+    cause: bytes | None = None
+    for sid, anc in _ancestors(t, node.parent):
+        if anc is None:
+            break
+        if cause is None and anc.kind in EMITTING:
+            cause = sid
+        agent = agent or anc.agent
+        run = run or anc.run
+        if agent and run and cause:
+            break
+    agent = agent or ctx.resource_agent or ctx.service
+    return agent[:256], run or trace_hex, cause
+
+
+def _chooser(t: _Trace, start_ns: int, call_id: str | None) -> bytes | None:
+    """The model call that chose a tool: the one whose output names its call id, else the
+    latest model call of the trace that ended before the tool started."""
+    best: tuple[int, bytes] | None = None
+    for sid in t.llms:
+        n = t.spans[sid]
+        if n.end_ns > start_ns:
+            continue
+        if call_id and call_id in n.tool_call_ids:
+            return sid
+        if best is None or n.end_ns > best[0]:
+            best = (n.end_ns, sid)
+    return best[1] if best else None
+
+
+def _inputs_of_llm(t: _Trace, span_id: bytes, start_ns: int) -> list[bytes]:
+    """What a model call read: tool results that ended since the previous model call, or
+    else that previous model call."""
+    prev_end = -1
+    prev: bytes | None = None
+    for sid in t.llms:
+        if sid == span_id:
+            continue
+        n = t.spans[sid]
+        if n.end_ns <= start_ns and n.end_ns > prev_end:
+            prev_end, prev = n.end_ns, sid
+    tools = [
+        sid
+        for sid in t.tools
+        if prev_end <= t.spans[sid].end_ns <= start_ns and t.spans[sid].start_ns >= prev_end
+    ]
+    if tools:
+        return tools
+    return [prev] if prev is not None else []
+
+
+def _status(span: Any, a: dict[str, Any]) -> tuple[bool, str | None, str]:
+    """(failed, error type, message) from the span status, ``error.type`` and exceptions."""
+    failed = span.status.code == 2  # STATUS_CODE_ERROR
+    err_type = _str(a.get("error.type"))
+    message = span.status.message
+    for ev in span.events:
+        if ev.name == "exception":
+            ea = attributes(ev.attributes)
+            err_type = err_type or _str(ea.get("exception.type"))
+            message = message or _str(ea.get("exception.message")) or ""
+    return failed or err_type is not None, err_type, message
+
+
+def _events(
+    span: Any, a: dict[str, Any], kind: Kind, ctx: _Ctx, memory: TraceMemory
+) -> list[Event]:
+    trace_id, span_id = span.trace_id, span.span_id
+    t = memory.trace(trace_id)
+    node = t.spans.get(span_id)
+    if node is None:  # the trace outgrew the memory: map without links
+        node = SpanNode(
+            kind,
+            span.parent_span_id,
+            span.start_time_unix_nano,
+            span.end_time_unix_nano,
+            _agent_of(a, kind),
+            _str(_first(a, *_RUN_KEYS)),
+        )
+    trace_hex = trace_id.hex()
+    agent, run, parent = _identity(t, node, ctx, trace_hex)
+    start_ns, end_ns = span.start_time_unix_nano, span.end_time_unix_nano
+    start_ms, end_ms = start_ns // 1_000_000, end_ns // 1_000_000
+    duration_ms = (end_ns - start_ns) / 1e6
+    flags = span.flags & 0xFF
+    common = {
+        "agentid": agent,
+        "runid": run,
+        "tenant": ctx.tenant,
+        "traceparent": f"00-{trace_hex}-{span_id.hex()}-{flags:02x}",
+        "source": ctx.source,
+    }
+
+    def eid(phase: str, ms: int) -> str:
+        return event_id(trace_id, span_id, phase, ms)
+
+    parent_cause = [_ref(t, trace_id, parent)] if parent else []
+
+    if kind is Kind.LLM:
+        view = _llm_view(a)
+        causes = [
+            _ref(t, trace_id, s) for s in _inputs_of_llm(t, span_id, start_ns)
+        ] or parent_cause
+        data = p.Thought(
+            text=view.text,
+            model=_str(
+                _first(
+                    a,
+                    "gen_ai.response.model",
+                    "gen_ai.request.model",
+                    "llm.model_name",
+                    "llm.request.model_name",
+                )
+            )
+            or "unknown",
+            provider=_str(
+                _first(a, "gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
+            ),
+            input_tokens=_int(
+                _first(
+                    a,
+                    "gen_ai.usage.input_tokens",
+                    "gen_ai.usage.prompt_tokens",
+                    "llm.token_count.prompt",
+                )
+            ),
+            output_tokens=_int(
+                _first(
+                    a,
+                    "gen_ai.usage.output_tokens",
+                    "gen_ai.usage.completion_tokens",
+                    "llm.token_count.completion",
+                )
+            ),
+            latency_ms=duration_ms,
+            cost_usd=_float(_first(a, "llm.cost.total", "gen_ai.usage.cost")),
+        )
+        return [
+            new_event(data, id=eid("open", end_ms), time=_time(end_ns), causes=causes, **common)
+        ]
+
+    if kind is Kind.TOOL:
+        call_id = _str(_first(a, "gen_ai.tool.call.id", "tool_call.id", "tool.id")) or (
+            f"span-{span_id.hex()}"
+        )
+        tool = _str(_first(a, "gen_ai.tool.name", "tool.name", "traceloop.entity.name")) or (
+            span.name or "tool"
+        )
+        chooser = _chooser(t, start_ns, call_id)
+        causes = [_ref(t, trace_id, chooser)] if chooser is not None else parent_cause
+        started = new_event(
+            p.ActionStarted(
+                call_id=call_id,
+                tool=tool,
+                arguments=_as_arguments(
+                    _first(a, "gen_ai.tool.call.arguments", "input.value", "traceloop.entity.input")
+                ),
+            ),
+            id=eid("open", start_ms),
+            time=_time(start_ns),
+            causes=causes,
+            **common,
+        )
+        failed, err_type, message = _status(span, a)
+        result = (
+            _str(_first(a, "gen_ai.tool.call.result", "output.value", "traceloop.entity.output"))
+            or ""
+        )
+        completed = new_event(
+            p.ActionCompleted(
+                call_id=call_id,
+                tool=tool,
+                status="error" if failed else "ok",
+                result=result or (message if failed else ""),
+                error_type=err_type or ("error" if failed else None),
+                duration_ms=duration_ms,
+            ),
+            id=eid("close", end_ms),
+            time=_time(end_ns),
+            causes=[started.id],
+            **common,
+        )
+        return [started, completed]
+
+    if kind is Kind.CREATE_AGENT:
+        data = p.AgentStarted(
+            name=_str(_first(a, *_AGENT_NAMES)) or agent,
+            role=_str(a.get("gen_ai.agent.description")),
+            model=_str(a.get("gen_ai.request.model")),
+        )
+        return [
+            new_event(
+                data, id=eid("open", start_ms), time=_time(start_ns), causes=parent_cause, **common
+            )
+        ]
+
+    # an agent invocation, a workflow or a root chain: the run
+    goal = _str(_first(a, "input.value", "traceloop.entity.input", "gen_ai.agent.description"))
+    if goal is None:
+        goal = f"{span.name}" if span.name else f"agent {agent}"
+    started = new_event(
+        p.RunStarted(goal=goal),
+        id=eid("open", start_ms),
+        time=_time(start_ns),
+        causes=parent_cause,
+        **common,
+    )
+    failed, err_type, message = _status(span, a)
+    summary = _str(_first(a, "output.value", "traceloop.entity.output")) or message or ""
+    finished = new_event(
+        p.RunFinished(status="failed" if failed else "succeeded", summary=summary),
+        id=eid("close", end_ms),
+        time=_time(end_ns),
+        causes=[started.id],
+        **common,
+    )
+    return [started, finished]
+
+
+def _ref(t: _Trace, trace_id: bytes, sid: bytes) -> str:
+    """The id of the event that stands for a known span when another event follows from it:
+    a model call's thought, a tool's completion, an agent's run start."""
+    n = t.spans[sid]
+    if n.kind is Kind.LLM:
+        return event_id(trace_id, sid, "open", n.end_ns // 1_000_000)
+    if n.kind is Kind.TOOL:
+        return event_id(trace_id, sid, "close", n.end_ns // 1_000_000)
+    return event_id(trace_id, sid, "open", n.start_ns // 1_000_000)
