@@ -75,7 +75,8 @@ def processing_error(stage: str, err: BaseException) -> InvalidEvent:
 
 # Exception class names (anywhere in the MRO) that mean a broker or a store is unavailable:
 # aiokafka's KafkaError family, redis/FalkorDB connection, timeout and "loading" errors,
-# httpx/Chroma transport errors, clickhouse-connect's OperationalError (connection).
+# httpx/Chroma transport errors, clickhouse-connect's OperationalError (connection); and
+# our own stores' "...Unavailable" errors (e.g. GraphUnavailable).
 _INFRA_NAMES = frozenset(
     {
         "KafkaError",
@@ -103,7 +104,10 @@ def is_infrastructure_error(err: BaseException) -> bool:
         seen.add(id(cur))
         if isinstance(cur, OSError | TimeoutError):
             return True
-        if any(c.__name__ in _INFRA_NAMES for c in type(cur).__mro__):
+        if any(
+            c.__name__ in _INFRA_NAMES or c.__name__.endswith("Unavailable")
+            for c in type(cur).__mro__
+        ):
             return True
         cur = cur.__cause__ or cur.__context__
     return False
