@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EVENT_COLUMNS = tuple(EVENT_ROW_SCHEMA.names)
+_ROLLUP_SOURCES = frozenset(r.source for r in schema.ROLLUPS)
 
 
 class AnalyticsProjection:
@@ -259,31 +260,38 @@ class AnalyticsProjection:
             try:
                 store.command(insert_sql.format(stage=stage))
             except Exception:
-                # events may hold rows whose rollup rows were not written: check before the retry
-                self._needs_repair = target == "events"
+                # the target may hold rows whose rollup rows were not written: check before the
+                # retry (events and violations feed rollups)
+                self._needs_repair = self._needs_repair or target in _ROLLUP_SOURCES
                 raise
 
     # --- rollup consistency -----------------------------------------------------------------
     def verify_rollups(self) -> dict[str, list[int]]:
-        """Per rollup, the months (YYYYMM; 0 = the whole table) whose counts disagree with
-        ``events``. Empty lists everywhere: every event is counted exactly once."""
+        """Per rollup table, the months (YYYYMM; 0 = the whole table) whose counts disagree
+        with their source. Empty lists everywhere: every event (and violation) is counted
+        exactly once."""
         return {t: sorted(bad) for t, (bad, _) in self._compare_rollups().items()}
 
     def _compare_rollups(self) -> dict[str, tuple[set[int], dict[int, int]]]:
+        """Per table: the bad months, and the months that have any source rows."""
         store = self.store
         out: dict[str, tuple[set[int], dict[int, int]]] = {}
         for rollup in schema.ROLLUPS:
             source = dict(store.rows(schema.source_counts_sql(rollup, store.database)))
             rolled = dict(store.rows(schema.rollup_counts_sql(rollup, store.database)))
             bad = {m for m in set(source) | set(rolled) if source.get(m, 0) != rolled.get(m, 0)}
-            out[rollup.table] = (bad, source)
+            seen_bad, seen_source = out.get(rollup.table, (set(), {}))
+            for m, n in source.items():
+                seen_source[m] = seen_source.get(m, 0) + n
+            out[rollup.table] = (seen_bad | bad, seen_source)
         return out
 
     def repair_rollups(self) -> dict[str, list[int]]:
-        """Recompute from ``events`` each rollup month that disagrees; return what was fixed.
+        """Recompute from the sources each rollup month that disagrees; return what was fixed.
 
         The month is rebuilt aside and swapped in with REPLACE PARTITION, so readers see
-        either the old or the repaired month, never an empty one.
+        either the old or the repaired month, never an empty one. A table fed by several
+        views is rebuilt from all of them.
         """
         store = self.store
         db = store.database
@@ -291,26 +299,28 @@ class AnalyticsProjection:
         for table, (bad, source) in self._compare_rollups().items():
             if not bad:
                 continue
-            rollup = schema.ROLLUP_BY_TABLE[table]
-            partitioned = rollup.month_column is not None
+            rollups = schema.ROLLUPS_BY_TABLE[table]
+            partitioned = rollups[0].month_column is not None
             scratch = f"{db}._repair_{table}"
             store.command(f"DROP TABLE IF EXISTS {scratch} SYNC")
             store.command(f"CREATE TABLE {scratch} AS {db}.{table}")
             try:
                 for month in sorted(bad):
                     partition = str(month) if partitioned else "tuple()"
-                    if not source.get(month):  # nothing in events: the rollup rows are bogus
+                    if not source.get(month):  # nothing in the sources: the rollup rows are bogus
                         store.command(f"ALTER TABLE {db}.{table} DROP PARTITION {partition}")
                     else:
-                        store.command(
-                            schema.rollup_rebuild_sql(
-                                rollup, db, scratch, month if partitioned else None
+                        for rollup in rollups:
+                            store.command(
+                                schema.rollup_rebuild_sql(
+                                    rollup, db, scratch, month if partitioned else None
+                                )
                             )
-                        )
                         store.command(
                             f"ALTER TABLE {db}.{table} REPLACE PARTITION {partition} FROM {scratch}"
                         )
-                    log.warning("analytics: rebuilt %s (month %s) from events", table, month)
+                        store.command(f"TRUNCATE TABLE {scratch}")
+                    log.warning("analytics: rebuilt %s (month %s) from its sources", table, month)
             finally:
                 store.command(f"DROP TABLE IF EXISTS {scratch} SYNC")
             fixed[table] = sorted(bad)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from projections.analytics.schema import RUN_STATUS_SQL
+
 
 @dataclass(frozen=True)
 class Param:
@@ -119,27 +121,103 @@ LEAST_RELIABLE_TOOLS = NamedQuery(
 
 COST_PER_RUN = NamedQuery(
     "cost_per_run",
-    "Runs by cost, with tokens, actions, errors, duration and outcome",
+    "Runs by cost (one row per run, all agents together), with outcome and counts",
     """
 SELECT
     r.tenant AS tenant,
-    r.agent_id AS agent_id,
     r.run_id AS run_id,
-    if(r.status = '', 'running', r.status) AS status,
+    r.status AS status,
     round(r.cost_usd, 6) AS cost_usd,
     r.input_tokens AS input_tokens,
     r.output_tokens AS output_tokens,
     r.actions AS actions,
     r.errors AS errors,
+    r.mismatches AS mismatches,
+    r.failed AS failed,
     r.events AS events,
-    r.first_time AS started,
-    round(dateDiff('millisecond', r.first_time, r.last_time) / 1000, 3) AS duration_s,
+    r.agents AS agents,
+    r.started_at AS started_at,
+    r.duration_s AS duration_s,
     r.goal AS goal
-FROM run_summary AS r FINAL
-ORDER BY cost_usd DESC, run_id
+FROM runs AS r
+ORDER BY r.cost_usd DESC, r.run_id
 LIMIT {limit:UInt32}
 """,
     {"limit": _LIMIT},
+)
+
+RUN_AGENT_COSTS = NamedQuery(
+    "run_agent_costs",
+    "Each agent's share of a run: cost, tokens, actions and its own reported status",
+    f"""
+SELECT
+    a.tenant AS tenant,
+    a.run_id AS run_id,
+    a.agent_id AS agent_id,
+    {RUN_STATUS_SQL.format(f="max(a.finish)")} AS agent_status,
+    round(sum(a.cost_usd), 6) AS cost_usd,
+    round(sum(a.cost_usd) / nullIf(sum(sum(a.cost_usd)) OVER (PARTITION BY a.tenant, a.run_id), 0),
+        4) AS cost_share,
+    sum(a.input_tokens) AS input_tokens,
+    sum(a.output_tokens) AS output_tokens,
+    sum(a.events) AS events,
+    sum(a.actions) AS actions,
+    sum(a.errors) AS errors,
+    sum(a.mismatches) AS mismatches,
+    sum(a.errors) + sum(a.mismatches) AS failed,
+    sum(a.violations) AS violations,
+    min(a.first_time) AS first_time,
+    max(a.last_time) AS last_time
+FROM run_agent AS a
+WHERE {{run_id:String}} = '' OR a.run_id = {{run_id:String}}
+GROUP BY a.tenant, a.run_id, a.agent_id
+ORDER BY cost_usd DESC, run_id, agent_id
+LIMIT {{limit:UInt32}}
+""",
+    {
+        "run_id": Param("String", "", "only this run ('' = every run)"),
+        "limit": Param("UInt32", "100", "rows to return"),
+    },
+)
+
+RUNS_BY_STATUS = NamedQuery(
+    "runs_by_status",
+    "How many runs ended in each final status (one count per run, not per agent)",
+    """
+SELECT
+    r.status AS status,
+    count() AS runs,
+    countIf(r.status_conflict) AS conflicting,
+    round(sum(r.cost_usd), 6) AS cost_usd,
+    sum(r.failed) AS failed_actions
+FROM runs AS r
+GROUP BY status
+ORDER BY runs DESC, status
+""",
+)
+
+RECENT_RUNS = NamedQuery(
+    "recent_runs",
+    "One page of runs, newest start first (optionally of one final status)",
+    """
+WITH page AS
+(
+    SELECT r.tenant AS tenant, r.run_id AS run_id
+    FROM runs AS r
+    WHERE {status:String} = '' OR r.status = {status:String}
+    ORDER BY r.started_at DESC, r.run_id
+    LIMIT {limit:UInt32} OFFSET {offset:UInt32}
+)
+SELECT *
+FROM runs
+WHERE (tenant, run_id) IN (SELECT tenant, run_id FROM page)
+ORDER BY started_at DESC, run_id
+""",
+    {
+        "limit": Param("UInt32", "50", "runs per page"),
+        "offset": Param("UInt32", "0", "runs to skip"),
+        "status": Param("String", "", "only runs of this final status ('' = all)"),
+    },
 )
 
 VIOLATIONS_BY_CATEGORY = NamedQuery(
@@ -165,15 +243,16 @@ FAILED_RUNS = NamedQuery(
     """
 WITH failed AS
 (
-    SELECT tenant, agent_id, run_id
-    FROM run_summary FINAL
-    WHERE status = 'failed'
-    ORDER BY last_time DESC
+    SELECT r.tenant AS tenant, r.run_id AS run_id
+    FROM runs AS r
+    WHERE r.status = 'failed'
+    ORDER BY r.ended_at DESC, r.run_id
     LIMIT {runs:UInt32}
 )
 SELECT run_id, agent_id, time, type, tool, status, summary
 FROM events
-WHERE (tenant, agent_id, run_id) IN (SELECT tenant, agent_id, run_id FROM failed)
+WHERE run_id IN (SELECT run_id FROM failed)
+  AND (tenant, run_id) IN (SELECT tenant, run_id FROM failed)
 ORDER BY run_id, time DESC
 LIMIT {events_per_run:UInt32} BY run_id
 """,
@@ -191,6 +270,9 @@ NAMED_QUERIES: dict[str, NamedQuery] = {
         SLOWEST_TOOLS,
         LEAST_RELIABLE_TOOLS,
         COST_PER_RUN,
+        RUN_AGENT_COSTS,
+        RUNS_BY_STATUS,
+        RECENT_RUNS,
         VIOLATIONS_BY_CATEGORY,
         FAILED_RUNS,
     )

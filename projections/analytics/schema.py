@@ -47,7 +47,9 @@ class Rollup:
     """A rollup table fed by a materialized view over ``events``.
 
     ``select`` is the view's query with a slot for an extra filter, so the same text can
-    rebuild the rollup, or one month of it, from ``events`` (:func:`rollup_rebuild_sql`).
+    rebuild the rollup, or one month of it, from its source (:func:`rollup_rebuild_sql`).
+    Several rollups may feed one table (``run_agent`` is fed from ``events`` and from
+    ``violations``): then each is checked on its own and the table is rebuilt from all.
     ``source_count`` / ``rollup_count`` count the same thing on both sides: when they differ
     (per month for a rollup partitioned by the month of each event's own time, in total
     otherwise) the rollup missed or doubled rows there, and that part is rebuilt.
@@ -56,10 +58,11 @@ class Rollup:
     table: str
     view: str
     month_column: str | None  # partitioned by toYYYYMM(this), or None: one partition
-    select: str  # SELECT … FROM {db}.events {where} GROUP BY …
-    source_count: str  # aggregate over events
-    source_filter: str  # WHERE condition on events (or "1")
+    select: str  # SELECT … FROM {db}.<source> {where} GROUP BY …
+    source_count: str  # aggregate over the source table
+    source_filter: str  # WHERE condition on the source table (or "1")
     rollup_count: str  # aggregate over the rollup
+    source: str = "events"  # the table the view reads (``violations`` for quality counts)
 
 
 def _events(db: str) -> str:
@@ -248,6 +251,135 @@ WHERE e.run_id IS NOT NULL {{and_where}}
 GROUP BY tenant, agent_id, run_id
 """
 
+RUN_FINISHED_PREFIX = "agent.lifecycle.run_finished."
+RUN_STARTED_PREFIX = "agent.lifecycle.run_started."
+
+STATUS_RANK = {"succeeded": 1, "cancelled": 2, "failed": 3}
+"""Rank of a ``run_finished`` status: on equal event times the higher rank wins."""
+
+_RUN_AGENT_SELECT = f"""
+SELECT
+    e.tenant AS tenant,
+    assumeNotNull(e.run_id) AS run_id,
+    e.agent_id AS agent_id,
+    count() AS events,
+    countIf(startsWith(e.type, '{COMPLETED_PREFIX}')) AS actions,
+    countIf(startsWith(e.type, '{COMPLETED_PREFIX}') AND e.status = 'error') AS errors,
+    toUInt64(0) AS mismatches,
+    toUInt64(0) AS violations,
+    sum(e.input_tokens) AS input_tokens,
+    sum(e.output_tokens) AS output_tokens,
+    sum(e.cost_usd) AS cost_usd,
+    min(e.time) AS first_time,
+    max(e.time) AS last_time,
+    minIf(toNullable(e.time), startsWith(e.type, '{RUN_STARTED_PREFIX}')) AS run_started_at,
+    argMinStateIf(
+        JSONExtractString(e.payload, 'goal'),
+        (e.time, JSONExtractString(e.payload, 'goal')),
+        startsWith(e.type, '{RUN_STARTED_PREFIX}')
+    ) AS goal,
+    maxIf(
+        toUnixTimestamp64Micro(e.time) * 4
+            + multiIf(e.status = 'failed', 3, e.status = 'cancelled', 2, 1),
+        startsWith(e.type, '{RUN_FINISHED_PREFIX}')
+    ) AS finish,
+    countIf(startsWith(e.type, '{RUN_FINISHED_PREFIX}')) AS finishes,
+    groupBitOrIf(
+        toUInt8(multiIf(e.status = 'failed', 4, e.status = 'cancelled', 2, 1)),
+        startsWith(e.type, '{RUN_FINISHED_PREFIX}')
+    ) AS reported
+FROM {{db}}.events AS e
+WHERE e.run_id IS NOT NULL {{and_where}}
+GROUP BY tenant, run_id, agent_id
+"""
+
+_RUN_AGENT_VIOLATIONS_SELECT = """
+SELECT
+    v.tenant AS tenant,
+    assumeNotNull(v.run_id) AS run_id,
+    v.agent_id AS agent_id,
+    toUInt64(0) AS events,
+    toUInt64(0) AS actions,
+    toUInt64(0) AS errors,
+    countIf(v.category = 'wrong_result') AS mismatches,
+    count() AS violations,
+    toUInt64(0) AS input_tokens,
+    toUInt64(0) AS output_tokens,
+    toFloat64(0) AS cost_usd,
+    CAST(NULL AS Nullable(DateTime64(6, 'UTC'))) AS first_time,
+    CAST(NULL AS Nullable(DateTime64(6, 'UTC'))) AS last_time,
+    CAST(NULL AS Nullable(DateTime64(6, 'UTC'))) AS run_started_at,
+    argMinStateIf('', (toDateTime64(0, 6, 'UTC'), ''), 0) AS goal,
+    toInt64(0) AS finish,
+    toUInt64(0) AS finishes,
+    toUInt8(0) AS reported
+FROM {db}.violations AS v
+WHERE v.run_id IS NOT NULL {and_where}
+GROUP BY tenant, run_id, agent_id
+"""
+
+_RUN_TOTALS_SELECT = f"""
+SELECT
+    e.tenant AS tenant,
+    assumeNotNull(e.run_id) AS run_id,
+    groupUniqArray(e.agent_id) AS agents,
+    count() AS events,
+    countIf(startsWith(e.type, '{COMPLETED_PREFIX}')) AS actions,
+    countIf(startsWith(e.type, '{COMPLETED_PREFIX}') AND e.status = 'error') AS errors,
+    toUInt64(0) AS mismatches,
+    toUInt64(0) AS violations,
+    sum(e.input_tokens) AS input_tokens,
+    sum(e.output_tokens) AS output_tokens,
+    sum(e.cost_usd) AS cost_usd,
+    min(e.time) AS first_time,
+    max(e.time) AS last_time,
+    argMinStateIf(
+        JSONExtractString(e.payload, 'goal'),
+        (e.time, JSONExtractString(e.payload, 'goal')),
+        startsWith(e.type, '{RUN_STARTED_PREFIX}')
+    ) AS goal,
+    argMinStateIf(e.agent_id, (e.time, e.agent_id), startsWith(e.type, '{RUN_STARTED_PREFIX}'))
+        AS started_by,
+    maxIf(
+        toUnixTimestamp64Micro(e.time) * 4
+            + multiIf(e.status = 'failed', 3, e.status = 'cancelled', 2, 1),
+        startsWith(e.type, '{RUN_FINISHED_PREFIX}')
+    ) AS finish,
+    countIf(startsWith(e.type, '{RUN_FINISHED_PREFIX}')) AS finishes,
+    groupBitOrIf(
+        toUInt8(multiIf(e.status = 'failed', 4, e.status = 'cancelled', 2, 1)),
+        startsWith(e.type, '{RUN_FINISHED_PREFIX}')
+    ) AS reported
+FROM {{db}}.events AS e
+WHERE e.run_id IS NOT NULL {{and_where}}
+GROUP BY tenant, run_id
+"""
+
+_RUN_TOTALS_VIOLATIONS_SELECT = """
+SELECT
+    v.tenant AS tenant,
+    assumeNotNull(v.run_id) AS run_id,
+    CAST([], 'Array(String)') AS agents,
+    toUInt64(0) AS events,
+    toUInt64(0) AS actions,
+    toUInt64(0) AS errors,
+    countIf(v.category = 'wrong_result') AS mismatches,
+    count() AS violations,
+    toUInt64(0) AS input_tokens,
+    toUInt64(0) AS output_tokens,
+    toFloat64(0) AS cost_usd,
+    CAST(NULL AS Nullable(DateTime64(6, 'UTC'))) AS first_time,
+    CAST(NULL AS Nullable(DateTime64(6, 'UTC'))) AS last_time,
+    argMinStateIf('', (toDateTime64(0, 6, 'UTC'), ''), 0) AS goal,
+    argMinStateIf('', (toDateTime64(0, 6, 'UTC'), ''), 0) AS started_by,
+    toInt64(0) AS finish,
+    toUInt64(0) AS finishes,
+    toUInt8(0) AS reported
+FROM {db}.violations AS v
+WHERE v.run_id IS NOT NULL {and_where}
+GROUP BY tenant, run_id
+"""
+
 ROLLUPS: tuple[Rollup, ...] = (
     Rollup(
         table="agent_minute",
@@ -276,8 +408,50 @@ ROLLUPS: tuple[Rollup, ...] = (
         source_filter="run_id IS NOT NULL",
         rollup_count="sum(events)",
     ),
+    Rollup(
+        table="run_agent",
+        view="run_agent_mv",
+        month_column=None,  # a run may span months: one partition
+        select=_RUN_AGENT_SELECT,
+        source_count="count()",
+        source_filter="run_id IS NOT NULL",
+        rollup_count="sum(events)",
+    ),
+    Rollup(
+        table="run_agent",
+        view="run_agent_violations_mv",
+        month_column=None,
+        select=_RUN_AGENT_VIOLATIONS_SELECT,
+        source_count="count()",
+        source_filter="run_id IS NOT NULL",
+        rollup_count="sum(violations)",
+        source="violations",
+    ),
+    Rollup(
+        table="run_totals",
+        view="run_totals_mv",
+        month_column=None,
+        select=_RUN_TOTALS_SELECT,
+        source_count="count()",
+        source_filter="run_id IS NOT NULL",
+        rollup_count="sum(events)",
+    ),
+    Rollup(
+        table="run_totals",
+        view="run_totals_violations_mv",
+        month_column=None,
+        select=_RUN_TOTALS_VIOLATIONS_SELECT,
+        source_count="count()",
+        source_filter="run_id IS NOT NULL",
+        rollup_count="sum(violations)",
+        source="violations",
+    ),
 )
-ROLLUP_BY_TABLE = {r.table: r for r in ROLLUPS}
+ROLLUP_TABLES: tuple[str, ...] = tuple(dict.fromkeys(r.table for r in ROLLUPS))
+ROLLUPS_BY_TABLE: dict[str, tuple[Rollup, ...]] = {
+    t: tuple(r for r in ROLLUPS if r.table == t) for t in ROLLUP_TABLES
+}
+ROLLUP_BY_VIEW = {r.view: r for r in ROLLUPS}
 
 
 def _rollup_tables(db: str) -> list[str]:
@@ -339,8 +513,102 @@ ORDER BY (tenant, agent_id, run_id)
     ]
 
 
+def _run_agent(db: str) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS {db}.run_agent
+(
+    tenant          LowCardinality(String),
+    run_id          String,
+    agent_id        String,
+    events          SimpleAggregateFunction(sum, UInt64),
+    actions         SimpleAggregateFunction(sum, UInt64),
+    errors          SimpleAggregateFunction(sum, UInt64),
+    mismatches      SimpleAggregateFunction(sum, UInt64),
+    violations      SimpleAggregateFunction(sum, UInt64),
+    input_tokens    SimpleAggregateFunction(sum, UInt64),
+    output_tokens   SimpleAggregateFunction(sum, UInt64),
+    cost_usd        SimpleAggregateFunction(sum, Float64),
+    first_time      SimpleAggregateFunction(min, Nullable(DateTime64(6, 'UTC'))),
+    last_time       SimpleAggregateFunction(max, Nullable(DateTime64(6, 'UTC'))),
+    run_started_at  SimpleAggregateFunction(min, Nullable(DateTime64(6, 'UTC'))),
+    goal            AggregateFunction(argMin, String, Tuple(DateTime64(6, 'UTC'), String)),
+    finish          SimpleAggregateFunction(max, Int64),
+    finishes        SimpleAggregateFunction(sum, UInt64),
+    reported        SimpleAggregateFunction(groupBitOr, UInt8)
+)
+ENGINE = AggregatingMergeTree
+ORDER BY (tenant, run_id, agent_id)
+"""
+
+
+def _run_totals(db: str) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS {db}.run_totals
+(
+    tenant          LowCardinality(String),
+    run_id          String,
+    agents          SimpleAggregateFunction(groupUniqArrayArray, Array(String)),
+    events          SimpleAggregateFunction(sum, UInt64),
+    actions         SimpleAggregateFunction(sum, UInt64),
+    errors          SimpleAggregateFunction(sum, UInt64),
+    mismatches      SimpleAggregateFunction(sum, UInt64),
+    violations      SimpleAggregateFunction(sum, UInt64),
+    input_tokens    SimpleAggregateFunction(sum, UInt64),
+    output_tokens   SimpleAggregateFunction(sum, UInt64),
+    cost_usd        SimpleAggregateFunction(sum, Float64),
+    first_time      SimpleAggregateFunction(min, Nullable(DateTime64(6, 'UTC'))),
+    last_time       SimpleAggregateFunction(max, Nullable(DateTime64(6, 'UTC'))),
+    goal            AggregateFunction(argMin, String, Tuple(DateTime64(6, 'UTC'), String)),
+    started_by      AggregateFunction(argMin, String, Tuple(DateTime64(6, 'UTC'), String)),
+    finish          SimpleAggregateFunction(max, Int64),
+    finishes        SimpleAggregateFunction(sum, UInt64),
+    reported        SimpleAggregateFunction(groupBitOr, UInt8)
+)
+ENGINE = AggregatingMergeTree
+ORDER BY (tenant, run_id)
+"""
+
+
+RUN_STATUS_SQL = (
+    "multiIf({f} <= 0, 'running', {f} % 4 = 3, 'failed', {f} % 4 = 2, 'cancelled', 'succeeded')"
+)
+"""The status encoded in a ``finish`` value (event time in µs × 4 + rank; 0: none)."""
+
+
+def _runs_view(db: str) -> str:
+    """One row per run; plain types (the rollup's aggregate types are cast away)."""
+    status = RUN_STATUS_SQL.format(f="r.finish")
+    t64 = "Nullable(DateTime64(6, 'UTC'))"
+    return f"""
+CREATE OR REPLACE VIEW {db}.runs AS
+SELECT
+    r.tenant AS tenant,
+    r.run_id AS run_id,
+    nullIf(finalizeAggregation(r.goal), '') AS goal,
+    {status} AS status,
+    toBool(bitCount(r.reported) > 1) AS status_conflict,
+    arraySort(CAST(r.agents, 'Array(String)')) AS agents,
+    nullIf(finalizeAggregation(r.started_by), '') AS started_by,
+    CAST(r.first_time AS {t64}) AS started_at,
+    CAST(r.last_time AS {t64}) AS ended_at,
+    if(r.finish <= 0, NULL, fromUnixTimestamp64Micro(intDiv(r.finish, 4), 'UTC')) AS finished_at,
+    round(dateDiff('microsecond', r.first_time, r.last_time) / 1e6, 3) AS duration_s,
+    toUInt64(r.events) AS events,
+    toUInt64(r.actions) AS actions,
+    toUInt64(r.errors) AS errors,
+    toUInt64(r.mismatches) AS mismatches,
+    toUInt64(r.errors + r.mismatches) AS failed,
+    toUInt64(r.input_tokens) AS input_tokens,
+    toUInt64(r.output_tokens) AS output_tokens,
+    toFloat64(r.cost_usd) AS cost_usd,
+    toUInt64(r.violations) AS violations,
+    toUInt64(r.finishes) AS finishes
+FROM {db}.run_totals AS r FINAL
+"""
+
+
 def rollup_select(rollup: Rollup, db: str, extra_filter: str | None = None) -> str:
-    """The rollup's SELECT over ``db.events``, optionally restricted (``extra_filter``)."""
+    """The rollup's SELECT over its source table, optionally restricted (``extra_filter``)."""
     if rollup.source_filter == "1":
         where = f"WHERE {extra_filter}" if extra_filter else ""
         return rollup.select.format(db=db, where=where)
@@ -348,12 +616,15 @@ def rollup_select(rollup: Rollup, db: str, extra_filter: str | None = None) -> s
     return rollup.select.format(db=db, and_where=and_where)
 
 
-def _views(db: str) -> list[str]:
-    return [
+def _view(r: Rollup, db: str) -> str:
+    return (
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{r.view} TO {db}.{r.table} AS "
         + rollup_select(r, db)
-        for r in ROLLUPS
-    ]
+    )
+
+
+def _views(db: str, tables: Sequence[str]) -> list[str]:
+    return [_view(r, db) for r in ROLLUPS if r.table in tables]
 
 
 def _schema_version(db: str) -> str:
@@ -378,11 +649,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             _violations(db),
             _episodes(db),
             *_rollup_tables(db),
-            *_views(db),
+            *_views(db, ("agent_minute", "tool_minute", "run_summary")),
         ],
     ),
     Migration(
         2, "agent_state: latest state per agent (from agent-state)", lambda db: [_agent_state(db)]
+    ),
+    Migration(
+        3,
+        "run model: rollups run_agent and run_totals (from events and violations), view runs",
+        lambda db: [
+            _run_agent(db),
+            _run_totals(db),
+            *_views(db, ("run_agent", "run_totals")),
+            _runs_view(db),
+        ],
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -392,7 +673,7 @@ DATA_TABLES: tuple[str, ...] = (
     "violations",
     "episodes",
     "agent_state",
-    *(r.table for r in ROLLUPS),
+    *ROLLUP_TABLES,
 )
 """Tables that hold data (swapped by ``replace_live_with``); views follow them by name."""
 
@@ -412,7 +693,7 @@ def source_counts_sql(rollup: Rollup, db: str) -> str:
     """Per month (or in total, month 0) what the rollup should have counted."""
     month = "toYYYYMM(time)" if rollup.month_column else "0"
     return (
-        f"SELECT {month} AS month, {rollup.source_count} AS n FROM {db}.events "
+        f"SELECT {month} AS month, {rollup.source_count} AS n FROM {db}.{rollup.source} "
         f"WHERE {rollup.source_filter} GROUP BY month"
     )
 
