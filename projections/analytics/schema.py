@@ -572,7 +572,7 @@ ORDER BY (tenant, run_id)
 RUN_STATUS_SQL = (
     "multiIf({f} <= 0, 'running', {f} % 4 = 3, 'failed', {f} % 4 = 2, 'cancelled', 'succeeded')"
 )
-"""The status encoded in a ``finish`` value (event time in µs × 4 + rank; 0: none)."""
+"""The status encoded in a ``finish`` value (event time in µs * 4 + rank; 0: none)."""
 
 
 def _runs_view(db: str) -> str:
