@@ -1,0 +1,148 @@
+"""The runs list: one row per run across agents, from the analytics ``runs`` table.
+
+Filters and sorting are bound as ClickHouse parameters (never pasted into the SQL); the
+sort column comes from a fixed list. Paging is LIMIT/OFFSET over the filtered rows with an
+exact total: the table holds one row per run, so even 100k runs are a small scan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from agentstream.ui.backends import Backends, NotFound
+
+RUNS_FROM = "runs"
+"""The analytics ``runs`` view: one row per run across agents (merged rollups)."""
+
+COLUMNS = (
+    "run_id",
+    "tenant",
+    "goal",
+    "status",
+    "agents",
+    "started_at",
+    "ended_at",
+    "duration_s",
+    "events",
+    "actions",
+    "errors",
+    "mismatches",
+    "failed",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "violations",
+)
+SORTS = {
+    "started": "started_at",
+    "duration": "duration_s",
+    "events": "events",
+    "actions": "actions",
+    "errors": "errors",
+    "violations": "violations",
+    "tokens": "input_tokens + output_tokens",
+    "cost": "cost_usd",
+}
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    agent: str | None = None
+    status: str | None = None
+    tenant: str | None = None
+    goal: str | None = None  # case-insensitive substring
+    since: datetime | None = None  # started at or after
+    until: datetime | None = None  # started before
+    sort: str = "started"
+    desc: bool = True
+    limit: int = 50
+    offset: int = 0
+
+    def where(self) -> tuple[str, dict[str, Any]]:
+        conds: list[str] = []
+        params: dict[str, Any] = {}
+        if self.agent:
+            conds.append("has(agents, {agent:String})")
+            params["agent"] = self.agent
+        if self.status:
+            conds.append("status = {status:String}")
+            params["status"] = self.status
+        if self.tenant:
+            conds.append("tenant = {tenant:String}")
+            params["tenant"] = self.tenant
+        if self.goal:
+            conds.append("positionCaseInsensitiveUTF8(goal, {goal:String}) > 0")
+            params["goal"] = self.goal
+        if self.since is not None:
+            conds.append("started_at >= {since:DateTime64(6, 'UTC')}")
+            params["since"] = self.since
+        if self.until is not None:
+            conds.append("started_at < {until:DateTime64(6, 'UTC')}")
+            params["until"] = self.until
+        return (" WHERE " + " AND ".join(conds) if conds else ""), params
+
+
+_SELECT = """
+SELECT run_id, tenant, goal, status, agents,
+       toUnixTimestamp64Micro(started_at) AS started_us,
+       if(ended_at IS NULL, NULL, toUnixTimestamp64Micro(assumeNotNull(ended_at))) AS ended_us,
+       duration_s * 1000 AS duration_ms, events, actions, errors, mismatches, failed,
+       input_tokens + output_tokens AS tokens, cost_usd, violations
+FROM {src}{where}
+"""
+
+
+def _row(r: dict[str, Any]) -> dict[str, Any]:
+    r["agents"] = list(r.get("agents") or [])
+    return r
+
+
+def list_runs(backends: Backends, flt: RunFilter) -> dict[str, Any]:
+    """One page of runs, the exact number matching, and the filter echoed back."""
+    if flt.sort not in SORTS:
+        raise ValueError(f"sort must be one of {', '.join(SORTS)}, got {flt.sort!r}")
+    limit = max(1, min(flt.limit, MAX_PAGE))
+    where, params = flt.where()
+    order = f"{SORTS[flt.sort]} {'DESC' if flt.desc else 'ASC'}, run_id"
+    rows = backends.query(
+        _SELECT.format(src=RUNS_FROM, where=where)
+        + f" ORDER BY {order} LIMIT {limit} OFFSET {max(0, flt.offset)}",
+        params,
+    )
+    total = backends.query(f"SELECT count() AS n FROM {RUNS_FROM}{where}", params)[0]["n"]
+    return {
+        "runs": [_row(r) for r in rows],
+        "total": int(total),
+        "offset": max(0, flt.offset),
+        "limit": limit,
+        "sort": flt.sort,
+        "desc": flt.desc,
+    }
+
+
+def get_run(backends: Backends, run_id: str) -> dict[str, Any]:
+    rows = backends.query(
+        _SELECT.format(src=RUNS_FROM, where=" WHERE run_id = {run:String}") + " LIMIT 1",
+        {"run": run_id},
+    )
+    if not rows:
+        raise NotFound(f"no run {run_id!r} in analytics")
+    return _row(rows[0])
+
+
+def facets(backends: Backends) -> dict[str, list[str]]:
+    """Values for the filter pickers: statuses, tenants and agents that occur."""
+    out: dict[str, list[str]] = {}
+    for key, sql in (
+        ("statuses", f"SELECT DISTINCT status AS v FROM {RUNS_FROM} ORDER BY v LIMIT 100"),
+        ("tenants", f"SELECT DISTINCT tenant AS v FROM {RUNS_FROM} ORDER BY v LIMIT 1000"),
+        (
+            "agents",
+            f"SELECT DISTINCT arrayJoin(agents) AS v FROM {RUNS_FROM} ORDER BY v LIMIT 5000",
+        ),
+    ):
+        out[key] = [str(r["v"]) for r in backends.query(sql)]
+    return out
