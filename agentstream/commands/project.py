@@ -72,7 +72,19 @@ async def _run(settings: Any, names: list[str], report_every: float) -> list[Any
         runners.append(
             ProjectionRunner(projection, settings.bootstrap_servers, config=runner_config(name))
         )
+    from agentstream.telemetry import heartbeat, register_stats, serve_part_metrics
+
+    endpoint = serve_part_metrics("projections", settings)
+    register_stats(
+        "agentstream_projection", {r.projection.name: (lambda r=r: r.stats) for r in runners}
+    )
+
+    def readiness() -> tuple[bool, str]:
+        lags = ", ".join(f"{r.projection.name} lag {r.stats.lag()}" for r in runners)
+        return True, lags
+
     tasks = {asyncio.create_task(r.run(stop), name=r.projection.name): r for r in runners}
+    tasks[asyncio.create_task(heartbeat(endpoint, readiness, stop), name="heartbeat")] = None
     try:
         pending = set(tasks)
         while pending:
@@ -93,6 +105,9 @@ async def _run(settings: Any, names: list[str], report_every: float) -> list[Any
             f"project: cannot reach the Kafka broker at {settings.bootstrap_servers} "
             f"({type(err).__name__}) — start it with `agentstream up` or set AGENTSTREAM_KAFKA_URL"
         )
+    finally:
+        stop.set()
+        endpoint.stop()
     _close(runners)
     return runners
 

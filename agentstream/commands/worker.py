@@ -94,12 +94,23 @@ async def _run(
         engine=engine,
     )
     bootstrap = settings.bootstrap_servers
+    from agentstream.telemetry import heartbeat, register_stats, serve_part_metrics
+
+    endpoint = serve_part_metrics("worker", settings)
+    register_stats("agentstream_processor", {"worker": lambda: processor.stats})
+    beat = asyncio.create_task(
+        heartbeat(endpoint, lambda: (True, f"{engine} engine processing"), stop)
+    )
     try:
         await processor.run(stop)
     except (KafkaConnectionError, OSError) as err:
         fail(f"worker: {_unreachable(bootstrap, err)}")
     except (KafkaError, RuntimeError) as err:
         fail(f"worker: {err} — check the broker (`agentstream status`) and the log above")
+    finally:
+        stop.set()
+        await beat
+        endpoint.stop()
     return processor.stats
 
 
