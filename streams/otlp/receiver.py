@@ -369,11 +369,10 @@ class OtlpReceiver:
         try:
             tenant = self.authenticate(request.headers.get("Authorization"))
             body = await self._read_body(request)
+            # aiohttp has already inflated a gzip (or deflate) body while it was read, and
+            # _read_body counted the inflated bytes against the limit
             req, answer_mt = decode_body(
-                body,
-                request.headers.get("Content-Type"),
-                request.headers.get("Content-Encoding"),
-                self.config.max_body_bytes,
+                body, request.headers.get("Content-Type"), None, self.config.max_body_bytes
             )
             result = await self.export(req, tenant)
         except PermissionError as err:
