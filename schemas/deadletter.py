@@ -4,6 +4,12 @@ One record per rejected input record. Key = the original record's key (so it lan
 the same DLQ partition as its agent's other rejects); value = this Struct as JSON. The
 original bytes travel base64-encoded in ``original`` (msgspec's encoding of ``bytes``),
 so a DLQ record is self-contained and a consumer needs no Kafka headers to read it.
+
+Encodings in the JSON (documented field by field in docs/producing.md, "What happens to
+invalid events"; a test holds the two together): ``key`` and ``original`` are standard
+base64 with padding (``bytes`` fields; a key need not be UTF-8), ``original_sha256`` is
+lowercase hex, ``timestamp_ms`` epoch milliseconds. Every field is always written, ``null``
+when it does not apply, so a consumer in any language sees one shape.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ pass both decodes and validates, and ``event.data`` is statically the right payl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal
 
 import msgspec
@@ -15,11 +15,38 @@ import msgspec
 from schemas import payloads as p
 from schemas.ids import UUID7_PATTERN
 
-EventId = Annotated[str, msgspec.Meta(pattern=UUID7_PATTERN)]
-AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+# The lengths matter: a regex ``$`` also matches before a final newline, so without them an
+# id with a trailing "\n" would pass (and then fail the stores' UUID columns).
+EventId = Annotated[str, msgspec.Meta(pattern=UUID7_PATTERN, min_length=36, max_length=36)]
 AgentId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 TraceParent = Annotated[
-    str, msgspec.Meta(pattern=r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+    str,
+    msgspec.Meta(
+        pattern=r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        min_length=55,
+        max_length=55,
+    ),
+]
+
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+"""Earliest event time accepted (inclusive). Every store keeps [MIN_TIME, MAX_TIME) exactly:
+ClickHouse DateTime64(6, 'UTC') and the rollups' minute columns (DateTime, 1970..2106-02-07),
+Arrow/Parquet timestamp[us], the graph's epoch microseconds and Chroma's epoch seconds."""
+MAX_TIME = datetime(2106, 1, 1, tzinfo=UTC)
+"""First event time *not* accepted (exclusive): the last accepted is 2105-12-31T23:59:59.999999Z.
+The codec checks the range (``out_of_range``); msgspec cannot express it."""
+AwareDatetime = Annotated[
+    datetime,
+    msgspec.Meta(
+        tz=True,
+        # The JSON Schema can only bound the written year: a zone offset moves the instant up
+        # to a day, so 1969 and 2106 pass the pattern and the codec judges the instant.
+        extra_json_schema={
+            "pattern": r"^(19[6-9][0-9]|20[0-9][0-9]|210[0-6])-",
+            "description": "RFC 3339 with a zone; the instant must be in "
+            "[1970-01-01T00:00:00Z, 2106-01-01T00:00:00Z)",
+        },
+    ),
 ]
 
 SPECVERSION = "1.0"

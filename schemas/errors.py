@@ -21,6 +21,11 @@ class RejectReason(StrEnum):
     UNKNOWN_VERSION = "unknown_version"
     UPCAST_FAILED = "upcast_failed"
     KEY_MISMATCH = "key_mismatch"  # Kafka key is not the event's agentid: per-agent order lost
+    EMPTY = "empty"  # the value is empty (zero bytes, or only JSON whitespace)
+    INVALID_UTF8 = "invalid_utf8"  # not valid UTF-8 (JSON text must be)
+    DUPLICATE_KEY = "duplicate_key"  # an object names the same key twice
+    TOO_DEEP = "too_deep"  # objects/arrays nested deeper than the codec's max_depth
+    OUT_OF_RANGE = "out_of_range"  # a number or time outside what every store holds exactly
     PROCESSING_ERROR = "processing_error"  # admitted, but a stage raised on it (DeadLetter.stage)
 
 

@@ -11,11 +11,27 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
-NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
+# Ranges: every number must fit the column that stores it, exactly (docs/producing.md,
+# "Ranges and other limits"). Tokens are UInt32 in ClickHouse ``events``; per-agent sums
+# are UInt64/int64, which 2^31 events at the maximum would still not overflow. Floats are
+# bounded so that no sum over any number of events a log can hold (< 2^63) reaches inf.
+UINT32_MAX = 2**32 - 1
+INT64_MAX = 2**63 - 1
+MAX_COST_USD = 1e9  # per event
+MAX_DURATION_MS = 1e12  # ~31.7 years
+MAX_ABS_SCORE = 1e9
+MAX_FLOAT = 1e15  # any other non-negative float field
+
+NonNegInt = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0, le=MAX_FLOAT)]
+TokenCount = Annotated[int, msgspec.Meta(ge=0, le=UINT32_MAX)]
+Milliseconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_DURATION_MS)]
+CostUsd = Annotated[float, msgspec.Meta(ge=0, le=MAX_COST_USD)]
+Score = Annotated[float, msgspec.Meta(ge=-MAX_ABS_SCORE, le=MAX_ABS_SCORE)]
 Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
 NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
-Scalar = str | int | float | bool | None
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=INT64_MAX)]
+Scalar = str | Int64 | float | bool | None
 
 
 class _Closed(
@@ -37,10 +53,10 @@ class Thought(Payload):
     text: str
     model: str = msgspec.field(name="gen_ai.request.model")
     provider: str | None = msgspec.field(default=None, name="gen_ai.provider.name")
-    input_tokens: NonNegInt = msgspec.field(default=0, name="gen_ai.usage.input_tokens")
-    output_tokens: NonNegInt = msgspec.field(default=0, name="gen_ai.usage.output_tokens")
-    latency_ms: NonNegFloat = 0.0
-    cost_usd: NonNegFloat = 0.0
+    input_tokens: TokenCount = msgspec.field(default=0, name="gen_ai.usage.input_tokens")
+    output_tokens: TokenCount = msgspec.field(default=0, name="gen_ai.usage.output_tokens")
+    latency_ms: Milliseconds = 0.0
+    cost_usd: CostUsd = 0.0
 
 
 class PlanStep(_Closed):
@@ -82,7 +98,7 @@ class ActionCompleted(Payload):
     result: str = ""
     actual: str | None = None
     error_type: str | None = msgspec.field(default=None, name="error.type")
-    duration_ms: NonNegFloat = 0.0
+    duration_ms: Milliseconds = 0.0
 
 
 class Message(Payload):
@@ -104,7 +120,7 @@ class Lesson(Payload):
 
 
 class Feedback(Payload):
-    score: float
+    score: Score
     source: Literal["human", "critic", "environment", "test", "self"]
     comment: str | None = None
 
@@ -138,4 +154,4 @@ class ActionCompletedV1(Payload):
     ok: bool
     result: str = ""
     actual: str | None = None
-    duration_ms: NonNegFloat = 0.0
+    duration_ms: Milliseconds = 0.0

@@ -150,7 +150,7 @@ def test_not_json():
     err = reject(b'{"type": "agent.think.thought.v1", ')
     assert err.reason == RejectReason.NOT_JSON
     assert reject(b"\xff\xfe").reason == RejectReason.NOT_JSON
-    assert reject(b"").reason == RejectReason.NOT_JSON
+    assert err.path is None  # no JSON, no path
 
 
 def test_not_an_object():
@@ -171,11 +171,14 @@ def test_missing_field():
     assert err.reason == RejectReason.MISSING_FIELD and "source" in err.detail
     assert reject(wire(type=None)).reason == RejectReason.MISSING_FIELD
     err = reject(wire(data={"text": "t"}))  # model missing inside the payload
-    assert err.reason == RejectReason.MISSING_FIELD and err.path == "$.data"
+    assert err.reason == RejectReason.MISSING_FIELD
+    assert err.path == "$.data.gen_ai.request.model"  # the path names the missing field
+    assert reject(wire(source=None)).path == "$.source"
 
 
 def test_missing_agent_id():
-    assert reject(wire(agentid=None)).reason == RejectReason.MISSING_AGENT_ID
+    err = reject(wire(agentid=None))
+    assert err.reason == RejectReason.MISSING_AGENT_ID and err.path == "$.agentid"
     err = reject(wire(agentid=""))
     assert err.reason == RejectReason.MISSING_AGENT_ID and err.path == "$.agentid"
 
@@ -193,9 +196,6 @@ def test_invalid_value():
         "id": wire(id="not-a-uuid"),
         "v4 id": wire(id="0b7e7a5c-2c53-4c1e-8f0c-6c8e1e1d2a3b"),
         "naive time": wire(time="2026-01-01T00:00:00"),
-        "negative tokens": wire(
-            data={"text": "t", "gen_ai.request.model": "m", "gen_ai.usage.input_tokens": -1}
-        ),
         "specversion": wire(specversion="0.3"),
         "traceparent": wire(traceparent="nope"),
     }
@@ -213,8 +213,9 @@ def test_invalid_value():
 def test_unknown_field():
     err = reject(wire(colour="blue"))
     assert err.reason == RejectReason.UNKNOWN_FIELD and "colour" in err.detail
+    assert err.path == "$.colour"  # a top-level field has a path too
     err = reject(wire(data={"text": "t", "gen_ai.request.model": "m", "mood": "happy"}))
-    assert err.reason == RejectReason.UNKNOWN_FIELD and err.path == "$.data"
+    assert err.reason == RejectReason.UNKNOWN_FIELD and err.path == "$.data.mood"
 
 
 def test_unknown_type():
@@ -329,3 +330,286 @@ def test_msgspec_is_the_only_validator():
     but its bytes are rejected on the way back in."""
     bad = msgspec.structs.replace(make(p.RunStarted(goal="g")), agentid="")
     assert reject(encode_event(bad)).reason == RejectReason.MISSING_AGENT_ID
+
+
+# --- issue 11: whatever the bytes, only InvalidEvent; only what every store holds exactly --
+
+
+THOUGHT = {"text": "t", "gen_ai.request.model": "m"}
+
+
+def raw_of(**overrides: Any) -> bytes:
+    return json.dumps(wire(**overrides)).encode()
+
+
+def test_invalid_utf8_in_a_string_is_invalid_utf8():
+    raw = raw_of(data={"text": "XX", "gen_ai.request.model": "m"}).replace(b"XX", b"\xff")
+    err = reject(raw)
+    assert err.reason == RejectReason.INVALID_UTF8
+    at = raw.index(b"\xff")
+    assert f"byte {at}" in err.detail  # where, in the original bytes
+    old = raw_of(
+        type="agent.act.completed.v1",
+        data={"gen_ai.tool.call.id": "c", "gen_ai.tool.name": "t", "ok": True, "result": "XX"},
+    ).replace(b"XX", b"a\xc3")  # the upcasting path too; a truncated sequence
+    assert reject(old).reason == RejectReason.INVALID_UTF8
+    with pytest.raises(InvalidEvent) as err_str:  # str input with a lone surrogate
+        EventCodec().decode(raw_of().decode().replace('"t"', '"\udcff"'))
+    assert err_str.value.reason == RejectReason.INVALID_UTF8
+
+
+def test_duplicate_keys_are_rejected_with_their_path():
+    raw = raw_of()
+    err = reject(raw[:-1] + b', "agentid": "someone-else"}')
+    assert err.reason == RejectReason.DUPLICATE_KEY and err.path == "$.agentid"
+    # the same key spelled with an escape is the same key
+    err = reject(raw[:-1] + b', "agent\\u0069d": "someone-else"}')
+    assert err.reason == RejectReason.DUPLICATE_KEY and err.path == "$.agentid"
+    err = reject(raw.replace(b'"text": "t"', b'"text": "t", "text": "u"'))
+    assert err.reason == RejectReason.DUPLICATE_KEY and err.path == "$.data.text"
+    plan = raw_of(
+        type="agent.think.plan.v1",
+        data={
+            "goal": "g",
+            "steps": [{"id": "a", "description": "d"}, {"id": "b", "description": "d"}],
+        },
+    )
+    err = reject(plan.replace(b'"id": "b"', b'"id": "b", "id": "c"'))
+    assert err.reason == RejectReason.DUPLICATE_KEY and err.path == "$.data.steps[1].id"
+    args = raw_of(
+        type="agent.act.started.v1",
+        data={"gen_ai.tool.call.id": "c", "gen_ai.tool.name": "t", "arguments": {"x": 1}},
+    )
+    err = reject(args.replace(b'"x": 1', b'"x": 1, "x": 2'))  # free-form JSON too
+    assert err.reason == RejectReason.DUPLICATE_KEY and err.path == "$.data.arguments.x"
+    v1 = raw_of(
+        type="agent.act.completed.v1",
+        data={"gen_ai.tool.call.id": "c", "gen_ai.tool.name": "t", "ok": True},
+    )
+    err = reject(v1.replace(b'"ok": true', b'"ok": true, "ok": false'))
+    assert err.reason == RejectReason.DUPLICATE_KEY and err.path == "$.data.ok"
+    # equal keys in different objects, defaults spelled out, escaped quotes: all fine
+    EventCodec().decode(plan)
+    EventCodec().decode(raw_of(tenant="default", datacontenttype="application/json"))
+    EventCodec().decode(raw_of(subject='say \\u0022hi\\u0022 "there"'))
+
+
+def _started_with(arguments_json: bytes) -> bytes:
+    raw = raw_of(
+        type="agent.act.started.v1",
+        data={"gen_ai.tool.call.id": "c", "gen_ai.tool.name": "t", "arguments": {"a": 0}},
+    )
+    return raw.replace(b'{"a": 0}', arguments_json)
+
+
+def test_deep_nesting_is_too_deep_whatever_the_callers_stack():
+    deep = _started_with(b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}")
+    err = reject(deep)  # was RecursionError
+    assert err.reason == RejectReason.TOO_DEEP
+    assert err.path.startswith("$.data.arguments.a[0][0]")
+    # the limit is the codec's, not the interpreter's: the same verdict at any stack depth
+    codec = EventCodec(max_depth=16)
+    # envelope, data, arguments: 3 levels, then the value of "a"
+    fits = _started_with(b'{"a": ' + b"[" * 13 + b"]" * 13 + b"}")  # 3 + 13 = 16 levels
+    too = _started_with(b'{"a": ' + b'[{"k": ' * 7 + b"1" + b"}]" * 7 + b"}")  # 3 + 14 = 17
+    assert reject(too, codec).reason == RejectReason.TOO_DEEP
+
+    def at_depth(n: int, fn: Any) -> Any:
+        return fn() if n == 0 else at_depth(n - 1, fn)
+
+    for stack in (0, 200, 800):
+        assert at_depth(stack, lambda: codec.decode(fits)).data.arguments["a"]
+        with pytest.raises(InvalidEvent) as err:
+            at_depth(stack, lambda: codec.decode(too))
+        assert err.value.reason == RejectReason.TOO_DEEP
+    # brackets inside strings do not count
+    EventCodec(max_depth=8).decode(_started_with(b'{"a": "' + b"[" * 100 + b'"}'))
+
+
+def test_non_ascii_version_digits_are_an_unknown_type():
+    for t in ("agent.think.thought.v\u0661", "agent.think.thought.v01", "agent.think.thought.v+1"):
+        err = reject(wire(type=t))
+        assert err.reason == RejectReason.UNKNOWN_TYPE and err.path == "$.type", t
+    huge = reject(wire(type="agent.think.thought.v" + "9" * 5000))  # no int() of 5000 digits
+    assert huge.reason == RejectReason.UNKNOWN_TYPE
+
+
+def _thought(**data: Any) -> dict[str, Any]:
+    return wire(data={**THOUGHT, **data})
+
+
+def test_integers_of_2_63_and_more_are_out_of_range():
+    for n in (2**63, 2**64, 10**30):
+        err = reject(_thought(**{"gen_ai.usage.output_tokens": n}))
+        assert err.reason == RejectReason.OUT_OF_RANGE, n
+        assert err.path == "$.data.gen_ai.usage.output_tokens"
+
+
+def test_token_counts_must_fit_uint32_instead_of_wrapping():
+    from projections.analytics.rows import events_table
+    from schemas.arrow import events_to_table
+
+    err = reject(_thought(**{"gen_ai.usage.input_tokens": 5_000_000_000}))
+    assert err.reason == RejectReason.OUT_OF_RANGE
+    assert err.path == "$.data.gen_ai.usage.input_tokens"
+    assert reject(_thought(**{"gen_ai.usage.input_tokens": -1})).reason == (
+        RejectReason.OUT_OF_RANGE
+    )
+    top = p.UINT32_MAX
+    event = decode_event(json.dumps(_thought(**{"gen_ai.usage.input_tokens": top})).encode())
+    assert event.data.input_tokens == 2**32 - 1
+    for table in (events_to_table([event]), events_table([event])):
+        assert table["input_tokens"].to_pylist() == [top]  # the columns hold it exactly
+    schema = json.loads((JSON_DIR / "agent.think.thought.v1.json").read_text())
+    payload = schema["$defs"]["Thought"]["properties"]["gen_ai.usage.input_tokens"]
+    assert payload["maximum"] == top  # the committed JSON Schema says so too
+
+
+def test_float_sums_cannot_overflow_to_inf():
+    from schemas.state import decode_state, encode_state
+    from streams.reducer import fold
+
+    for field in ("cost_usd", "latency_ms"):
+        err = reject(_thought(**{field: 1e308}))  # two of these summed are inf
+        assert err.reason == RejectReason.OUT_OF_RANGE and err.path == f"$.data.{field}"
+    done = {"gen_ai.tool.call.id": "c", "gen_ai.tool.name": "t", "status": "ok"}
+    err = reject(wire(type="agent.act.completed.v2", data={**done, "duration_ms": 1e300}))
+    assert err.reason == RejectReason.OUT_OF_RANGE
+    err = reject(wire(type="agent.learn.feedback.v1", data={"score": -1e300, "source": "test"}))
+    assert err.reason == RejectReason.OUT_OF_RANGE
+    # at the bounds, any number of events a log can hold sums to a finite number
+    assert p.MAX_COST_USD * 2**63 < 1.7e308 and p.MAX_DURATION_MS * 2**63 < 1.7e308
+    events = [
+        decode_event(
+            encode_event(
+                make(p.Thought(text="t", model="m", cost_usd=p.MAX_COST_USD, latency_ms=1.0))
+            )
+        )
+        for _ in range(3)
+    ]
+    states, _ = fold(events)
+    (state,) = states.values()
+    assert state.world.cost_usd == 3 * p.MAX_COST_USD
+    assert decode_state(encode_state(state)) == state  # round-trips, no inf
+
+
+def test_times_outside_what_the_stores_hold_are_out_of_range():
+    from projections.analytics.rows import events_table
+    from schemas.envelope import MAX_TIME, MIN_TIME
+
+    for t in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "1969-12-31T23:59:59.999999Z",
+              "2106-01-01T00:00:00Z", "2105-12-31T23:30:00-01:00"):  # fmt: skip
+        err = reject(wire(time=t))
+        assert err.reason == RejectReason.OUT_OF_RANGE and err.path == "$.time", t
+    first = decode_event(raw_of(time="1970-01-01T00:00:00Z"))
+    last = decode_event(raw_of(time="2105-12-31T23:59:59.999999Z"))
+    shifted = decode_event(raw_of(time="1969-12-31T23:00:00-01:00"))  # = MIN_TIME
+    assert first.time == MIN_TIME == shifted.time
+    assert last.time == MAX_TIME - timedelta(microseconds=1)
+    table = events_table([first, last, shifted])
+    assert table["time"].to_pylist() == [first.time, last.time, shifted.time]
+
+
+def test_empty_value_has_its_own_reason():
+    for raw in (b"", b"  \r\n\t"):
+        err = reject(raw)
+        assert err.reason == RejectReason.EMPTY, raw
+        assert "truncated" not in err.detail
+    assert reject(b"{").reason == RejectReason.NOT_JSON  # truncated is not empty
+
+
+def test_an_id_with_a_trailing_newline_is_invalid():
+    """Python's ``$`` matches before a final newline: the pattern alone let these through."""
+    doc = wire()
+    err = reject(wire(id=doc["id"] + "\n"))
+    assert err.reason == RejectReason.INVALID_VALUE and err.path == "$.id"
+    err = reject(wire(causes=[doc["causes"][0] + "\n"]))
+    assert err.reason == RejectReason.INVALID_VALUE and err.path == "$.causes[0]"
+    err = reject(wire(traceparent=doc["traceparent"] + "\n"))
+    assert err.reason == RejectReason.INVALID_VALUE and err.path == "$.traceparent"
+
+
+def test_an_upcaster_that_raises_anything_is_upcast_failed():
+    broken = UpcasterRegistry()
+
+    @broken.register("agent.act.completed", 1)
+    def _boom(data: dict) -> dict:
+        raise ZeroDivisionError("not a KeyError/TypeError/ValueError")
+
+    doc = wire(
+        type="agent.act.completed.v1",
+        data={"gen_ai.tool.call.id": "c", "gen_ai.tool.name": "t", "ok": True},
+    )
+    err = reject(doc, EventCodec(upcasters=broken))
+    assert err.reason == RejectReason.UPCAST_FAILED and "ZeroDivisionError" in err.detail
+
+
+# --- dead letters ------------------------------------------------------------------------
+
+# reasons that have no JSON path: the bytes are not (yet) a JSON document
+PATHLESS = {"not_json", "empty", "invalid_utf8", "too_large"}
+
+
+def test_every_codec_rejection_has_a_path_when_one_exists():
+    samples: list[bytes | dict] = [
+        b"{nope",
+        b"",
+        raw_of(data={"text": "XX", "gen_ai.request.model": "m"}).replace(b"XX", b"\xff"),
+        b"[1]",
+        wire(agentid=None),
+        wire(agentid=""),
+        wire(source=None),
+        wire(type=None),
+        wire(colour=1),
+        wire(data={**THOUGHT, "mood": 1}),
+        wire(data={**THOUGHT, "latency_ms": "slow"}),
+        wire(id="nope"),
+        wire(type="agent.think.dream.v1"),
+        wire(type="agent.think.thought.v9"),
+        wire(time="0001-01-01T00:00:00Z"),
+        _thought(**{"gen_ai.usage.input_tokens": 2**40}),
+        raw_of()[:-1] + b', "agentid": "x"}',
+        _started_with(b'{"a": ' + b"[" * 100 + b"]" * 100 + b"}"),
+    ]
+    seen = set()
+    for raw in samples:
+        err = reject(raw)
+        seen.add(err.reason.value)
+        if err.reason.value in PATHLESS:
+            assert err.path is None, err
+        else:
+            assert err.path and err.path.startswith("$"), err
+    assert reject(raw_of(), EventCodec(max_event_bytes=10)).path is None
+    codec_reasons = {r.value for r in RejectReason} - NOT_FROM_THE_CODEC - {"upcast_failed"}
+    assert codec_reasons - {"too_large", "wrong_type"} <= seen
+
+
+def test_dead_letter_fields_and_their_encodings_are_documented():
+    """docs/producing.md's dead-letter section names every field, its encoding, every reason."""
+    import base64
+    from pathlib import Path
+
+    from schemas.deadletter import DeadLetter, dead_letter, encode_dead_letter
+
+    err = reject(b"")
+    record = dead_letter(
+        err.as_dict(),
+        topic="agent-events",
+        partition=1,
+        offset=7,
+        timestamp_ms=1_770_000_000_000,
+        key=b"coder-\xff",  # keys are bytes, not necessarily UTF-8
+        value=b"",
+        rejected_by="g",
+    )
+    doc = json.loads(encode_dead_letter(record))
+    assert doc["reason"] == "empty" and doc["path"] is None
+    assert base64.b64decode(doc["key"]) == b"coder-\xff"
+    assert base64.b64decode(doc["original"]) == b""
+    docs = (Path(__file__).parent.parent / "docs" / "producing.md").read_text()
+    section = docs.split("### What happens to invalid events", 1)[1].split("\n## ", 1)[0]
+    for field in msgspec.structs.fields(DeadLetter):
+        assert f"`{field.encode_name}`" in section, field.encode_name
+    assert "`key`" in section and "base64" in section.split("`key`", 1)[1].split("\n", 1)[0]
+    for reason in RejectReason:
+        assert f"| `{reason.value}` |" in section, reason
