@@ -30,6 +30,8 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError, PayloadEncodingError
+from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
@@ -86,7 +88,8 @@ def parse_tokens(value: str | None) -> dict[str, str | None]:
         if not entry:
             continue
         tenant, sep, secret = entry.partition("=")
-        if sep and tenant and secret and tenant.replace("-", "").replace("_", "").isalnum():
+        named = sep and tenant and secret and not secret.startswith("=")
+        if named and tenant.replace("-", "").replace("_", "").isalnum():
             out[secret] = tenant
         else:
             out[entry] = None
@@ -410,7 +413,13 @@ class OtlpReceiver:
             )
         chunks: list[bytes] = []
         size = 0
-        while chunk := await request.content.read(1 << 16):
+        while True:
+            try:
+                chunk = await request.content.read(1 << 16)
+            except (ContentEncodingError, PayloadEncodingError, RequestPayloadError) as err:
+                raise BadRequest(400, f"cannot inflate the body: {err}") from None
+            if not chunk:
+                break
             size += len(chunk)
             if size > limit:
                 raise BadRequest(

@@ -1,0 +1,408 @@
+"""The receiver's protocol behaviour on a real broker: OTLP/JSON as the spec encodes it,
+partial success, every kind of bad input (4xx with a clear message, and the receiver keeps
+serving), tokens, retried exports, and pushback from the log (429/503 + Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+from test_otlp_support import ReceiverThread, outcome, read_log
+
+from conftest import Broker
+from schemas.codec import decode_event, encode_event
+from schemas.ids import is_uuid7
+from streams.otlp.mapping import TraceMemory, event_id, map_request
+from streams.otlp.receiver import ReceiverConfig, check_bind, parse_tokens
+
+pytestmark = pytest.mark.integration
+
+PB = {"Content-Type": "application/x-protobuf"}
+T0 = 1_764_000_000_000_000_000  # ns
+TRACE = bytes.fromhex("5b8efff798038103d269b633813fc60c")
+
+
+def kv(key: str, value: Any) -> KeyValue:
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=str(value)))
+
+
+def span(
+    n: int,
+    attrs: dict[str, Any],
+    *,
+    start: int = 0,
+    end: int = 1,
+    parent: int = 0,
+    error: bool = False,
+    trace: bytes = TRACE,
+) -> Span:
+    """Span #n; start/end in milliseconds after T0."""
+    return Span(
+        trace_id=trace,
+        span_id=n.to_bytes(8, "big"),
+        parent_span_id=parent.to_bytes(8, "big") if parent else b"",
+        name=f"span-{n}",
+        start_time_unix_nano=T0 + start * 1_000_000,
+        end_time_unix_nano=T0 + end * 1_000_000,
+        attributes=[kv(k, v) for k, v in attrs.items()],
+        status=Status(code=Status.STATUS_CODE_ERROR if error else Status.STATUS_CODE_UNSET),
+    )
+
+
+def request(*spans: Span, schema_url: str = "", service: str = "svc") -> ExportTraceServiceRequest:
+    return ExportTraceServiceRequest(
+        resource_spans=[
+            ResourceSpans(
+                resource=Resource(attributes=[kv("service.name", service)]),
+                scope_spans=[ScopeSpans(spans=list(spans), schema_url=schema_url)],
+            )
+        ]
+    )
+
+
+AGENT = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "bot"}
+CHAT = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m1"}
+TOOL = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}
+
+
+def agent_run(trace: bytes = TRACE, tool_error: bool = True) -> ExportTraceServiceRequest:
+    return request(
+        span(1, AGENT, start=0, end=100, trace=trace),
+        span(2, CHAT, start=1, end=20, parent=1, trace=trace),
+        span(
+            3,
+            {**TOOL, "gen_ai.tool.call.id": "c1"},
+            start=21,
+            end=40,
+            parent=1,
+            error=tool_error,
+            trace=trace,
+        ),  # fmt: skip
+        span(4, CHAT, start=41, end=90, parent=1, trace=trace),
+    )
+
+
+@pytest.fixture
+def receiver(kafka: Broker) -> Iterator[ReceiverThread]:
+    rt = ReceiverThread(kafka.bootstrap, ReceiverConfig(http_port=0, grpc_port=0)).start()
+    try:
+        yield rt
+    finally:
+        rt.stop()
+
+
+def post(rt: ReceiverThread, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(rt.http_url, content=body, headers=headers or PB, timeout=30)
+
+
+def assert_serving(rt: ReceiverThread) -> None:
+    """A good export still goes through."""
+    r = post(rt, request(span(99, CHAT, trace=b"\x01" * 16)).SerializeToString())
+    assert r.status_code == 200, r.text
+
+
+# --- pure parts ---------------------------------------------------------------------------------
+
+
+def test_event_ids_are_uuid7_and_deterministic() -> None:
+    a = event_id(TRACE, b"\x00" * 7 + b"\x01", "open", 1_764_000_000_000)
+    assert is_uuid7(a)
+    assert a == event_id(TRACE, b"\x00" * 7 + b"\x01", "open", 1_764_000_000_000)
+    assert a != event_id(TRACE, b"\x00" * 7 + b"\x01", "close", 1_764_000_000_000)
+    assert a != event_id(TRACE, b"\x00" * 7 + b"\x02", "open", 1_764_000_000_000)
+    b = map_request(agent_run(), TraceMemory())
+    c = map_request(agent_run(), TraceMemory())
+    assert [encode_event(e) for e in b.events] == [encode_event(e) for e in c.events]
+    for e in b.events:  # what consumers accept
+        assert decode_event(encode_event(e)) == e
+
+
+def test_tool_span_links_to_the_model_call_of_an_earlier_batch() -> None:
+    memory = TraceMemory()
+    first = map_request(request(span(2, CHAT, start=1, end=20, parent=1)), memory)
+    second = map_request(request(span(3, TOOL, start=21, end=40, parent=1)), memory)
+    (thought,) = first.events
+    started, _ = second.events
+    assert started.causes == (thought.id,)
+
+
+def test_tokens_and_bind_rules() -> None:
+    assert parse_tokens("s3cret") == {"s3cret": None}
+    assert parse_tokens("acme=abc,globex=def") == {"abc": "acme", "def": "globex"}
+    assert parse_tokens("abc==") == {"abc==": None}  # a base64 token is not a tenant
+    with pytest.raises(ValueError, match="AGENTSTREAM_OTLP_TOKEN"):
+        check_bind(ReceiverConfig(host="0.0.0.0"))
+    check_bind(ReceiverConfig(host="0.0.0.0", tokens={"t": None}))
+    check_bind(ReceiverConfig(host="::1"))
+
+
+# --- OTLP/JSON ----------------------------------------------------------------------------------
+
+
+def test_json_as_the_spec_encodes_it(receiver: ReceiverThread, kafka: Broker) -> None:
+    """Hex ids, lowerCamelCase, int64 as strings, enums as integers, unknown fields."""
+    trace_hex = "5b8efff798038103d269b633813fc60c"
+
+    def s(span_hex: str, parent: str, name: str, start_ms: int, end_ms: int, attrs: list) -> dict:
+        return {
+            "traceId": trace_hex,
+            "spanId": span_hex,
+            "parentSpanId": parent,
+            "name": name,
+            "kind": 1,
+            "startTimeUnixNano": str(T0 + start_ms * 1_000_000),
+            "endTimeUnixNano": str(T0 + end_ms * 1_000_000),
+            "attributes": attrs,
+            "status": {"code": 2} if name == "execute_tool search" else {},
+            "someFutureField": {"ignored": True},
+        }
+
+    def a(key: str, value: Any) -> dict:
+        if isinstance(value, int):
+            return {"key": key, "value": {"intValue": str(value)}}
+        return {"key": key, "value": {"stringValue": value}}
+
+    body = {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": [a("service.name", "json-app")]},
+                "scopeSpans": [
+                    {
+                        "scope": {"name": "manual"},
+                        "spans": [
+                            s("eee19b7ec3c1b174", "", "invoke_agent", 0, 100,
+                              [a("gen_ai.operation.name", "invoke_agent"),
+                               a("gen_ai.agent.name", "json-bot")]),
+                            s("eee19b7ec3c1b175", "eee19b7ec3c1b174", "chat m1", 1, 20,
+                              [a("gen_ai.operation.name", "chat"),
+                               a("gen_ai.request.model", "m1"),
+                               a("gen_ai.usage.input_tokens", 12)]),
+                            s("eee19b7ec3c1b176", "eee19b7ec3c1b174", "execute_tool search",
+                              21, 40, [a("gen_ai.operation.name", "execute_tool"),
+                                       a("gen_ai.tool.name", "search"),
+                                       a("gen_ai.tool.call.arguments", '{"q": "x"}')]),
+                            s("eee19b7ec3c1b177", "eee19b7ec3c1b174", "GET /", 41, 42,
+                              [a("http.request.method", "GET")]),
+                        ],
+                    }
+                ],
+            }
+        ]
+    }  # fmt: skip
+    r = post(receiver, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith("application/json")
+    answer = r.json()
+    assert answer["partialSuccess"].get("rejectedSpans", "0") in (0, "0")
+    assert "skipped 1 spans" in answer["partialSuccess"]["errorMessage"]
+
+    out = outcome(read_log(kafka.bootstrap))
+    assert {e.agentid for e in out.events} == {"json-bot"}
+    assert {e.runid for e in out.events} == {trace_hex}
+    assert [e.type for e in out.events] == [
+        "agent.lifecycle.run_started.v1",
+        "agent.think.thought.v1",
+        "agent.act.started.v1",
+        "agent.act.completed.v2",
+        "agent.lifecycle.run_finished.v1",
+    ]
+    thought = out.events[1]
+    assert thought.data.input_tokens == 12
+    assert thought.traceparent == f"00-{trace_hex}-eee19b7ec3c1b175-00"
+    assert out.events[2].data.arguments == {"q": "x"}
+    assert [v.category.value for v in out.violations] == ["tool_error"]
+    assert receiver.receiver.stats.spans_skipped == 1
+    assert receiver.receiver.skipped == {"not a GenAI span (internal)": 1}
+
+
+# --- partial success and bad input --------------------------------------------------------------
+
+
+def test_partial_success_counts_rejected_and_skipped(receiver: ReceiverThread) -> None:
+    req = request(
+        span(1, CHAT, start=0, end=5),
+        span(2, CHAT, start=9, end=3),  # ends before it starts
+        span(3, {"db.system": "postgresql"}, start=0, end=1),
+        span(4, {"gen_ai.operation.name": "embeddings"}, start=0, end=1),
+    )
+    r = post(receiver, req.SerializeToString())
+    assert r.status_code == 200, r.text
+    resp = ExportTraceServiceResponse.FromString(r.content)
+    assert resp.partial_success.rejected_spans == 1
+    msg = resp.partial_success.error_message
+    assert "span ends before it starts: 1" in msg
+    assert "not a GenAI span" in msg and "'embeddings' (no event type)" in msg
+    stats = receiver.receiver.stats
+    assert (stats.spans_mapped, stats.spans_rejected, stats.spans_skipped) == (1, 1, 2)
+
+
+def _invalid_utf8_body() -> bytes:
+    good = request(span(1, {**CHAT, "gen_ai.agent.name": "AAAA"})).SerializeToString()
+    return good.replace(b"AAAA", b"A\xff\xfeA")
+
+
+BAD_INPUTS = [
+    ("truncated protobuf", lambda: agent_run().SerializeToString()[:-7], PB, 400,
+     "malformed protobuf"),
+    ("wrong content type", lambda: b"hello", {"Content-Type": "text/plain"}, 415,
+     "unsupported content type"),
+    ("invalid UTF-8 in an attribute", _invalid_utf8_body, PB, 400, "malformed protobuf"),
+    ("start after end", lambda: request(span(1, CHAT, start=5, end=1)).SerializeToString(), PB,
+     400, "span ends before it starts"),
+    ("missing trace id", lambda: request(span(1, CHAT, trace=b"")).SerializeToString(), PB, 400,
+     "missing or invalid trace id"),
+    ("zero span id", lambda: request(span(0, CHAT)).SerializeToString(), PB, 400,
+     "missing or invalid span id"),
+    ("malformed JSON", lambda: b'{"resourceSpans": [', {"Content-Type": "application/json"}, 400,
+     "malformed JSON"),
+    ("JSON id not hex", lambda: json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [
+        {"traceId": "zz", "spanId": "eee19b7ec3c1b174"}]}]}]}).encode(),
+     {"Content-Type": "application/json"}, 400, "is not a hex id"),
+    ("unsupported conventions version",
+     lambda: request(span(1, CHAT), schema_url="https://opentelemetry.io/schemas/1.99.0")
+     .SerializeToString(), PB, 400, "semantic conventions 1.99"),
+    ("not gzip", lambda: b"not gzip at all",
+     {**PB, "Content-Encoding": "gzip"}, 400, ""),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "body", "headers", "status", "message"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS]
+)
+def test_bad_input_gets_4xx_and_the_receiver_keeps_serving(
+    receiver: ReceiverThread, case: str, body: Any, headers: dict, status: int, message: str
+) -> None:
+    r = post(receiver, body(), headers)
+    assert r.status_code == status, (case, r.status_code, r.text)
+    assert message in r.text, (case, r.text)
+    assert_serving(receiver)
+
+
+def test_oversize_bodies_get_413(kafka: Broker) -> None:
+    rt = ReceiverThread(
+        kafka.bootstrap, ReceiverConfig(http_port=0, grpc_port=0, max_body_bytes=64 << 10)
+    ).start()
+    try:
+        big = request(*[span(i, {**CHAT, "pad": "x" * 1000}) for i in range(1, 100)])
+        raw = big.SerializeToString()
+        assert len(raw) > 64 << 10
+        r = post(rt, raw)
+        assert r.status_code == 413 and "otlp_max_body_bytes" in r.text, r.text
+        bomb = gzip.compress(b"\x00" * (1 << 20))  # 1 KiB that inflates to 1 MiB
+        assert len(bomb) < 64 << 10
+        r = post(rt, bomb, {**PB, "Content-Encoding": "gzip"})
+        assert r.status_code == 413, r.text
+        assert_serving(rt)
+    finally:
+        rt.stop()
+
+
+def test_token_required_and_tenant_from_token(kafka: Broker) -> None:
+    rt = ReceiverThread(
+        kafka.bootstrap, ReceiverConfig(http_port=0, grpc_port=0, tokens={"s3cret": "acme"})
+    ).start()
+    try:
+        body = request(span(1, CHAT)).SerializeToString()
+        assert post(rt, body).status_code == 401
+        wrong = post(rt, body, {**PB, "Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "bearer token" in wrong.text
+        ok = post(rt, body, {**PB, "Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200, ok.text
+    finally:
+        rt.stop()
+    (event,) = read_log(kafka.bootstrap)
+    assert event.tenant == "acme"
+
+
+# --- retries ------------------------------------------------------------------------------------
+
+
+def test_reexporting_the_same_batch_changes_nothing(kafka: Broker) -> None:
+    body = agent_run().SerializeToString()
+    rt = ReceiverThread(kafka.bootstrap).start()
+    try:
+        assert post(rt, body).status_code == 200
+        once = read_log(kafka.bootstrap)
+        assert post(rt, body).status_code == 200  # the exporter retried
+        assert rt.receiver.stats.events_deduplicated == len(once)
+        assert len(read_log(kafka.bootstrap)) == len(once)  # nothing written again
+    finally:
+        rt.stop()
+    # a restarted receiver has forgotten what it wrote: the log gets the same events again,
+    # with the same ids, and the reducer's read models do not change
+    rt = ReceiverThread(kafka.bootstrap).start()
+    try:
+        assert post(rt, body).status_code == 200
+    finally:
+        rt.stop()
+    twice = read_log(kafka.bootstrap)
+    assert len(twice) == 2 * len(once)
+    assert sorted(e.id for e in twice) == sorted(2 * [e.id for e in once])
+    a, b = outcome(once), outcome(twice)
+    assert a.states == b.states
+    assert a.violations == b.violations and a.episodes == b.episodes
+
+
+# --- pushback from the log -------------------------------------------------------------------
+
+
+def test_full_buffer_gets_429_with_retry_after(kafka: Broker) -> None:
+    rt = ReceiverThread(kafka.bootstrap, buffer_events=4).start()
+    try:
+        r = post(rt, agent_run().SerializeToString())  # 6 events > a buffer of 4
+        assert r.status_code == 429, r.text
+        assert r.headers["Retry-After"] == "2"
+        assert "buffer" in r.text
+        assert_serving(rt)  # a batch that fits goes through
+    finally:
+        rt.stop()
+
+
+def test_broker_down_gets_503_with_retry_after(kafka: Broker) -> None:
+    rt = ReceiverThread(kafka.bootstrap, delivery_timeout_ms=1500).start()
+    try:
+        assert post(rt, request(span(1, CHAT)).SerializeToString()).status_code == 200
+        kafka.process.stop()
+        r = post(rt, request(span(2, CHAT)).SerializeToString())
+        assert r.status_code == 503, r.text
+        assert r.headers["Retry-After"] == "2"
+        health = httpx.get(rt.http_url.replace("/v1/traces", "/healthz"), timeout=5)
+        assert health.status_code == 200
+        assert health.json()["stats"]["requests_backpressure"] == 1
+    finally:
+        rt.stop()
+
+
+def test_grpc_answers_with_status_codes(receiver: ReceiverThread) -> None:
+    import grpc
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
+
+    async def call() -> None:
+        async with grpc.aio.insecure_channel(receiver.grpc_endpoint) as channel:
+            stub = TraceServiceStub(channel)
+            resp = await stub.Export(request(span(1, CHAT), span(2, {"http.route": "/"})))
+            assert resp.partial_success.rejected_spans == 0
+            assert "skipped 1" in resp.partial_success.error_message
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Export(request(span(3, CHAT, start=5, end=1)))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "ends before it starts" in (err.value.details() or "")
+
+    asyncio.run(call())
