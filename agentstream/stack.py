@@ -112,6 +112,7 @@ class Service:
     name         part name users see ("broker", "graph"); key in the state file.
     argv         the command line to start it.
     enabled      False: not supervised here (switched off, or an external server instead).
+    external     when not enabled, an external server at ``endpoint`` stands in (probed).
     endpoint     (host, port) it listens on; checked free before start, open when ready.
     port_setting how to move it, for the port-taken error ("AGENTSTREAM_X=...:PORT").
     wait_ready   block until it serves or raise StackError: (settings, seconds, report=None).
@@ -151,6 +152,7 @@ class Service:
     stop_timeout_s: float = 10.0
     note: str = ""
     settle_s: float = 1.0
+    external: bool = False  # disabled means "an external server is used instead"
 
 
 def python_service(
@@ -475,6 +477,7 @@ def default_services() -> list[Service]:
             restore=_broker_restore,
             probe=_broker_probe,
             cascade=True,
+            external=True,
             note=BROKER_NOTE,
         ),
         Service(
@@ -489,6 +492,7 @@ def default_services() -> list[Service]:
             probe=_graph_ping,
             prepare=_graph_prepare,
             stop_timeout_s=60.0,
+            external=True,
             note="persistent: AOF with an RDB preamble in DATA_DIR/falkordb, compacted at stop",
         ),
         python_service(
@@ -1038,6 +1042,8 @@ class Stack:
             sup = self._supervisor_alive(state)
             running = self._classify(plan, state, supervised=sup is not None)
             self._preflight(plan, running)
+            if sup is None and all(e["not_installed"] for e in plan):
+                return self._up_results(StackState(None, {}), running, {})  # nothing to run
             round_id = int(time.time() * 1000)
             write_json_atomic(
                 self.plan_path,
@@ -1048,7 +1054,8 @@ class Stack:
             else:
                 os.kill(sup.pid, signal.SIGHUP)
             final = self._wait_round(sup, round_id, on_progress)
-            return self._up_results(final, running)
+            rechecked = self._recheck(running)
+            return self._up_results(final, running, rechecked)
 
     def _classify(
         self, plan: list[dict[str, Any]], state: StackState, supervised: bool
@@ -1158,16 +1165,29 @@ class Stack:
             self.state_path.unlink(missing_ok=True)
             self.plan_path.unlink(missing_ok=True)
 
-    def _up_results(self, state: StackState, running_before: set[str]) -> list[UpResult]:
+    def _recheck(self, running: set[str]) -> dict[str, str]:
+        """Parts that were already running: provision again with *these* settings (the
+        broker's topics are recreated if someone deleted them; a partition count that
+        differs from these settings is an error)."""
+        details: dict[str, str] = {}
+        for svc in self._services:
+            if svc.name in running and svc.provision is not None:
+                details[svc.name] = svc.provision(self.settings)
+        return details
+
+    def _up_results(
+        self, state: StackState, running_before: set[str], details: dict[str, str]
+    ) -> list[UpResult]:
         results: list[UpResult] = []
         for svc in self._services:
             entry = state.parts.get(svc.name, {})
             if not svc.enabled(self.settings):
                 results.append(self._external_up(svc))
-            elif entry.get("state") == "not installed":
-                results.append(
-                    UpResult(svc.name, "not installed", None, None, entry.get("detail", ""))
-                )
+            elif entry.get("state") == "not installed" or (
+                not entry and svc.available is not None and svc.available() is not None
+            ):
+                why = entry.get("detail") or f"{svc.available() if svc.available else ''}: skipped"
+                results.append(UpResult(svc.name, "not installed", None, None, why))
             else:
                 action: Literal["started", "already running"] = (
                     "already running" if svc.name in running_before else "started"
@@ -1178,13 +1198,13 @@ class Stack:
                         action,
                         entry.get("pid"),
                         entry.get("port"),
-                        entry.get("detail", ""),
+                        details.get(svc.name, entry.get("detail", "")),
                     )
                 )
         return results
 
     def _external_up(self, svc: Service) -> UpResult:
-        if svc.endpoint is None:
+        if svc.endpoint is None or not svc.external:
             return UpResult(svc.name, "disabled", None, None, "disabled in settings")
         port = svc.endpoint(self.settings)[1]
         return UpResult(svc.name, "external", None, port, "not supervised here (settings)")
@@ -1242,7 +1262,7 @@ class Stack:
         last_error = str(entry.get("last_error") or "")
         extra = {"restarts": restarts, "last_exit": last_exit, "last_error": last_error}
         if not svc.enabled(self.settings):
-            if endpoint is None:
+            if endpoint is None or not svc.external:
                 return PartStatus(svc.name, "disabled", None, None, None, "disabled in settings")
             reachable = port_open(*endpoint, timeout=1.0)
             return PartStatus(

@@ -39,6 +39,10 @@ pytestmark = pytest.mark.integration
 
 HOST = "127.0.0.1"
 PARTITIONS = 3  # neither the default 6 nor Tansu's auto-create 4: proves the setting is used
+# the Python parts are switched off here (tests/test_supervisor.py runs them): these tests
+# are about the servers, the state file and the CLI
+LIGHT = ("worker_enabled", "projections_enabled", "ui_enabled", "otlp_enabled")
+OFF = {"worker": "disabled", "projections": "disabled", "ui": "disabled", "otlp": "disabled"}
 
 
 def wait_until(pred: Callable[[], bool], deadline_s: float = 10.0) -> bool:
@@ -64,6 +68,8 @@ class Env:
             "AGENTSTREAM_GRAPH_URL": f"falkordb://{HOST}:{self.graph_port}",
             "AGENTSTREAM_PARTITIONS": str(PARTITIONS),
             "AGENTSTREAM_CONFIG": str(self.data_dir.parent / "no-such-config.toml"),
+            "AGENTSTREAM_METRICS_PORT_BASE": "0",
+            **{f"AGENTSTREAM_{k.upper()}": "false" for k in LIGHT},
         }
 
     def settings(self, **overrides: object) -> Settings:
@@ -72,6 +78,8 @@ class Env:
             "kafka_url": f"kafka://{HOST}:{self.kafka_port}",
             "graph_url": f"falkordb://{HOST}:{self.graph_port}",
             "partitions": PARTITIONS,
+            "metrics_port_base": 0,
+            **dict.fromkeys(LIGHT, False),
         }
         return load_settings(**{**base, **overrides})
 
@@ -83,7 +91,7 @@ class Env:
         if not self.state_path.exists():
             return {}
         parts = json.loads(self.state_path.read_text())["parts"]
-        return {name: rec["pid"] for name, rec in parts.items()}
+        return {name: rec["pid"] for name, rec in parts.items() if rec.get("pid") is not None}
 
 
 def two_ports() -> tuple[int, int]:
@@ -147,10 +155,11 @@ def test_up_status_up_again_down_via_cli(env: Env):
         "broker": "started",
         "graph": "started",
         "archiver": "started",
+        **OFF,
     }
     assert started["broker"]["port"] == env.kafka_port
     assert started["graph"]["port"] == env.graph_port
-    pids = {p: r["pid"] for p, r in started.items()}
+    pids = {p: r["pid"] for p, r in started.items() if r["pid"]}
     assert all(pid_alive(pid) for pid in pids.values())
     assert (env.data_dir / "logs" / "broker.log").exists()
     assert (env.data_dir / "falkordb").is_dir()
@@ -159,10 +168,13 @@ def test_up_status_up_again_down_via_cli(env: Env):
     assert status.returncode == 0, status.stdout + status.stderr
     parts = {p["part"]: p for p in json.loads(status.stdout)}
     assert {p: s["state"] for p, s in parts.items()} == {
+        "supervisor": "running",
         "broker": "running",
         "graph": "running",
         "archiver": "running",
+        **OFF,
     }
+    assert all(parts[p]["restarts"] == 0 for p in pids)
     assert parts["broker"]["pid"] == pids["broker"]
     assert "in memory" in parts["broker"]["note"]
     assert parts["graph"]["detail"].startswith("FalkorDB ")
@@ -180,8 +192,9 @@ def test_up_status_up_again_down_via_cli(env: Env):
         "broker": "already running",
         "graph": "already running",
         "archiver": "already running",
+        **OFF,
     }
-    assert {p: r["pid"] for p, r in second.items()} == pids
+    assert {p: r["pid"] for p, r in second.items() if r["pid"]} == pids
 
     down = cli(env, "down", "--json")
     assert down.returncode == 0, down.stderr
@@ -197,7 +210,7 @@ def test_up_status_up_again_down_via_cli(env: Env):
 
     after = cli(env, "status", "--json")
     assert after.returncode == 1
-    assert {p["state"] for p in json.loads(after.stdout)} == {"stopped"}
+    assert {p["state"] for p in json.loads(after.stdout)} == {"stopped", "disabled"}
 
     nothing = cli(env, "down")
     assert nothing.returncode == 0 and "nothing recorded" in nothing.stdout
@@ -236,27 +249,36 @@ def test_graph_port_taken_leaves_no_broker_running(env: Env):
         blocker.close()
 
 
-def test_killed_broker_is_reported_down_and_up_recreates_topics(env: Env):
+def test_killed_broker_is_restarted_with_its_topics_and_readers_after_it(env: Env):
     assert cli(env, "up").returncode == 0
     pids = env.recorded_pids()
     os.kill(pids["broker"], signal.SIGKILL)
     assert wait_until(lambda: not pid_alive(pids["broker"]))
 
-    status = cli(env, "status", "--json")
-    assert status.returncode == 1
-    parts = {p["part"]: p for p in json.loads(status.stdout)}
-    assert parts["broker"]["state"] == "stopped"
-    assert "in-memory log is lost" in parts["broker"]["detail"]
-    assert parts["graph"]["state"] == "running"
+    def settled() -> dict[str, dict]:
+        res = cli(env, "status", "--json")
+        parts = {p["part"]: p for p in json.loads(res.stdout)}
+        if res.returncode == 0 and parts["broker"]["pid"] not in (None, pids["broker"]):
+            return parts
+        return {}
 
-    again = cli(env, "up", "--json")
-    assert again.returncode == 0, again.stderr
-    actions = {r["part"]: (r["action"], r["pid"]) for r in json.loads(again.stdout)}
-    assert actions["broker"][0] == "started" and actions["broker"][1] != pids["broker"]
-    assert actions["graph"] == ("already running", pids["graph"])
+    assert wait_until(lambda: bool(settled()), 60.0)
+    parts = settled()
+    assert parts["broker"]["state"] == "running" and parts["broker"]["restarts"] == 1
+    assert parts["broker"]["last_exit"] == -signal.SIGKILL
+    assert parts["broker"]["last_error"] == "killed by SIGKILL"
+    # the archiver reads the log: it was held while the broker restarted, then started again
+    assert parts["archiver"]["state"] == "running"
+    assert parts["archiver"]["pid"] != pids["archiver"] and parts["archiver"]["restarts"] == 0
+    assert parts["graph"]["pid"] == pids["graph"]  # the graph does not read the log
     counts = topic_counts(f"{HOST}:{env.kafka_port}")
     assert {t.name: counts.get(t.name) for t in TOPICS} == {t.name: PARTITIONS for t in TOPICS}
-    assert cli(env, "status").returncode == 0
+    log = (env.data_dir / "logs" / "supervisor.log").read_text()
+    assert log.index("archiver: stopping while broker restarts") < log.rindex("broker: running")
+    assert log.rindex("broker: running") < log.rindex("archiver: running")
+
+    table = cli(env, "status")
+    assert table.returncode == 0 and "killed by SIGKILL" in table.stdout
 
 
 def test_bad_settings_are_one_line_errors(env: Env):
@@ -365,7 +387,7 @@ def test_part_failing_to_start_rolls_back_parts_started_in_the_same_call(env: En
 
 
 def test_rollback_keeps_parts_that_were_already_running(env: Env):
-    before = {r.part: r.pid for r in Stack(env.settings()).up()}
+    before = {r.part: r.pid for r in Stack(env.settings()).up() if r.pid}
     stack = Stack(env.settings(), services=[*default_services(), _crashing_service("boom", 4)])
     with pytest.raises(StackError, match="boom"):
         stack.up()
@@ -455,6 +477,7 @@ def test_external_parts_are_not_started_and_are_probed(env: Env):
         ("broker", "external"),
         ("graph", "external"),
         ("archiver", "disabled"),  # next to real Kafka the archiver is its own service
+        *OFF.items(),
     ]
     assert not env.state_path.exists()
     parts = {p.part: p for p in stack.status()}
