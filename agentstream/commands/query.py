@@ -6,14 +6,19 @@
 
 On the embedded backend the query goes through the process that holds the chDB directory
 while the pipeline runs (see projections/analytics/service.py), else to the directory.
+
+Fast path: when that process is recorded and alive, this command finds it without loading
+the settings model (:func:`quick_store` reads the two settings it needs the same way) and
+lets it check, run and render the statement, so it needs neither pyarrow nor the engine.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -21,6 +26,10 @@ from agentstream.console import console, err_console, fail
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from projections.analytics.readonly import QueryStats
+
+TABLES = "events, violations, episodes, agent_state, agent_minute, tool_minute, run_summary"
 
 
 class Format(StrEnum):
@@ -50,93 +59,33 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 def plain_table(table: pa.Table) -> pa.Table:
-    """Extension types (UUID) as strings, so every writer and printer understands them."""
-    import pyarrow as pa
+    """Extension types (UUID) as strings (see ``projections.analytics.output``)."""
+    from projections.analytics.output import plain_table as plain
 
-    columns, fields = [], []
-    for field, column in zip(table.schema, table.columns, strict=True):
-        if isinstance(field.type, pa.ExtensionType) or str(field.type).startswith("extension"):
-            values = [None if v is None else str(v) for v in column.to_pylist()]
-            column = pa.chunked_array([pa.array(values, pa.string())])
-            field = pa.field(field.name, pa.string(), field.nullable)
-        columns.append(column)
-        fields.append(field)
-    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+    return plain(table)
 
 
-def _is_nested(t: pa.DataType) -> bool:
-    import pyarrow.types as pt
-
-    return pt.is_list(t) or pt.is_large_list(t) or pt.is_map(t) or pt.is_struct(t)
-
-
-def _jsonable(value: Any) -> Any:
-    if (
-        isinstance(value, list)
-        and value
-        and all(isinstance(v, tuple) and len(v) == 2 for v in value)
-    ):
-        return {str(k): _jsonable(v) for k, v in value}  # Arrow maps arrive as pairs
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
-
-
-def write_csv(table: pa.Table, out: Any) -> None:
-    import msgspec
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-
-    cols = []
-    for field, column in zip(table.schema, table.columns, strict=True):
-        if _is_nested(field.type):
-            text = [
-                None if v is None else msgspec.json.encode(_jsonable(v)).decode()
-                for v in column.to_pylist()
-            ]
-            column = pa.chunked_array([pa.array(text, pa.string())])
-        cols.append(column)
-    flat = pa.Table.from_arrays(cols, names=table.column_names)
-    pcsv.write_csv(flat, out)
-
-
-def write_json_lines(table: pa.Table, out: Any) -> None:
-    """One JSON object per row (ClickHouse's JSONEachRow shape)."""
-    import msgspec
-
-    enc = msgspec.json.Encoder(decimal_format="number")
-    for row in table.to_pylist():
-        out.write(enc.encode({k: _jsonable(v) for k, v in row.items()}) + b"\n")
-
-
-def print_table(table: pa.Table, title: str | None, max_rows: int) -> None:
+def _print_rows(columns: list[str], rows: list[list[str]], total: int, title: str | None) -> None:
     from rich.table import Table
 
-    shown = table.slice(0, max_rows)
     t = Table(title=title, title_justify="left", header_style="bold")
-    for name in table.column_names:
+    for name in columns:
         t.add_column(name, overflow="fold")
-    for row in shown.to_pylist():
-        t.add_row(*("" if v is None else _cell(v) for v in row.values()))
+    for row in rows:
+        t.add_row(*row)
     console.print(t)
-    more = table.num_rows - shown.num_rows
-    note = f"{table.num_rows} row{'s' if table.num_rows != 1 else ''}"
+    more = total - len(rows)
+    note = f"{total} row{'s' if total != 1 else ''}"
     if more:
         note += f" ({more} not shown: use --format csv/json/parquet or --output)"
     err_console.print(note, style="dim", highlight=False)
 
 
-def _cell(v: Any) -> str:
-    import datetime as dt
+def print_table(table: pa.Table, title: str | None, max_rows: int) -> None:
+    from projections.analytics.output import table_rows
 
-    if isinstance(v, dt.datetime):
-        text = v.isoformat(sep=" ", timespec="milliseconds" if v.microsecond else "seconds")
-        return text.removesuffix("+00:00")
-    if isinstance(v, float):
-        return f"{v:.6g}" if abs(v) < 1e15 else repr(v)
-    return str(_jsonable(v))
+    shown = table_rows(table, max_rows)
+    _print_rows(shown["columns"], shown["rows"], shown["total"], title)
 
 
 def list_named() -> None:
@@ -152,6 +101,128 @@ def list_named() -> None:
         params = ", ".join(f"{k}={p.default}" for k, p in q.params.items()) or "-"
         t.add_row(q.name, q.title, params)
     console.print(t)
+
+
+# --- finding the chDB owner without the settings model ----------------------------------
+
+
+def _env(name: str) -> str | None:
+    """An ``AGENTSTREAM_*`` variable, matched without regard to case (as pydantic-settings)."""
+    wanted = f"AGENTSTREAM_{name}".lower()
+    for key, value in os.environ.items():
+        if key.lower() == wanted:
+            return value
+    return None
+
+
+def quick_store() -> tuple[Path, str] | None:
+    """(run dir, chDB directory) exactly as ``Settings`` resolves them, or None when the
+    analytics URL is not ``chdb://``. Reads only the environment and the TOML file (the
+    settings model costs ~0.1 s to import); tests check it against ``load_settings()``."""
+    from urllib.parse import unquote
+
+    config: dict[str, Any] = {}
+    path = Path(_env("CONFIG") or "agentstream.toml")
+    if path.is_file():
+        import tomllib
+
+        try:
+            config = tomllib.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+    data_dir = Path(_env("DATA_DIR") or config.get("data_dir") or ".agentstream")
+    url = _env("CLICKHOUSE_URL") or config.get("clickhouse_url")
+    if url is None:
+        url = f"chdb://{(data_dir / 'clickhouse').resolve()}"
+    if not url.startswith("chdb://") or len(url) <= len("chdb://"):
+        return None
+    store = Path(unquote(url[len("chdb://") :])).expanduser().resolve()
+    return data_dir.resolve() / "run", str(store)
+
+
+def _fail_query(kind: str, message: str) -> NoReturn:
+    """The one-line error for each way the read path says no."""
+    if kind == "readonly":
+        fail(f"refused: {message}")
+    if kind == "engine_readonly":
+        fail(
+            f"refused by the engine's read-only mode: {message} — the analyst path cannot "
+            "write or lift read-only mode"
+        )
+    if kind == "limit":
+        fail(
+            f"stopped by a limit of the read path: {message} — narrow the query (LIMIT, a "
+            "time range) or raise query_max_execution_s / query_max_result_rows / "
+            "query_max_result_bytes in the settings"
+        )
+    if kind == "cancelled":
+        fail(f"cancelled: {message}")
+    if kind == "named":
+        fail(f"{message} — see agentstream query --list")
+    fail(f"query failed: {message} — fix the SQL (tables: {TABLES})")
+
+
+def _print_timing(stats: dict[str, Any] | QueryStats | None, wall_s: float) -> None:
+    raw = stats if isinstance(stats, dict) else (stats.as_dict() if stats is not None else {})
+    elapsed, rows, size = raw.get("elapsed_s"), raw.get("rows_read"), raw.get("bytes_read")
+    if elapsed is None:
+        err_console.print(
+            f"timing: engine figures not reported by this backend; wall {wall_s * 1e3:.1f} ms",
+            style="dim",
+            highlight=False,
+        )
+        return
+    err_console.print(
+        f"timing: engine {elapsed * 1e3:.1f} ms, {rows:,} rows read ({size:,} bytes); "
+        f"wall {wall_s * 1e3:.1f} ms",
+        style="dim",
+        highlight=False,
+    )
+
+
+def _via_owner(
+    request: dict[str, Any], fmt: Format, output: Path | None, title: str | None, timing: bool,
+    started: float,
+) -> bool:  # fmt: skip
+    """Run through the recorded chDB owner; False when there is none (or it is gone)."""
+    import json
+    import time
+
+    from projections.analytics.service import STATS_HEADER, post, recorded_service
+
+    located = quick_store()
+    if located is None:
+        return False
+    info = recorded_service(located[0], located[1], "agentstream")
+    if info is None:
+        return False
+    try:
+        status, headers, data = post(
+            info, "/query", json.dumps(request, default=str).encode(), 3600
+        )
+    except OSError:
+        return False  # the owner stopped since it was recorded: open the store directly
+    if status != 200:
+        try:
+            detail = json.loads(data)
+        except ValueError:
+            detail = {"kind": "query", "error": f"HTTP {status} from {info.url}"}
+        _fail_query(str(detail.get("kind")), str(detail.get("error")))
+    if request["format"] == "table":
+        shown = json.loads(data)
+        _print_rows(shown["columns"], shown["rows"], shown["total"], title)
+    elif output is not None:
+        output.write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    if output is not None:
+        err_console.print(f"written to {output}", highlight=False)
+    if timing:
+        _print_timing(
+            json.loads(headers.get(STATS_HEADER.lower(), "{}")), time.perf_counter() - started
+        )
+    return True
 
 
 def query(
@@ -171,26 +242,19 @@ def query(
     max_rows: Annotated[
         int, typer.Option("--max-rows", min=1, help="rows printed by --format table")
     ] = 100,
+    timing: Annotated[
+        bool, typer.Option("--timing", help="print the engine's time and rows read (stderr)")
+    ] = False,
 ) -> None:
     """Run read-only SQL (or a named query) against the analytics model."""
-    from pydantic import ValidationError
+    import time
 
-    from agentstream.settings import load_settings
-    from projections.analytics import (
-        NAMED_QUERIES,
-        AnalyticsError,
-        QueryError,
-        ReadOnlyError,
-        connect,
-    )
-
+    started = time.perf_counter()
     if list_:
         list_named()
         return
     if (sql is None) == (named is None):
         fail('give either SQL or --named NAME — e.g. agentstream query "SELECT 1"; see --list')
-    if named is not None and named not in NAMED_QUERIES:
-        fail(f"no named query {named!r} — choose one of: {', '.join(NAMED_QUERIES)}")
     if fmt is Format.table and output is not None:
         fail("--output needs a file format — add --format csv, json or parquet")
     if fmt is Format.parquet and output is None and sys.stdout.isatty():
@@ -199,54 +263,73 @@ def query(
         params = parse_params(param or [])
     except ValueError as err:
         fail(f"{err} — write --param NAME=VALUE")
-    try:
-        settings = load_settings()
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        fail(f"settings: {where}: {first['msg']} — fix AGENTSTREAM_{where.upper()}")
+    request = {
+        "sql": sql,
+        "named": named,
+        "params": params,
+        "format": fmt.value,
+        "max_rows": max_rows,
+    }
+    if _via_owner(request, fmt, output, named, timing, started):
+        return
+    _direct(sql, named, params, fmt, output, max_rows, timing, started)
+
+
+def _direct(
+    sql: str | None, named: str | None, params: dict[str, Any], fmt: Format,
+    output: Path | None, max_rows: int, timing: bool, started: float,
+) -> None:  # fmt: skip
+    """Open the store in this process (or find its owner through the full settings)."""
+    import time
+
+    from agentstream.console import settings_or_exit
+    from projections.analytics.queries import NAMED_QUERIES
+    from projections.analytics.reader import connect
+    from projections.analytics.readonly import QueryError, ReadOnlyError
+    from projections.analytics.store import AnalyticsError
+
+    if named is not None and named not in NAMED_QUERIES:
+        fail(f"no named query {named!r} — choose one of: {', '.join(NAMED_QUERIES)}")
+    settings = settings_or_exit()
     try:
         with connect(settings) as db:
             if named is not None:
-                table = db.named(named, params)
+                q = NAMED_QUERIES[named]
+                result = db.read(q.sql, q.bind(params))
             else:
                 assert sql is not None
-                table = db.query(sql, params)
+                result = db.read(sql, params)
+            table = result.table()
     except ReadOnlyError as err:
-        fail(f"refused: {err}")
+        _fail_query("readonly", str(err))
     except QueryError as err:
-        fail(
-            f"query failed: {err} — fix the SQL (tables: events, violations, episodes, "
-            "agent_state, agent_minute, tool_minute, run_summary)"
-        )
+        _fail_query("engine_readonly" if err.kind == "readonly" else err.kind, str(err))
     except KeyError as err:
-        fail(f"{err.args[0]} — see agentstream query --list")
+        _fail_query("named", str(err.args[0]))
     except AnalyticsError as err:
         fail(str(err))
     emit(plain_table(table), fmt, output, title=named, max_rows=max_rows)
+    if timing:
+        _print_timing(result.stats, time.perf_counter() - started)
 
 
 def emit(
     table: pa.Table, fmt: Format, output: Path | None, title: str | None, max_rows: int
 ) -> None:
     """Write the result in the chosen format to ``output`` or stdout."""
-    import pyarrow.parquet as pq
+    from projections.analytics.output import WRITERS
 
     if fmt is Format.table and output is None:
         print_table(table, title, max_rows)
         return
-    if fmt is Format.parquet:
-        pq.write_table(table, output if output is not None else sys.stdout.buffer)
-    else:
-        writer = write_csv if fmt is Format.csv else write_json_lines
-        if output is not None:
-            with open(output, "wb") as f:
-                writer(table, f)
-        else:
-            writer(table, sys.stdout.buffer)
-            sys.stdout.flush()
+    writer = WRITERS[fmt.value]
     if output is not None:
+        with open(output, "wb") as f:
+            writer(table, f)
         err_console.print(f"{table.num_rows} rows written to {output}", highlight=False)
+    else:
+        writer(table, sys.stdout.buffer)
+        sys.stdout.flush()
 
 
 def register(app: typer.Typer) -> None:

@@ -9,40 +9,48 @@ process is alive and answers, and open the directory themselves otherwise.
 Protocol (loopback only, token in ``Authorization: Bearer …``):
 
 - ``GET /health`` -> ``{"ok": true, "pid": …, "database": …}``
-- ``POST /query`` with JSON ``{"sql": "...", "params": {...}}`` -> 200 and an Arrow IPC
-  stream, or 400 with JSON ``{"error": "...", "kind": "readonly" | "query" | "request"}``.
+- ``POST /query`` with JSON ``{"sql": "...", "params": {...}}`` (or ``"named": NAME``
+  instead of ``sql``; ``"format"``: ``arrow`` (default) | ``table`` | ``csv`` | ``json`` |
+  ``parquet``; ``"max_rows"`` for ``table``) -> 200 with the result (an Arrow IPC stream,
+  the rendered file, or for ``table`` JSON ``{"columns", "rows", "total"}``) and the
+  engine's figures in the ``X-AgentStream-Stats`` header (JSON); or 400 with JSON
+  ``{"error": "...", "kind": "readonly" | "engine_readonly" | "limit" | "cancelled" |
+  "query" | "named" | "request"}``.
 
-Every statement is checked read-only and runs with ``readonly=1`` on its own client.
+Every statement goes through :func:`projections.analytics.readonly.run_readonly` with the
+limits this process was given; when the client disconnects, its statement is killed.
+
+The client half (:func:`read_service_file`, :func:`post`) imports only the standard
+library, so a CLI can use it without loading pyarrow or the engine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import logging
 import os
-import queue
 import secrets
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from agentstream.processes import pid_alive
-from projections.analytics.reader import AnalyticsReader, DirectReader, QueryError
-from projections.analytics.readonly import ReadOnlyError
-from projections.analytics.store import AnalyticsError, AnalyticsStore, Location
+    from projections.analytics.reader import ChdbEngine
+    from projections.analytics.readonly import QueryLimits, ReadResult
+    from projections.analytics.store import AnalyticsStore
 
 log = logging.getLogger(__name__)
 
 SERVICE_FILE = "analytics-query.json"
+STATS_HEADER = "X-AgentStream-Stats"
 MAX_REQUEST_BYTES = 1 << 20
 POOL_SIZE = 4
 
@@ -59,42 +67,116 @@ class ServiceInfo:
     started_at: float
 
 
-class _ReaderPool:
-    """At most POOL_SIZE readers (one client each: a client serialises its calls)."""
+def pid_alive(pid: int) -> bool:
+    """A process with this id exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    def __init__(self, store: AnalyticsStore) -> None:
+
+# --- the client half (standard library only) ---------------------------------------------
+
+
+def read_service_file(run_dir: Path) -> ServiceInfo | None:
+    try:
+        raw = json.loads((run_dir / SERVICE_FILE).read_text())
+        return ServiceInfo(**raw)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def recorded_service(run_dir: Path, store: str, database: str) -> ServiceInfo | None:
+    """The recorded endpoint for this store if its process is alive (no round trip)."""
+    info = read_service_file(run_dir)
+    if info is None or info.store != store or info.database != database:
+        return None
+    return info if pid_alive(info.pid) else None
+
+
+def post(
+    info: ServiceInfo, path: str, body: bytes | None, timeout: float, method: str = "POST"
+) -> tuple[int, dict[str, str], bytes]:
+    """One request to the endpoint: (status, headers, body); raises OSError if unreachable."""
+    parts = urlsplit(info.url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    try:
+        headers = {"Authorization": f"Bearer {info.token}"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def find_service(run_dir: Path, store: Any, database: str) -> ServiceInfo | None:
+    """The recorded endpoint for this store, if its process is alive and answers.
+
+    ``store``: the chDB directory (a path, or a ``Location``).
+    """
+    path = getattr(store, "path", store)
+    info = recorded_service(run_dir, str(path), database)
+    if info is None:
+        return None
+    try:
+        status, _, _ = post(info, "/health", None, timeout=2.0, method="GET")
+    except OSError:
+        return None
+    return info if status == HTTPStatus.OK else None
+
+
+# --- the server half ----------------------------------------------------------------------
+
+
+class _EnginePool:
+    """At most POOL_SIZE engines (one statement at a time each)."""
+
+    def __init__(self, store: AnalyticsStore, limits: QueryLimits) -> None:
         self._store = store
-        self._free: queue.LifoQueue[DirectReader] = queue.LifoQueue()
-        self._made = 0
+        self._limits = limits
+        self._free: list[ChdbEngine] = []
         self._guard = threading.Lock()
         self._slots = threading.BoundedSemaphore(POOL_SIZE)
 
     @contextlib.contextmanager
-    def reader(self) -> Any:
+    def engine(self) -> Any:
+        from projections.analytics.reader import ChdbEngine
+
         with self._slots:
+            with self._guard:
+                engine = self._free.pop() if self._free else None
+            if engine is None:
+                engine = ChdbEngine(self._store.location, self._store.database, self._limits)
             try:
-                r = self._free.get_nowait()
-            except queue.Empty:
-                r = DirectReader(self._store.location, self._store.database)
-                with self._guard:
-                    self._made += 1
-            try:
-                yield r
+                yield engine
             finally:
-                self._free.put(r)
+                with self._guard:
+                    self._free.append(engine)
 
     def close(self) -> None:
-        while True:
-            try:
-                self._free.get_nowait().close()
-            except queue.Empty:
-                return
+        with self._guard:
+            while self._free:
+                self._free.pop().close()
 
 
 class QueryService:
     """The loopback read endpoint of the process that owns a chDB directory."""
 
-    def __init__(self, store: AnalyticsStore, run_dir: Path, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        store: AnalyticsStore,
+        run_dir: Path,
+        host: str = "127.0.0.1",
+        limits: QueryLimits | None = None,
+    ) -> None:
+        from projections.analytics.readonly import QueryLimits
+        from projections.analytics.store import AnalyticsError
+
         if store.location.backend != "chdb":
             raise AnalyticsError(
                 "the query service is for chDB only", "query the ClickHouse server directly"
@@ -102,11 +184,12 @@ class QueryService:
         self.store = store
         self.run_dir = run_dir
         self.host = host
+        self.limits = limits or QueryLimits()
         self.token = secrets.token_urlsafe(24)
         self.path = run_dir / SERVICE_FILE
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._pool = _ReaderPool(store)
+        self._pool = _EnginePool(store, self.limits)
 
     @property
     def url(self) -> str:
@@ -115,6 +198,8 @@ class QueryService:
         return f"http://{host}:{port}"
 
     def start(self) -> ServiceInfo:
+        from http.server import ThreadingHTTPServer
+
         server = ThreadingHTTPServer((self.host, 0), _make_handler(self))
         server.daemon_threads = True
         self._server = server
@@ -150,14 +235,43 @@ class QueryService:
             self._server = None
         self._pool.close()
 
-    def run_query(self, sql: str, params: dict[str, Any]) -> pa.Table:
-        with self._pool.reader() as reader:
-            return reader.query(sql, params)
+    def run_query(self, sql: str, params: dict[str, Any], client_gone: Any = None) -> ReadResult:
+        """One statement through the guarded path, on a pooled engine, under the model lock."""
+        from projections.analytics.readonly import run_readonly
+
+        with self.store.lock.shared(), self._pool.engine() as engine:
+            return run_readonly(engine, sql, params, limits=self.limits, client_gone=client_gone)
+
+
+def _render(result: ReadResult, fmt: str, max_rows: int) -> tuple[str, bytes]:
+    """(content type, body) of a result in the requested format."""
+    import io
+
+    from projections.analytics import output
+
+    if fmt == "arrow":
+        return "application/vnd.apache.arrow.stream", result.ipc
+    table = output.plain_table(result.table())
+    if fmt == "table":
+        return "application/json", json.dumps(output.table_rows(table, max_rows)).encode()
+    buf = io.BytesIO()
+    output.WRITERS[fmt](table, buf)
+    kind = {"csv": "text/csv", "json": "application/x-ndjson"}.get(fmt, "application/octet-stream")
+    return kind, buf.getvalue()
 
 
 def _make_handler(service: QueryService) -> type[BaseHTTPRequestHandler]:
+    import select
+    import socket
+    from http.server import BaseHTTPRequestHandler
+
+    from projections.analytics.output import FORMATS
+    from projections.analytics.readonly import QueryError, ReadOnlyError
+    from projections.analytics.store import AnalyticsError
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "agentstream-analytics"
+        protocol_version = "HTTP/1.1"
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("query service: " + format, *args)
@@ -169,13 +283,27 @@ def _make_handler(service: QueryService) -> type[BaseHTTPRequestHandler]:
             self._json(HTTPStatus.UNAUTHORIZED, {"error": "bad token", "kind": "request"})
             return False
 
-        def _json(self, status: HTTPStatus, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
+        def _send(self, status: HTTPStatus, ctype: str, data: bytes, **headers: str) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))
+            for name, value in headers.items():
+                self.send_header(name.replace("_", "-"), value)
             self.end_headers()
             self.wfile.write(data)
+
+        def _json(self, status: HTTPStatus, body: dict[str, Any]) -> None:
+            self._send(status, "application/json", json.dumps(body).encode())
+
+        def _client_gone(self) -> bool:
+            """The client closed its end (the request is fully read: nothing else may come)."""
+            try:
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                if not readable:
+                    return False
+                return self.connection.recv(1, socket.MSG_PEEK) == b""
+            except OSError:
+                return True
 
         def do_GET(self) -> None:
             if not self._authorized():
@@ -199,92 +327,84 @@ def _make_handler(service: QueryService) -> type[BaseHTTPRequestHandler]:
                 if not 0 < length <= MAX_REQUEST_BYTES:
                     raise ValueError(f"request body must be 1..{MAX_REQUEST_BYTES} bytes")
                 body = json.loads(self.rfile.read(length))
-                sql, params = body["sql"], body.get("params") or {}
-                if not isinstance(sql, str) or not isinstance(params, dict):
-                    raise ValueError("expected {'sql': str, 'params': object}")
-            except (ValueError, KeyError, TypeError) as err:
+                sql, named = body.get("sql"), body.get("named")
+                params = body.get("params") or {}
+                fmt = body.get("format") or "arrow"
+                max_rows = int(body.get("max_rows") or 100)
+                if (sql is None) == (named is None) or not isinstance(params, dict):
+                    raise ValueError("expected {'sql': str | 'named': str, 'params': object}")
+                if fmt not in FORMATS:
+                    raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+            except (ValueError, TypeError, AttributeError) as err:
                 self._json(HTTPStatus.BAD_REQUEST, {"error": str(err), "kind": "request"})
                 return
+            if named is not None:
+                from projections.analytics.queries import NAMED_QUERIES
+
+                query = NAMED_QUERIES.get(str(named))
+                if query is None:
+                    message = (
+                        f"no named query {named!r} — choose one of: {', '.join(NAMED_QUERIES)}"
+                    )
+                    self._json(HTTPStatus.BAD_REQUEST, {"error": message, "kind": "named"})
+                    return
+                try:
+                    sql, params = query.sql, query.bind(params)
+                except KeyError as err:
+                    self._json(HTTPStatus.BAD_REQUEST, {"error": err.args[0], "kind": "named"})
+                    return
             try:
-                table = service.run_query(sql, params)
+                result = service.run_query(str(sql), params, client_gone=self._client_gone)
+                ctype, data = _render(result, fmt, max_rows)
             except ReadOnlyError as err:
                 self._json(HTTPStatus.BAD_REQUEST, {"error": str(err), "kind": "readonly"})
                 return
-            except (QueryError, AnalyticsError, KeyError) as err:
+            except QueryError as err:
+                kind = "engine_readonly" if err.kind == "readonly" else err.kind
+                if kind == "cancelled":
+                    log.info("analytics: a read was cancelled (its client went away)")
+                self._json(HTTPStatus.BAD_REQUEST, {"error": str(err), "kind": kind})
+                return
+            except AnalyticsError as err:
                 self._json(HTTPStatus.BAD_REQUEST, {"error": str(err), "kind": "query"})
                 return
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, table.schema) as writer:
-                writer.write_table(table)
-            data = sink.getvalue().to_pybytes()
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", "application/vnd.apache.arrow.stream")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self._send(
+                HTTPStatus.OK, ctype, data, X_AgentStream_Stats=json.dumps(result.stats.as_dict())
+            )
 
     return Handler
 
 
-def read_service_file(run_dir: Path) -> ServiceInfo | None:
+def request(info: ServiceInfo, body: bytes, timeout_s: float) -> tuple[int, dict[str, str], bytes]:
+    """POST /query; a refusal or failure raises the read path's own exception."""
+    from projections.analytics.readonly import QueryError, ReadOnlyError
+    from projections.analytics.store import AnalyticsError
+
     try:
-        raw = json.loads((run_dir / SERVICE_FILE).read_text())
-        return ServiceInfo(**raw)
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def find_service(run_dir: Path, location: Location, database: str) -> ServiceInfo | None:
-    """The recorded endpoint for this store, if its process is alive and answers."""
-    info = read_service_file(run_dir)
-    if info is None or info.store != str(location.path) or info.database != database:
-        return None
-    if not pid_alive(info.pid):
-        return None
+        status, headers, data = post(info, "/query", body, timeout_s)
+    except OSError as err:
+        raise AnalyticsError(
+            f"the analytics query endpoint {info.url} (process {info.pid}) did not answer: {err}",
+            "retry; if that process has stopped, the store can be opened directly",
+        ) from None
+    if status == HTTPStatus.OK:
+        return status, headers, data
     try:
-        _request(info, "GET", "/health", None, timeout=2.0)
-    except (OSError, urllib.error.URLError):
-        return None
-    return info
+        detail = json.loads(data)
+    except ValueError:
+        detail = {"error": f"HTTP {status}", "kind": "request"}
+    kind, message = detail.get("kind"), detail.get("error", f"HTTP {status}")
+    if kind == "readonly":
+        raise ReadOnlyError(message)
+    if kind == "named":
+        raise KeyError(message)
+    raise QueryError(message, "readonly" if kind == "engine_readonly" else str(kind or "query"))
 
 
-def _request(
-    info: ServiceInfo, method: str, path: str, body: bytes | None, timeout: float
-) -> bytes:
-    req = urllib.request.Request(
-        info.url + path,
-        data=body,
-        method=method,
-        headers={"Authorization": f"Bearer {info.token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return resp.read()
+def __getattr__(name: str) -> Any:
+    """``ServiceReader`` lives in ``reader.py`` (it needs pyarrow); kept importable from here."""
+    if name == "ServiceReader":
+        from projections.analytics.reader import ServiceReader
 
-
-class ServiceReader(AnalyticsReader):
-    """Queries through the owner's endpoint; same checks and errors as :class:`DirectReader`."""
-
-    def __init__(self, info: ServiceInfo, timeout_s: float = 300.0) -> None:
-        self.info = info
-        self.timeout_s = timeout_s
-        self.via = f"{info.url} (process {info.pid}, which holds {info.store})"
-
-    def _run(self, sql: str, params: dict[str, Any]) -> pa.Table:
-        body = json.dumps({"sql": sql, "params": params}, default=str).encode()
-        try:
-            data = _request(self.info, "POST", "/query", body, self.timeout_s)
-        except urllib.error.HTTPError as err:
-            try:
-                detail = json.loads(err.read())
-            except ValueError:
-                detail = {"error": f"HTTP {err.code}", "kind": "request"}
-            if detail.get("kind") == "readonly":
-                raise ReadOnlyError(detail["error"]) from None
-            raise QueryError(detail.get("error", f"HTTP {err.code}")) from None
-        except (OSError, urllib.error.URLError) as err:
-            raise AnalyticsError(
-                f"the analytics query endpoint {self.info.url} (process {self.info.pid}) "
-                f"did not answer: {err}",
-                "retry; if that process has stopped, the store can be opened directly",
-            ) from None
-        return pa.ipc.open_stream(data).read_all()
+        return ServiceReader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
