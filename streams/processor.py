@@ -47,6 +47,7 @@ from schemas.envelope import Event
 from schemas.errors import InvalidEvent
 from schemas.state import AgentState, encode_state
 from schemas.topics import DLQ, EPISODES, EVENTS, STATE, VIOLATIONS
+from streams.log_identity import LogChange, LogWatch
 from streams.producer import compression_available, partition_for_key
 from streams.reducer import (
     DEFAULT_CONFIG,
@@ -124,6 +125,7 @@ class ProcessorStats:
     rejected: int = 0  # records sent to the DLQ
     processing_errors: int = 0  # ... of them admitted, but the reducer raised on them
     redelivered_skipped: int = 0  # records below the partition's applied offset
+    log_changes: int = 0  # times the log was found replaced (streams/log_identity.py)
     violations: int = 0
     episodes: int = 0
     states_published: int = 0
@@ -591,6 +593,10 @@ class _Processor(ABC):
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_s
         self._gaps: list[tuple[int, int, int]] = []  # (partition, first, end) read ourselves
+        # which log this is (streams/log_identity.py); started by run()
+        self.log_watch: LogWatch | None = None
+        self._check_log_now = False  # set on a rebalance: look at the log's identity at once
+        self._reemit: set[int] = set()  # partitions to re-emit from offset 0 (a new log)
 
     async def handle(self, records: Sequence[InRecord]) -> BatchOutput:
         """Process one batch end to end: rebuild if needed, reduce, publish."""
@@ -606,6 +612,7 @@ class _Processor(ABC):
         firsts: dict[int, int] = {}
         for r in records:
             firsts.setdefault(r.partition, r.offset)
+        await self._check_log(firsts)
         stale = {p: off for p, off in firsts.items() if core.needs_rebuild(p, off)}
         if stale:
             await self._rebuild(stale, out)
@@ -643,6 +650,9 @@ class _Processor(ABC):
         if fresh:
             committed = await committed_offsets(self.bootstrap, self.group_id, EVENTS, fresh)
             emit_from = {p: min(committed.get(p, 0), end) for p, end in fresh.items()}
+            for p in self._reemit.intersection(fresh):  # a new log: its derived topics are new
+                emit_from[p] = 0
+            self._reemit.difference_update(fresh)
             rebuilt = await rebuild_partitions(core, self.bootstrap, fresh, out, emit_from)
             for agent in out.changed:  # states changed earlier in this batch were replaced
                 out.changed[agent] = core.states.get(agent, out.changed[agent])
@@ -658,6 +668,48 @@ class _Processor(ABC):
             )
             self._rebuilt(fresh)
         self.stats.rebuild_seconds += time.monotonic() - started
+
+    async def _start_log_watch(self) -> None:
+        self.log_watch = LogWatch(self.bootstrap, f"processor:{self.group_id}")
+        await self.log_watch.start()
+
+    async def _stop_log_watch(self) -> None:
+        if self.log_watch is not None:
+            await self.log_watch.stop()
+
+    def _highwaters(self) -> dict[int, int | None]:
+        """Fetch high watermarks of agent-events partitions, where the engine knows them."""
+        return {}
+
+    async def _check_log(self, firsts: dict[int, int]) -> None:
+        """Before a batch: is this still the log the states were folded from?
+
+        Looked at once a second, and at once after a rebalance or when a partition's
+        batch does not continue where its state stands. A new log (the embedded broker
+        restarted, restored or not) or a high watermark below a position: every state is
+        forgotten and re-folded from the new log, and everything is re-emitted, since
+        the derived topics of a new log start empty (outputs are idempotent by id).
+        """
+        watch = self.log_watch
+        if watch is None:
+            return
+        nxt = self.core.next_offset
+        force = self._check_log_now or any(nxt.get(p) != off for p, off in firsts.items())
+        self._check_log_now = False
+        change = await watch.check(dict(nxt), self._highwaters(), force=force)
+        if change is not None:
+            self._log_replaced(change)
+            await watch.accept()
+            # every partition of the new log re-emits from 0 when this worker first meets it
+            self._reemit = set(firsts) | set(await fetch_high_watermarks(self.bootstrap, EVENTS))
+
+    def _log_replaced(self, change: LogChange) -> None:
+        core = self.core
+        held = sorted(set(core.next_offset) | set(core.agents_of))
+        log.warning("%s: forgetting the states of partitions %s, re-folding them", change, held)
+        for p in held:
+            core.reset_partition(p)
+        self.stats.log_changes += 1
 
     def _rebuilt(self, partitions: Iterable[int]) -> None:  # noqa: B027 (optional hook)
         """Hook: partitions were rebuilt from the log."""
@@ -860,6 +912,7 @@ class StreamProcessor(_Processor):
         stop = stop or asyncio.Event()
         try:
             await self.publisher.start()
+            await self._start_log_watch()
             await self.app.start()
             stopped = asyncio.ensure_future(self.app.wait_until_stopped())
             asked = asyncio.ensure_future(stop.wait())
@@ -871,6 +924,7 @@ class StreamProcessor(_Processor):
         finally:
             with contextlib.suppress(Exception):
                 await self.app.stop()
+            await self._stop_log_watch()
             await self.publisher.stop()
         reason = getattr(self.app, "crash_reason", None)
         if reason is not None:
@@ -893,7 +947,7 @@ class _FinishBeforeRevoke(ConsumerRebalanceListener):
         await self._processor.finish_inflight()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        pass
+        self._processor._check_log_now = True  # a rebalance: also what a new broker causes
 
 
 @dataclass(slots=True)
@@ -944,6 +998,17 @@ class KafkaProcessor(_Processor):
         self._inflight: _InFlight | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
+    def _highwaters(self) -> dict[int, int | None]:
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        return {tp.partition: consumer.highwater(tp) for tp in consumer.assignment()}
+
+    def _log_replaced(self, change: LogChange) -> None:
+        # the batch in flight belongs to the old log: its offsets must not be committed
+        self._inflight = None
+        super()._log_replaced(change)
+
     async def finish_inflight(self) -> None:
         """Wait for the batch in flight (re-publishing it if it failed), then commit it."""
         async with self._lock:
@@ -992,10 +1057,12 @@ class KafkaProcessor(_Processor):
             heartbeat_interval_ms=1000,
             max_partition_fetch_bytes=8 << 20,
             fetch_max_wait_ms=int(min(self.batch_wait_s, 0.5) * 1000),
+            metadata_max_age_ms=5000,  # a restarted broker's re-created partitions, soon
         )
         consumer.subscribe([EVENTS], listener=_FinishBeforeRevoke(self))
         try:
             await self.publisher.start()
+            await self._start_log_watch()
             await consumer.start()
             wait_ms = int(self.batch_wait_s * 1000)
             while not stop.is_set():
@@ -1020,6 +1087,7 @@ class KafkaProcessor(_Processor):
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
+            await self._stop_log_watch()
             await self.publisher.stop()
 
 

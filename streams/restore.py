@@ -29,9 +29,11 @@ the processor re-derives them from the restored log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +42,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
 
-from schemas.topics import EVENTS
+from schemas.topics import EVENTS, TOPICS, TopicSpec
 from streams.archive import (
     DLQ_DIR,
     EVENTS_DIR,
@@ -51,6 +55,8 @@ from streams.archive import (
     fetch_record,
 )
 from streams.log_identity import EPOCH_TOPIC, EpochMarker, ensure_epoch, new_marker
+
+log = logging.getLogger(__name__)
 
 _COLUMNS = ["log_offset", "log_timestamp", "log_key", "raw"]
 
@@ -270,6 +276,81 @@ async def _restore_partition(
     return produced, last_raw, moved
 
 
+async def recreate_auto_created_topics(
+    bootstrap: str,
+    partitions: int,
+    replication_factor: int = 1,
+    specs: Sequence[TopicSpec] = TOPICS,
+    deadline_s: float = 20.0,
+) -> list[str]:
+    """On a fresh broker: delete and re-create empty topics with the wrong partition count.
+
+    Tansu creates any topic a metadata request names, with 4 partitions. A client left
+    running across a broker restart (a worker, a producer) reconnects and can do that
+    before ``agentstream up`` creates the topics. Only topics that hold no record are
+    touched; returns their names. Retries until the counts hold (a client may win again).
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    fixed: list[str] = []
+    try:
+        stop_at = time.monotonic() + deadline_s
+        while True:
+            described = await admin.describe_topics([s.name for s in specs])
+            wrong = [
+                t["topic"]
+                for t in described
+                if t["error_code"] == 0 and len(t["partitions"]) != partitions
+            ]
+            if not wrong:
+                return fixed
+            if time.monotonic() > stop_at:
+                raise RestoreError(f"topics {wrong} keep the wrong partition count")
+            held = await _records_in(bootstrap, wrong)
+            nonempty = sorted(t for t in wrong if held.get(t))
+            if nonempty:
+                raise RestoreError(
+                    f"topics {nonempty} have another partition count than {partitions} and "
+                    "hold records: not a fresh broker"
+                )
+            await admin.delete_topics(wrong)
+            by_name = {s.name: s for s in specs}
+            for name in wrong:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics(
+                        [
+                            NewTopic(
+                                name,
+                                partitions,
+                                replication_factor,
+                                topic_configs=by_name[name].topic_config(),
+                            )
+                        ]
+                    )
+            fixed = sorted(set(fixed) | set(wrong))
+    finally:
+        await admin.close()
+
+
+async def _records_in(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        tps = [
+            TopicPartition(t, p)
+            for t in topics
+            for p in sorted(consumer.partitions_for_topic(t) or ())
+        ]
+        hw = await fetch_high_watermarks(consumer, tps)
+        out: dict[str, int] = {}
+        for tp, n in hw.items():
+            out[tp.topic] = out.get(tp.topic, 0) + n
+        return out
+    finally:
+        await consumer.stop()
+
+
 async def _log_is_empty(bootstrap: str, topic: str) -> tuple[list[int], int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
@@ -321,10 +402,16 @@ async def restore_log_async(
     epoch_topic: str = EPOCH_TOPIC,
     max_batch_bytes: int = 1 << 20,
     max_in_flight: int = 8,
+    partitions: int | None = None,
+    replication_factor: int = 1,
 ) -> RestoreReport:
     """The coroutine behind :func:`restore_log` (same arguments)."""
     started = time.monotonic()
     root = Path(archive_dir)
+    if partitions is not None:
+        fixed = await recreate_auto_created_topics(bootstrap, partitions, replication_factor)
+        if fixed:
+            log.warning("re-created topics a client had auto-created on the new broker: %s", fixed)
     partitions, held = await _log_is_empty(bootstrap, topic)
     if held:
         marker = await ensure_epoch(bootstrap, topic=epoch_topic)
@@ -414,6 +501,8 @@ def restore_log(
     epoch_topic: str = EPOCH_TOPIC,
     max_batch_bytes: int = 1 << 20,
     max_in_flight: int = 8,
+    partitions: int | None = None,
+    replication_factor: int = 1,
 ) -> RestoreReport:
     """Refill a fresh broker's ``topic`` from the archive at ``archive_dir``; blocks.
 
@@ -426,6 +515,8 @@ def restore_log(
       has an epoch marker. An empty or missing archive restores nothing and writes a
       fresh marker.
     ``progress(done, total)`` is called as records are acknowledged (for a progress bar).
+    ``partitions`` (pass ``settings.partitions``): first delete and re-create any empty
+    AgentStream topic a client left running auto-created with Tansu's 4 partitions.
     Raises :class:`RestoreError` (one line naming partition and cause) if the topic is
     missing, has fewer partitions than the archive, or the broker refuses records.
     Safe to call from inside a running event loop (it then runs in a helper thread).
@@ -440,6 +531,8 @@ def restore_log(
             epoch_topic=epoch_topic,
             max_batch_bytes=max_batch_bytes,
             max_in_flight=max_in_flight,
+            partitions=partitions,
+            replication_factor=replication_factor,
         )
 
     try:
