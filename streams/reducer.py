@@ -215,23 +215,28 @@ def _set_run(state: AgentState, run: RunState) -> None:
         state.run = run
 
 
-def _record_outcome(o: Outlook, success: bool, window: int) -> Outlook:
-    outcomes = (o.outcomes + ("S" if success else "F"))[-window:]
+def _record_outcome(o: Outlook, error: bool, mismatch: bool, window: int) -> Outlook:
+    failed = error or mismatch
+    outcomes = (o.outcomes + ("F" if failed else "S"))[-window:]
     return _replace(
         o,
         outcomes=outcomes,
-        success_rate=outcomes.count("S") / len(outcomes),
-        failures_in_a_row=0 if success else o.failures_in_a_row + 1,
-        actions_ok=o.actions_ok + success,
-        actions_failed=o.actions_failed + (not success),
+        recent_success_rate=outcomes.count("S") / len(outcomes),
+        failures_in_a_row=o.failures_in_a_row + 1 if failed else 0,
+        actions=o.actions + 1,
+        errors=o.errors + error,
+        mismatches=o.mismatches + mismatch,
+        failed=o.failed + failed,
     )
 
 
-def _outcome(state: AgentState, run_id: str | None, success: bool, window: int) -> None:
-    state.world = _record_outcome(state.world, success, window)
+def _outcome(
+    state: AgentState, run_id: str | None, error: bool, mismatch: bool, window: int
+) -> None:
+    state.world = _record_outcome(state.world, error, mismatch, window)
     run = state.runs.get(run_id) if run_id is not None else None
     if run is not None:
-        _set_run(state, _replace(run, world=_record_outcome(run.world, success, window)))
+        _set_run(state, _replace(run, world=_record_outcome(run.world, error, mismatch, window)))
 
 
 def _refresh_stuck(state: AgentState) -> None:
@@ -474,13 +479,14 @@ def _completed(
     tool = action.tool if action is not None else data.tool
     stats = state.tools.get(tool) or ToolStats()
     state.tools[tool] = ToolStats(
-        ok=stats.ok + ok,
-        error=stats.error + (not ok),
-        wrong_result=stats.wrong_result + wrong,
+        actions=stats.actions + 1,
+        errors=stats.errors + (not ok),
+        mismatches=stats.mismatches + wrong,
+        failed=stats.failed + (not success),
         duration_ms=stats.duration_ms + data.duration_ms,
     )
     run_id = action.run_id if action is not None else event.runid
-    _outcome(state, run_id, success, config.success_window)
+    _outcome(state, run_id, not ok, wrong, config.success_window)
 
     eid = event.id
     if action is None:
@@ -643,6 +649,19 @@ def _run_started(
     _busy_or(state, AgentStatus.THINKING)
 
 
+STATUS_RANK = {"succeeded": 1, "cancelled": 2, "failed": 3}
+"""On equal event times the more severe ``run_finished`` status wins (the analytics
+``runs`` view applies the same rule across agents)."""
+
+
+def _decides(run: RunState, status: str, at: datetime) -> bool:
+    """Whether a ``run_finished`` (status, time) replaces what the run says: the latest by
+    event time wins, ties go to the more severe status. Order-free, like a maximum."""
+    if run.finished_at is None or at > run.finished_at:
+        return True
+    return at == run.finished_at and STATUS_RANK[status] > STATUS_RANK.get(run.status, 0)
+
+
 def _run_finished(
     state: AgentState, event: ev.Event, config: ReducerConfig, out: list[Derived]
 ) -> None:
@@ -651,8 +670,10 @@ def _run_finished(
     _abandon(state, event, event.runid, out)
     run = state.run
     if run is not None and (event.runid is None or event.runid == run.run_id):
-        _set_run(state, _replace(run, status=data.status, finished_at=event.time))
-        state.status = AgentStatus.FINISHED if data.status == "succeeded" else AgentStatus.FAILED
+        if _decides(run, data.status, event.time):
+            run = _replace(run, status=data.status, finished_at=event.time)
+            _set_run(state, run)
+        state.status = AgentStatus.FINISHED if run.status == "succeeded" else AgentStatus.FAILED
 
 
 _HANDLERS: dict[type, Handler] = {

@@ -83,7 +83,7 @@ def assert_exact(store: AnalyticsStore, counts: SampleCounts) -> None:
     assert store.scalar("SELECT sum(input_tokens) FROM agent_minute") == counts.input_tokens
     assert store.scalar("SELECT sum(output_tokens) FROM agent_minute") == counts.output_tokens
     completed = sum(v for k, v in counts.by_type.items() if k.startswith("agent.act.completed"))
-    assert store.rows("SELECT sum(calls), sum(failures) FROM tool_minute") == [
+    assert store.rows("SELECT sum(calls), sum(errors) FROM tool_minute") == [
         (completed, counts.failed_actions)
     ]
     assert store.scalar("SELECT sum(events) FROM run_summary") == counts.total
@@ -266,7 +266,11 @@ def test_violations_episodes_and_states_upsert(projection):
     ]
     revised = [msgspec.structs.replace(e, revision=1, lesson="retry later") for e in episodes[:4]]
     states = [
-        AgentState(agent_id="agent-1", events_total=n, world=Outlook(actions_ok=n))
+        AgentState(
+            agent_id="agent-1",
+            events_total=n,
+            world=Outlook(actions=n, errors=1, mismatches=2, failed=3, recent_success_rate=0.5),
+        )
         for n in (3, 7, 12)
     ]
 
@@ -287,9 +291,10 @@ def test_violations_episodes_and_states_upsert(projection):
     assert s.scalar("SELECT count() FROM episodes FINAL") == 10
     assert s.scalar("SELECT countIf(revision = 1) FROM episodes FINAL") == 4
     assert s.scalar("SELECT count() FROM episodes") == 14  # each (id, revision) once
-    assert s.rows("SELECT agent_id, events_total, actions_ok FROM agent_state FINAL") == [
-        ("agent-1", 12, 12)
-    ]
+    assert s.rows(
+        "SELECT agent_id, events_total, actions, errors, mismatches, failed, recent_success_rate "
+        "FROM agent_state FINAL"
+    ) == [("agent-1", 12, 12, 1, 2, 3, 0.5)]
 
 
 def test_decoders_read_what_the_processors_write(projection):

@@ -212,7 +212,7 @@ def test_rows_in_the_event_row_schema_insert_as_they_are(store):
         schema=EVENT_ROW_SCHEMA,
     )
     store.insert_arrow(store.table("events"), t)
-    assert store.rows("SELECT sum(calls), sum(failures) FROM tool_minute") == [(1, 1)]
+    assert store.rows("SELECT sum(calls), sum(errors) FROM tool_minute") == [(1, 1)]
     assert store.scalar("SELECT toString(time) FROM events") == "2025-02-03 04:05:06.789012"
 
 

@@ -121,7 +121,7 @@ def test_named_queries_answer_from_the_rollups(populated):
     with connect(url=url, run_dir=data_dir / "run") as db:
         board = db.named("agent_leaderboard").to_pylist()
         assert {r["agent_id"]: r["events"] for r in board} == dict(counts.by_agent)
-        assert sum(r["failed_actions"] for r in board) == counts.failed_actions
+        assert sum(r["failed"] for r in board) == counts.failed_actions  # no mismatches
         rates = [r["success_rate"] for r in board]
         assert rates == sorted(rates, reverse=True)
         assert len(db.named("agent_leaderboard", {"limit": 2})) == 2
@@ -136,7 +136,7 @@ def test_named_queries_answer_from_the_rollups(populated):
         for name in ("slowest_tools", "least_reliable_tools"):
             tools = db.named(name).to_pylist()
             assert sum(r["calls"] for r in tools) == completed
-            assert sum(r["failures"] for r in tools) == counts.failed_actions
+            assert sum(r["errors"] for r in tools) == counts.failed_actions
         p95 = [r["p95_ms"] for r in db.named("slowest_tools").to_pylist()]
         assert p95 == sorted(p95, reverse=True)
 

@@ -205,7 +205,7 @@ def analytics_snapshot(url: str, database: str = "agentstream") -> dict[str, Any
                 "FROM episodes FINAL GROUP BY agent_id, outcome ORDER BY 1, 2"
             ),
             "state": s.rows(
-                "SELECT agent_id, events_total, actions_ok, actions_failed, input_tokens, "
+                "SELECT agent_id, events_total, actions, errors, mismatches, failed, input_tokens, "
                 "output_tokens, round(cost_usd, 9), status, last_event_id, lessons "
                 "FROM agent_state FINAL ORDER BY agent_id"
             ),

@@ -130,7 +130,7 @@ def _summary(result: Any) -> None:
     )
     print_table(plain_table(result.by_type), "events by type", 50)
     board = plain_table(result.leaderboard).select(
-        ["agent_id", "events", "actions", "failed_actions", "success_rate", "tokens", "cost_usd"]
+        ["agent_id", "events", "actions", "failed", "success_rate", "tokens", "cost_usd"]
     )
     print_table(board, "agent leaderboard (by action success rate)", 10)
     print_table(plain_table(result.violations), "violations by category", 20)

@@ -46,19 +46,29 @@ _LIMIT = Param("UInt32", "20", "rows to return")
 
 AGENT_LEADERBOARD = NamedQuery(
     "agent_leaderboard",
-    "Agents ranked by action success rate, with their cost and tokens",
+    "Agents ranked by action success rate (1 - failed / actions), with their cost and tokens",
     """
+WITH mismatched AS
+(
+    SELECT v.tenant AS tenant, v.agent_id AS agent_id, count() AS n
+    FROM violations AS v FINAL
+    WHERE v.category = 'wrong_result'
+    GROUP BY tenant, agent_id
+)
 SELECT
     m.tenant AS tenant,
     m.agent_id AS agent_id,
     sum(m.events) AS events,
     sumIf(m.events, startsWith(m.type, 'agent.act.completed.')) AS actions,
-    sum(m.errors) AS failed_actions,
-    round(if(actions = 0, NULL, 1 - failed_actions / actions), 4) AS success_rate,
+    sum(m.errors) AS errors,
+    any(ifNull(x.n, 0)) AS mismatches,
+    errors + mismatches AS failed,
+    round(if(actions = 0, NULL, 1 - failed / actions), 4) AS success_rate,
     sum(m.input_tokens) + sum(m.output_tokens) AS tokens,
     round(sum(m.cost_usd), 6) AS cost_usd,
     max(m.minute) AS last_active
 FROM agent_minute AS m
+LEFT JOIN mismatched AS x ON x.tenant = m.tenant AND x.agent_id = m.agent_id
 GROUP BY tenant, agent_id
 ORDER BY success_rate DESC NULLS LAST, cost_usd ASC, agent_id
 LIMIT {limit:UInt32}
@@ -87,25 +97,35 @@ ORDER BY bucket, type
 )
 
 _TOOLS_SELECT = """
+WITH mismatched AS
+(
+    SELECT v.tenant AS tenant, assumeNotNull(v.tool) AS tool, count() AS n
+    FROM violations AS v FINAL
+    WHERE v.category = 'wrong_result' AND v.tool IS NOT NULL
+    GROUP BY tenant, tool
+)
 SELECT
     t.tenant AS tenant,
     t.tool AS tool,
     sum(t.calls) AS calls,
-    sum(t.failures) AS failures,
-    round(failures / calls, 4) AS failure_rate,
+    sum(t.errors) AS errors,
+    any(ifNull(x.n, 0)) AS mismatches,
+    errors + mismatches AS failed,
+    round(failed / calls, 4) AS failure_rate,
     quantilesBFloat16Merge(0.5, 0.95, 0.99)(t.duration_ms) AS q,
     round(toFloat64(q[1]), 1) AS p50_ms,
     round(toFloat64(q[2]), 1) AS p95_ms,
     round(toFloat64(q[3]), 1) AS p99_ms,
     round(sum(t.duration_ms_sum) / calls, 1) AS mean_ms
 FROM tool_minute AS t
+LEFT JOIN mismatched AS x ON x.tenant = t.tenant AND x.tool = t.tool
 GROUP BY tenant, tool
 HAVING calls >= {min_calls:UInt32}
 """
 
 SLOWEST_TOOLS = NamedQuery(
     "slowest_tools",
-    "Tools by p95 duration (bfloat16 precision), with call and failure counts",
+    "Tools by p95 duration (bfloat16: at most 0.79% below the exact value), with call counts",
     "SELECT * EXCEPT q FROM (" + _TOOLS_SELECT + ")\nORDER BY p95_ms DESC, tool\n"
     "LIMIT {limit:UInt32}\n",
     {"limit": _LIMIT, "min_calls": Param("UInt32", "1", "ignore tools with fewer calls")},
@@ -113,7 +133,7 @@ SLOWEST_TOOLS = NamedQuery(
 
 LEAST_RELIABLE_TOOLS = NamedQuery(
     "least_reliable_tools",
-    "Tools by failure rate (failed calls / calls)",
+    "Tools by failure rate (failed / calls; failed = errors + mismatches)",
     "SELECT * EXCEPT q FROM (" + _TOOLS_SELECT + ")\nORDER BY failure_rate DESC, calls DESC, "
     "tool\nLIMIT {limit:UInt32}\n",
     {"limit": _LIMIT, "min_calls": Param("UInt32", "1", "ignore tools with fewer calls")},
@@ -189,7 +209,7 @@ SELECT
     count() AS runs,
     countIf(r.status_conflict) AS conflicting,
     round(sum(r.cost_usd), 6) AS cost_usd,
-    sum(r.failed) AS failed_actions
+    sum(r.failed) AS failed
 FROM runs AS r
 GROUP BY status
 ORDER BY runs DESC, status

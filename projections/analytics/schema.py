@@ -21,7 +21,7 @@ and recording it in ``schema_version`` is repaired by running the migration agai
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 COMPLETED_PREFIX = "agent.act.completed."
@@ -214,13 +214,28 @@ FROM {{db}}.events AS e
 GROUP BY tenant, agent_id, minute, type
 """
 
-_TOOL_MINUTE_SELECT = f"""
+_TOOL_MINUTE_SELECT_V1 = f"""
 SELECT
     e.tenant AS tenant,
     assumeNotNull(e.tool) AS tool,
     toDateTime64(toStartOfMinute(e.time), 0, 'UTC') AS minute,
     count() AS calls,
     countIf(e.status = 'error') AS failures,
+    sum(ifNull(e.latency_ms, 0)) AS duration_ms_sum,
+    quantilesBFloat16StateIf({QUANTILES})(assumeNotNull(e.latency_ms), e.latency_ms IS NOT NULL)
+        AS duration_ms
+FROM {{db}}.events AS e
+WHERE startsWith(e.type, '{COMPLETED_PREFIX}') AND e.tool IS NOT NULL {{and_where}}
+GROUP BY tenant, tool, minute
+"""
+
+_TOOL_MINUTE_SELECT = f"""
+SELECT
+    e.tenant AS tenant,
+    assumeNotNull(e.tool) AS tool,
+    toDateTime64(toStartOfMinute(e.time), 0, 'UTC') AS minute,
+    count() AS calls,
+    countIf(e.status = 'error') AS errors,
     sum(ifNull(e.latency_ms, 0)) AS duration_ms_sum,
     quantilesBFloat16StateIf({QUANTILES})(assumeNotNull(e.latency_ms), e.latency_ms IS NOT NULL)
         AS duration_ms
@@ -627,6 +642,32 @@ def _views(db: str, tables: Sequence[str]) -> list[str]:
     return [_view(r, db) for r in ROLLUPS if r.table in tables]
 
 
+def _views_v1(db: str) -> list[str]:
+    """The views of migration 1 as they were then (``tool_minute`` counted ``failures``)."""
+    old = {"tool_minute": replace(ROLLUP_BY_VIEW["tool_minute_mv"], select=_TOOL_MINUTE_SELECT_V1)}
+    return [
+        _view(old.get(r.table, r), db)
+        for r in ROLLUPS
+        if r.table in ("agent_minute", "tool_minute", "run_summary")
+    ]
+
+
+def _vocabulary(db: str) -> list[str]:
+    """Migration 4: one meaning per word (errors, mismatches, failed) in stored columns."""
+    t = f"{db}.agent_state"
+    return [
+        f"ALTER TABLE {t} RENAME COLUMN IF EXISTS actions_failed TO failed",
+        f"ALTER TABLE {t} RENAME COLUMN IF EXISTS success_rate TO recent_success_rate",
+        f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS actions UInt64 AFTER events_total",
+        f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS errors UInt64 AFTER actions",
+        f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS mismatches UInt64 AFTER errors",
+        f"ALTER TABLE {t} DROP COLUMN IF EXISTS actions_ok",
+        f"ALTER TABLE {db}.tool_minute RENAME COLUMN IF EXISTS failures TO errors",
+        f"DROP VIEW IF EXISTS {db}.tool_minute_mv",
+        _view(ROLLUP_BY_VIEW["tool_minute_mv"], db),
+    ]
+
+
 def _schema_version(db: str) -> str:
     return f"""
 CREATE TABLE IF NOT EXISTS {db}.schema_version
@@ -649,7 +690,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             _violations(db),
             _episodes(db),
             *_rollup_tables(db),
-            *_views(db, ("agent_minute", "tool_minute", "run_summary")),
+            *_views_v1(db),
         ],
     ),
     Migration(
@@ -664,6 +705,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             *_views(db, ("run_agent", "run_totals")),
             _runs_view(db),
         ],
+    ),
+    Migration(
+        4,
+        "one vocabulary: agent_state actions/errors/mismatches/failed/recent_success_rate, "
+        "tool_minute.errors",
+        _vocabulary,
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
