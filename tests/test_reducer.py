@@ -202,11 +202,18 @@ def test_world_model_rolling_success_rate_and_failures_in_a_row() -> None:
     state, _ = run(events, ReducerConfig(success_window=4))
     w = state.world
     assert w.outcomes == "FFSF"  # the last 4: error, wrong, ok, error
-    assert w.success_rate == 0.25
+    assert w.recent_success_rate == 0.25
     assert w.failures_in_a_row == 1
-    assert (w.actions_ok, w.actions_failed) == (3, 4)
+    # one vocabulary: failed = errors + mismatches, successes = actions - failed
+    assert (w.actions, w.errors, w.mismatches, w.failed) == (7, 3, 1, 4)
     assert state.run is not None and state.run.world.outcomes == "FFSF"
-    assert state.tools["search"].wrong_result == 1
+    rw = state.run.world
+    assert (rw.actions, rw.errors, rw.mismatches, rw.failed) == (7, 3, 1, 4)
+    t = state.tools["search"]
+    assert (t.actions, t.errors, t.mismatches, t.failed) == (7, 3, 1, 4)
+    # the version 1 names still read, with their old meaning
+    assert (w.actions_ok, w.actions_failed, w.success_rate) == (3, 4, 0.25)
+    assert (t.ok, t.error, t.wrong_result) == (4, 3, 1)
 
 
 def test_run_world_model_starts_fresh_each_run() -> None:
@@ -299,7 +306,7 @@ def test_missing_start() -> None:
     missing = violations(derived, ViolationCategory.MISSING_START)[0]
     assert missing.event_ids == (c.id,) and missing.call_id == "ghost"
     assert not episodes(derived)  # no start: nothing to make an episode of
-    assert state.world.actions_failed == 1
+    assert (state.world.actions, state.world.errors, state.world.failed) == (1, 1, 1)
 
 
 def test_timeout_is_reported_once_by_a_later_event_and_marks_the_action_stuck() -> None:
@@ -552,3 +559,119 @@ def test_simulated_workload_folds_deterministically_and_matches_its_ground_truth
     assert len({v.violation_id for v in violations(d1)}) == len(violations(d1))
     # every agent ends stopped with nothing open (the simulator stops them all)
     assert all(s.stopped and not s.open_actions for s in s1.values())
+
+
+# --- vocabulary, run status rule, upcasting -----------------------------------------------
+
+
+def test_the_simulated_workload_counts_errors_mismatches_failed_as_the_raw_events_say() -> None:
+    events = list(generate(SimulationConfig(agents=8, runs=30, seed=11)))
+    states, _ = fold(events)
+    starts = {(e.agentid, e.data.call_id): e for e in events if e.type == "agent.act.started.v1"}  # type: ignore[union-attr]
+    want: dict[str, Counter[str]] = {}
+    for c in events:
+        if c.type != "agent.act.completed.v2":
+            continue
+        w = want.setdefault(c.agentid, Counter())
+        w["actions"] += 1
+        start = starts.get((c.agentid, c.data.call_id))  # type: ignore[union-attr]
+        w["errors"] += c.data.status == "error"  # type: ignore[union-attr]
+        w["mismatches"] += start is not None and is_mismatch(start, c)
+    assert sum(w["mismatches"] for w in want.values()) > 0
+    for agent, w in want.items():
+        world = states[agent].world
+        assert (world.actions, world.errors, world.mismatches) == (
+            w["actions"],
+            w["errors"],
+            w["mismatches"],
+        )
+        assert world.failed == world.errors + world.mismatches
+        tools = states[agent].tools.values()
+        assert sum(t.actions for t in tools) == world.actions
+        assert sum(t.failed for t in tools) == world.failed
+
+
+@pytest.mark.parametrize(
+    ("reports", "final"),
+    [
+        ([("succeeded", 0)], "succeeded"),
+        ([("failed", 0), ("succeeded", 5)], "succeeded"),  # the latest by event time
+        ([("succeeded", 5), ("failed", 0)], "succeeded"),  # ... whatever the log order
+        ([("succeeded", 0), ("failed", 0)], "failed"),  # a tie: the more severe
+        ([("failed", 0), ("cancelled", 0)], "failed"),
+        ([("cancelled", 0), ("succeeded", 0)], "cancelled"),
+    ],
+)
+def test_an_agents_run_status_is_its_latest_run_finished_ties_by_severity(
+    reports: list[tuple[str, int]], final: str
+) -> None:
+    a = Agent()
+    events = [a.run_started()]
+    base = a.t + timedelta(seconds=10)
+    for status, offset in reports:
+        e = a.run_finished(status)
+        events.append(msgspec.structs.replace(e, time=base + timedelta(seconds=offset)))
+    for order in (events, [events[0], *reversed(events[1:])]):
+        state, _ = run(order)
+        assert state.runs["r1"].status == final
+        assert state.status == (
+            AgentStatus.FINISHED if final == "succeeded" else AgentStatus.FAILED
+        )
+
+
+def test_an_agent_that_did_not_report_the_run_finished_still_says_running() -> None:
+    """A per-agent fold cannot see another agent's run_finished (docs/processing.md)."""
+    lead, member = Agent("lead", seed=1), Agent("member", seed=2)
+    events = [lead.run_started(goal="ship"), member.thought(), lead.run_finished("failed")]
+    states, _ = fold(events)
+    assert states["lead"].runs["r1"].status == "failed"
+    assert states["member"].runs["r1"].status == "running"
+    assert states["member"].runs["r1"].goal is None  # it never saw a run_started
+
+
+def _v1(state: AgentState) -> bytes:
+    """The state as version 1 wrote it (old field names)."""
+    obj = msgspec.to_builtins(state)
+    obj["schema_version"] = 1
+
+    def outlook(o: dict) -> dict:
+        o = dict(o)
+        o["success_rate"] = o.pop("recent_success_rate")
+        o["actions_ok"] = o["actions"] - o["failed"]
+        o["actions_failed"] = o.pop("failed")
+        for k in ("actions", "errors", "mismatches"):
+            del o[k]
+        return o
+
+    obj["world"] = outlook(obj["world"])
+    obj["runs"] = {k: dict(r, world=outlook(r["world"])) for k, r in obj["runs"].items()}
+    if obj["run"] is not None:
+        obj["run"] = obj["runs"][obj["run"]["run_id"]]
+    obj["tools"] = {
+        k: {
+            "ok": t["actions"] - t["errors"],
+            "error": t["errors"],
+            "wrong_result": t["mismatches"],
+            "duration_ms": t["duration_ms"],
+        }
+        for k, t in obj["tools"].items()
+    }
+    return msgspec.json.encode(obj)
+
+
+def test_a_version_1_state_is_upcast_on_decode() -> None:
+    a = Agent()
+    events = [a.run_started(), a.start("c1"), a.done("c1", status="error", actual=None)]
+    events += [a.start("c2"), a.done("c2", actual="other"), a.start("c3"), a.done("c3")]
+    state, _ = run(events)
+    assert (state.world.errors, state.world.mismatches) == (1, 1)
+    old = decode_state(_v1(state))
+    assert old.schema_version == 2
+    assert old.tools == state.tools
+    assert old.world == state.world  # agent-wide: exact (the sums over the tools)
+    # a run's split was not kept by version 1: failed is kept, counted as errors
+    rw = old.runs["r1"].world
+    assert (rw.actions, rw.failed, rw.errors, rw.mismatches) == (3, 2, 2, 0)
+    assert old.run == old.runs["r1"]
+    with pytest.raises(msgspec.ValidationError):
+        decode_state(b'{"schema_version": 2, "agent_id": "a", "bogus": 1}')
