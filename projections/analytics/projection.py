@@ -44,6 +44,7 @@ from schemas.topics import EPISODES, EVENTS, STATE, VIOLATIONS
 
 if TYPE_CHECKING:
     from agentstream.settings import Settings
+    from projections.analytics.readonly import QueryLimits
     from projections.analytics.service import QueryService
     from projections.runner import Record
 
@@ -71,10 +72,12 @@ class AnalyticsProjection:
         *,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         serve_queries_in: Path | None = None,
+        query_limits: QueryLimits | None = None,
     ) -> None:
         self.url = url
         self.database = database or parse_url(url).database or DEFAULT_DATABASE
         self.serve_queries_in = serve_queries_in
+        self.query_limits = query_limits  # the read endpoint's (default: QueryLimits())
         self._codec = EventCodec(max_event_bytes)
         self.decoders: Mapping[str, Callable[[bytes], object]] = {
             EVENTS: self._codec.decode,
@@ -94,6 +97,9 @@ class AnalyticsProjection:
         kwargs: dict[str, Any] = {"max_event_bytes": settings.max_event_bytes}
         if url.startswith("chdb://"):
             kwargs["serve_queries_in"] = settings.data_dir.resolve() / "run"
+            from projections.analytics.reader import limits_from
+
+            kwargs["query_limits"] = limits_from(settings)
         kwargs.update(overrides)
         return cls(url, **kwargs)
 
@@ -117,7 +123,9 @@ class AnalyticsProjection:
         if self.serve_queries_in is not None and self._service is None:
             from projections.analytics.service import QueryService
 
-            self._service = QueryService(self._store, self.serve_queries_in)
+            self._service = QueryService(
+                self._store, self.serve_queries_in, limits=self.query_limits
+            )
             self._service.start()
 
     def close(self) -> None:

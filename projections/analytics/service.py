@@ -284,13 +284,19 @@ def _make_handler(service: QueryService) -> type[BaseHTTPRequestHandler]:
             return False
 
         def _send(self, status: HTTPStatus, ctype: str, data: bytes, **headers: str) -> None:
+            if status != HTTPStatus.OK and self._client_gone():
+                self.close_connection = True
+                return
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))
             for name, value in headers.items():
                 self.send_header(name.replace("_", "-"), value)
             self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client left; its statement was killed
 
         def _json(self, status: HTTPStatus, body: dict[str, Any]) -> None:
             self._send(status, "application/json", json.dumps(body).encode())
