@@ -37,8 +37,7 @@ from typing import Any
 import msgspec
 
 from schemas import payloads as p
-from schemas.envelope import Event, new_event
-from schemas.ids import uuid7_from_parts
+from schemas.envelope import CLASS_BY_PAYLOAD, SPECVERSION, Event, EventType
 
 # --- attribute names (the conventions' own spellings) -------------------------------------
 
@@ -87,6 +86,7 @@ class SpanNode:
     agent: str | None = None
     run: str | None = None
     tool_call_ids: tuple[str, ...] = ()
+    ref: str | None = None  # id of the event that stands for this span (see _ref)
 
 
 @dataclass(slots=True)
@@ -173,10 +173,40 @@ class MappedBatch:
 
 
 def event_id(trace_id: bytes, span_id: bytes, phase: str, unix_ms: int) -> str:
-    """A UUIDv7 whose time is ``unix_ms`` and whose 74 other bits hash the span and phase."""
-    h = hashlib.blake2b(trace_id + span_id + phase.encode(), digest_size=10).digest()
-    bits = int.from_bytes(h, "big")
-    return uuid7_from_parts(unix_ms, bits >> 68, bits)
+    """A UUIDv7 whose time is ``unix_ms`` and whose other bits hash the span and phase.
+
+    Layout (RFC 9562): 48 bits of milliseconds, version 7, 12 hash bits, variant 0b10,
+    62 hash bits; built from hex strings because this runs for every event.
+    """
+    d = hashlib.blake2b(trace_id + span_id + phase.encode(), digest_size=10).hexdigest()
+    t = f"{unix_ms & 0xFFFF_FFFF_FFFF:012x}"
+    return f"{t[:8]}-{t[8:]}-7{d[:3]}-{_VARIANT[d[3]]}{d[4:7]}-{d[7:19]}"
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+_BY_PAYLOAD: dict[type, tuple[type, str]] = {
+    payload: (cls, EventType.parse(cls.__struct_config__.tag).dataschema)  # type: ignore[arg-type,union-attr]
+    for payload, cls in CLASS_BY_PAYLOAD.items()
+}
+
+
+def _build(
+    data: p.Payload, eid: str, at: datetime, causes: list[str], common: dict[str, Any]
+) -> Event:
+    """What ``schemas.envelope.new_event`` does, with the per-type lookups precomputed
+    (this runs for every event)."""
+    cls, dataschema = _BY_PAYLOAD[type(data)]
+    return cls(  # type: ignore[no-any-return]
+        specversion=SPECVERSION,
+        id=eid,
+        time=at,
+        causes=tuple(causes),
+        dataschema=dataschema,
+        data=data,
+        **common,
+    )
 
 
 def _time(ns: int) -> datetime:
@@ -386,12 +416,19 @@ def _parts_text(msg: dict[str, Any]) -> str:
 
 
 def _llm_view(a: dict[str, Any]) -> _LlmView:
-    """Output text, tool calls chosen, and the messages, whichever convention carries them."""
-    out_msgs = _genai_messages(a.get("gen_ai.output.messages"))
-    in_msgs = _genai_messages(a.get("gen_ai.input.messages"))
+    """Output text, tool calls chosen, and the messages, whichever convention carries them.
+
+    One convention per span (the latest GenAI attributes, else OpenInference's, else
+    OpenLLMetry's), so each span's attributes are scanned once.
+    """
     calls: list[dict[str, Any]] = []
     texts: list[str] = []
-    if out_msgs:
+    out_msgs: list[dict[str, Any]] = []
+    in_msgs: list[dict[str, Any]] = []
+    raw_out = a.get("gen_ai.output.messages")
+    if raw_out is not None:
+        out_msgs = _genai_messages(raw_out)
+        in_msgs = _genai_messages(a.get("gen_ai.input.messages"))
         for m in out_msgs:
             texts.append(_parts_text(m))
             for pt in m.get("parts") or ():
@@ -403,9 +440,8 @@ def _llm_view(a: dict[str, Any]) -> _LlmView:
                             "arguments": pt.get("arguments"),
                         }
                     )
-    oi_out = _indexed(a, "llm.output_messages.")
-    if oi_out:
-        for m in oi_out.values():
+    elif OI_KIND in a:
+        for m in _indexed(a, "llm.output_messages.").values():
             texts.append(_str(m.get("message.content")) or "")
             for tc in _indexed(m, "message.tool_calls.").values():
                 calls.append(
@@ -428,9 +464,8 @@ def _llm_view(a: dict[str, Any]) -> _LlmView:
                     "content": _str(m.get("message.content")) or "",
                 }
             )
-    tl_out = _indexed(a, "gen_ai.completion.")
-    if tl_out:
-        for m in tl_out.values():
+    else:
+        for m in _indexed(a, "gen_ai.completion.").values():
             texts.append(_str(m.get("content")) or "")
             for tc in _indexed(m, "tool_calls.").values():
                 calls.append(
@@ -448,7 +483,10 @@ def _llm_view(a: dict[str, Any]) -> _LlmView:
             )
         for m in _indexed(a, "gen_ai.prompt.").values():
             in_msgs.append(
-                {"role": _str(m.get("role")) or "user", "content": _str(m.get("content")) or ""}
+                {
+                    "role": _str(m.get("role")) or "user",
+                    "content": _str(m.get("content")) or "",
+                }
             )
     text = "\n".join(t for t in texts if t)
     if not text:
@@ -505,7 +543,7 @@ def map_request(
     start before its end), so one agent's events are applied in the order they happened.
     """
     batch = MappedBatch()
-    pending: list[tuple[Any, dict[str, Any], Kind, _Ctx]] = []
+    pending: list[tuple[Any, dict[str, Any], Kind, _Ctx, _LlmView | None]] = []
     # pass 1: validate, classify and remember every span, so that spans of the same
     # batch can be linked whatever their order in the request
     for rs in request.resource_spans:
@@ -552,6 +590,7 @@ def map_request(
                     agent=_agent_of(a, kind),
                     run=_str(_first(a, *_RUN_KEYS)),
                 )
+                view = None
                 if kind is Kind.LLM:
                     view = _llm_view(a)
                     node.tool_call_ids = _tool_call_ids(view)
@@ -559,14 +598,14 @@ def map_request(
                 if kind is Kind.STRUCTURAL:
                     batch.skipped["GenAI grouping span (nested chain or task): no event"] += 1
                     continue
-                pending.append((span, a, kind, ctx))
+                pending.append((span, a, kind, ctx, view))
     # pass 2: build the events
     # time order; at the same instant what ends (a thought, a completion) goes before what
     # starts (the tool call it led to), and a span's own events keep their order
     keyed: list[tuple[int, int, int, int, Event]] = []
-    for n, (span, a, kind, ctx) in enumerate(pending):
+    for n, (span, a, kind, ctx, view) in enumerate(pending):
         start, end = span.start_time_unix_nano, span.end_time_unix_nano
-        for rank, event in enumerate(_events(span, a, kind, ctx, memory)):
+        for rank, event in enumerate(_events(span, a, kind, ctx, memory, view)):
             is_start = rank == 0 and kind is not Kind.LLM
             t_ns = start if is_start else end
             keyed.append((t_ns, 1 if is_start or start == end else 0, n, rank, event))
@@ -671,7 +710,12 @@ def _status(span: Any, a: dict[str, Any]) -> tuple[bool, str | None, str]:
 
 
 def _events(
-    span: Any, a: dict[str, Any], kind: Kind, ctx: _Ctx, memory: TraceMemory
+    span: Any,
+    a: dict[str, Any],
+    kind: Kind,
+    ctx: _Ctx,
+    memory: TraceMemory,
+    view: _LlmView | None = None,
 ) -> list[Event]:
     trace_id, span_id = span.trace_id, span.span_id
     t = memory.trace(trace_id)
@@ -705,7 +749,7 @@ def _events(
     parent_cause = [_ref(t, trace_id, parent)] if parent else []
 
     if kind is Kind.LLM:
-        view = _llm_view(a)
+        view = view or _llm_view(a)
         causes = [
             _ref(t, trace_id, s) for s in _inputs_of_llm(t, span_id, start_ns)
         ] or parent_cause
@@ -743,9 +787,7 @@ def _events(
             latency_ms=duration_ms,
             cost_usd=_float(_first(a, "llm.cost.total", "gen_ai.usage.cost")),
         )
-        return [
-            new_event(data, id=eid("open", end_ms), time=_time(end_ns), causes=causes, **common)
-        ]
+        return [_build(data, eid("open", end_ms), _time(end_ns), causes, common)]
 
     if kind is Kind.TOOL:
         call_id = _str(_first(a, "gen_ai.tool.call.id", "tool_call.id", "tool.id")) or (
@@ -756,7 +798,7 @@ def _events(
         )
         chooser = _chooser(t, start_ns, call_id)
         causes = [_ref(t, trace_id, chooser)] if chooser is not None else parent_cause
-        started = new_event(
+        started = _build(
             p.ActionStarted(
                 call_id=call_id,
                 tool=tool,
@@ -764,17 +806,17 @@ def _events(
                     _first(a, "gen_ai.tool.call.arguments", "input.value", "traceloop.entity.input")
                 ),
             ),
-            id=eid("open", start_ms),
-            time=_time(start_ns),
-            causes=causes,
-            **common,
+            eid("open", start_ms),
+            _time(start_ns),
+            causes,
+            common,
         )
         failed, err_type, message = _status(span, a)
         result = (
             _str(_first(a, "gen_ai.tool.call.result", "output.value", "traceloop.entity.output"))
             or ""
         )
-        completed = new_event(
+        completed = _build(
             p.ActionCompleted(
                 call_id=call_id,
                 tool=tool,
@@ -783,10 +825,10 @@ def _events(
                 error_type=err_type or ("error" if failed else None),
                 duration_ms=duration_ms,
             ),
-            id=eid("close", end_ms),
-            time=_time(end_ns),
-            causes=[started.id],
-            **common,
+            eid("close", end_ms),
+            _time(end_ns),
+            [started.id],
+            common,
         )
         return [started, completed]
 
@@ -796,31 +838,23 @@ def _events(
             role=_str(a.get("gen_ai.agent.description")),
             model=_str(a.get("gen_ai.request.model")),
         )
-        return [
-            new_event(
-                data, id=eid("open", start_ms), time=_time(start_ns), causes=parent_cause, **common
-            )
-        ]
+        return [_build(data, eid("open", start_ms), _time(start_ns), parent_cause, common)]
 
     # an agent invocation, a workflow or a root chain: the run
     goal = _str(_first(a, "input.value", "traceloop.entity.input", "gen_ai.agent.description"))
     if goal is None:
         goal = f"{span.name}" if span.name else f"agent {agent}"
-    started = new_event(
-        p.RunStarted(goal=goal),
-        id=eid("open", start_ms),
-        time=_time(start_ns),
-        causes=parent_cause,
-        **common,
+    started = _build(
+        p.RunStarted(goal=goal), eid("open", start_ms), _time(start_ns), parent_cause, common
     )
     failed, err_type, message = _status(span, a)
     summary = _str(_first(a, "output.value", "traceloop.entity.output")) or message or ""
-    finished = new_event(
+    finished = _build(
         p.RunFinished(status="failed" if failed else "succeeded", summary=summary),
-        id=eid("close", end_ms),
-        time=_time(end_ns),
-        causes=[started.id],
-        **common,
+        eid("close", end_ms),
+        _time(end_ns),
+        [started.id],
+        common,
     )
     return [started, finished]
 
@@ -829,8 +863,11 @@ def _ref(t: _Trace, trace_id: bytes, sid: bytes) -> str:
     """The id of the event that stands for a known span when another event follows from it:
     a model call's thought, a tool's completion, an agent's run start."""
     n = t.spans[sid]
-    if n.kind is Kind.LLM:
-        return event_id(trace_id, sid, "open", n.end_ns // 1_000_000)
-    if n.kind is Kind.TOOL:
-        return event_id(trace_id, sid, "close", n.end_ns // 1_000_000)
-    return event_id(trace_id, sid, "open", n.start_ns // 1_000_000)
+    if n.ref is None:
+        if n.kind is Kind.LLM:
+            n.ref = event_id(trace_id, sid, "open", n.end_ns // 1_000_000)
+        elif n.kind is Kind.TOOL:
+            n.ref = event_id(trace_id, sid, "close", n.end_ns // 1_000_000)
+        else:
+            n.ref = event_id(trace_id, sid, "open", n.start_ns // 1_000_000)
+    return n.ref
