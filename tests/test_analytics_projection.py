@@ -20,13 +20,17 @@ import pytest
 
 from projections.analytics import schema
 from projections.analytics.projection import AnalyticsProjection
+from projections.analytics.queries import NAMED_QUERIES
 from projections.analytics.rows import events_table
 from projections.analytics.sample import SampleCounts, sample_events
 from projections.analytics.store import AnalyticsStore
 from projections.runner import ProjectionRunner, Record, RunnerConfig, wait_until
+from schemas import payloads as p
 from schemas.arrow import events_to_table
 from schemas.codec import encode_event
 from schemas.derived import Episode, Violation, ViolationCategory, encode_derived
+from schemas.envelope import new_event
+from schemas.ids import Uuid7Generator
 from schemas.state import AgentState, Outlook, encode_state
 from schemas.topics import EPISODES, EVENTS, STATE, VIOLATIONS
 
@@ -94,6 +98,19 @@ def assert_exact(store: AnalyticsStore, counts: SampleCounts) -> None:
     )
     runs_finished = counts.by_type["agent.lifecycle.run_finished.v1"]
     assert finished == [(counts.failed_runs, runs_finished)]
+    # the run model: one row per run, the same totals
+    runs = store.rows(
+        "SELECT count(), uniqExact(run_id), sum(events), sum(actions), sum(errors), "
+        "countIf(status = 'failed'), countIf(status != 'running') FROM runs"
+    )
+    assert runs == [
+        (
+            *(counts.runs, counts.runs, counts.total, completed, counts.failed_actions),
+            *(counts.failed_runs, runs_finished),
+        )
+    ]
+    per_agent = store.rows("SELECT sum(events), sum(actions), sum(errors) FROM run_agent")
+    assert per_agent == [(counts.total, completed, counts.failed_actions)]
 
 
 def test_columnar_rows_equal_the_shared_arrow_rows(sample):
@@ -356,3 +373,183 @@ async def _run_until_caught_up(runner: ProjectionRunner) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)
+
+
+# --- the run model across agents ------------------------------------------------------------
+
+
+def _run_truth(events: list) -> dict[str, dict]:
+    """Per run, from the raw events: what the `runs` view must say (docs/analytics.md)."""
+    from streams.simulator import is_mismatch
+
+    starts = {(e.agentid, e.data.call_id): e for e in events if e.type == "agent.act.started.v1"}
+    rank = {"succeeded": 1, "cancelled": 2, "failed": 3}
+    out: dict[str, dict] = {}
+    for e in events:
+        if e.runid is None:
+            continue
+        r = out.setdefault(
+            e.runid,
+            {"agents": set(), "events": 0, "actions": 0, "errors": 0, "mismatches": 0,
+             "cost": 0.0, "finish": None, "goal": None, "first": e.time, "last": e.time},
+        )  # fmt: skip
+        r["agents"].add(e.agentid)
+        r["events"] += 1
+        r["first"], r["last"] = min(r["first"], e.time), max(r["last"], e.time)
+        r["cost"] += getattr(e.data, "cost_usd", 0.0)
+        if e.type == "agent.act.completed.v2":
+            r["actions"] += 1
+            r["errors"] += e.data.status == "error"
+            start = starts.get((e.agentid, e.data.call_id))
+            r["mismatches"] += start is not None and is_mismatch(start, e)
+        elif e.type == "agent.lifecycle.run_finished.v1":
+            key = (e.time, rank[e.data.status])
+            if r["finish"] is None or key > r["finish"]:
+                r["finish"] = key
+        elif e.type == "agent.lifecycle.run_started.v1" and (
+            r["goal"] is None or (e.time, e.data.goal) < r["goal"]
+        ):
+            r["goal"] = (e.time, e.data.goal)
+    names = {v: k for k, v in rank.items()}
+    for r in out.values():
+        r["status"] = names[r["finish"][1]] if r["finish"] else "running"
+        r["goal"] = r["goal"][1] if r["goal"] else None
+    return out
+
+
+def _team_records(events: list, derived: list) -> list[Record]:
+    recs = records_by_agent(events)
+    vs = [d for d in derived if isinstance(d, Violation)]
+    return recs + [Record(VIOLATIONS, 0, i, None, v, 0) for i, v in enumerate(vs)]
+
+
+def records_by_agent(events: list) -> list[Record]:
+    """Like the runner: one agent's events on one partition (by a stable hash), in order."""
+    import zlib
+
+    out = []
+    offsets: Counter[int] = Counter()
+    for e in events:
+        part = zlib.crc32(e.agentid.encode()) % 4
+        out.append(Record(EVENTS, part, offsets[part], e.agentid.encode(), e, 0))
+        offsets[part] += 1
+    return out
+
+
+def test_team_runs_are_one_row_each_and_match_the_raw_events(projection):
+    """A simulated team workload: a run has events of up to four agents, every member
+    reports run_finished. `runs` has one row per run with the raw events' answers, also
+    after the whole log is applied again in another order."""
+    from streams.reducer import fold
+    from streams.simulator import SimulationConfig, generate
+
+    events = list(generate(SimulationConfig(agents=8, runs=40, seed=5)))
+    states, derived = fold(events)
+    truth = _run_truth(events)
+    recs = _team_records(events, derived)
+    projection.apply(recs[: len(recs) // 2])
+    projection.apply(recs[len(recs) // 3 :])  # overlapping: redelivery
+    projection.apply(list(reversed(recs)))  # the whole log again, violations first
+    rows = projection.store.query_arrow("SELECT * FROM runs").to_pylist()
+    assert len(rows) == len(truth) == 40
+    assert max(len(t["agents"]) for t in truth.values()) >= 3  # really team runs
+    assert sum(r["finishes"] for r in rows) > len(rows)  # several reports per run
+    for r in rows:
+        t = truth[r["run_id"]]
+        assert r["agents"] == sorted(t["agents"])
+        assert (r["status"], r["goal"]) == (t["status"], t["goal"])
+        assert (r["events"], r["actions"], r["errors"], r["mismatches"]) == (
+            t["events"], t["actions"], t["errors"], t["mismatches"]
+        )  # fmt: skip
+        assert r["failed"] == t["errors"] + t["mismatches"]
+        assert r["cost_usd"] == pytest.approx(t["cost"], abs=1e-9)
+        assert r["started_at"] == t["first"] and r["ended_at"] == t["last"]
+    assert sum(t["mismatches"] for t in truth.values()) > 0
+    # each agent's own status: the same in ClickHouse and in the agent's folded state
+    shares = projection.store.query_arrow(
+        NAMED_QUERIES["run_agent_costs"].sql, {"run_id": "", "limit": 100_000}
+    ).to_pylist()
+    compared = 0
+    for row in shares:
+        run = states[row["agent_id"]].runs.get(row["run_id"])
+        if run is not None:  # the state keeps the agent's latest run_window runs
+            assert row["agent_status"] == run.status, (row["agent_id"], row["run_id"])
+            assert (row["actions"], row["errors"], row["mismatches"], row["failed"]) == (
+                run.world.actions, run.world.errors, run.world.mismatches, run.world.failed
+            )  # fmt: skip
+            compared += 1
+    assert compared >= 20
+    by_run: dict[str, float] = {}
+    for row in shares:
+        by_run[row["run_id"]] = by_run.get(row["run_id"], 0.0) + row["cost_share"]
+    assert all(abs(v - 1) < 1e-3 for v in by_run.values() if v)
+
+
+def test_conflicting_run_finished_reports_follow_the_documented_rule(projection):
+    """Latest event time wins; equal times: failed > cancelled > succeeded; flagged."""
+    ids = Uuid7Generator(3)
+    t0 = datetime(2025, 3, 1, tzinfo=UTC)
+
+    def ev(agent: str, run: str, data, at: float):
+        when = t0 + timedelta(seconds=at)
+        return new_event(
+            data, id=ids.new(int(when.timestamp() * 1000)), time=when, agentid=agent, runid=run
+        )
+
+    fin = p.RunFinished
+    events = [
+        ev("lead", "late-wins", p.RunStarted(goal="g1"), 0),
+        ev("lead", "late-wins", fin(status="failed"), 10),
+        ev("member", "late-wins", fin(status="succeeded"), 11),
+        ev("lead", "tie", p.RunStarted(goal="g2"), 0),
+        ev("lead", "tie", fin(status="succeeded"), 10),
+        ev("member", "tie", fin(status="cancelled"), 10),
+        ev("lead", "agree", p.RunStarted(goal="g3"), 0),
+        ev("lead", "agree", fin(status="succeeded"), 10),
+        ev("member", "agree", fin(status="succeeded"), 9),
+        ev("lead", "open", p.RunStarted(goal="g4"), 0),
+    ]
+    projection.apply(records_by_agent(events))
+    got = {
+        r[0]: r[1:]
+        for r in projection.store.rows(
+            "SELECT run_id, status, status_conflict, finishes, started_by, "
+            "toString(finished_at) FROM runs"
+        )
+    }
+    assert got == {
+        "late-wins": ("succeeded", True, 2, "lead", "2025-03-01 00:00:11.000000"),
+        "tie": ("cancelled", True, 2, "lead", "2025-03-01 00:00:10.000000"),
+        "agree": ("succeeded", False, 2, "lead", "2025-03-01 00:00:10.000000"),
+        "open": ("running", False, 0, "lead", None),
+    }
+    assert dict(
+        projection.store.rows("SELECT status, runs FROM (" + _q("runs_by_status") + ")")
+    ) == {
+        "succeeded": 2,
+        "cancelled": 1,
+        "running": 1,
+    }
+
+
+def _q(name: str) -> str:
+    return NAMED_QUERIES[name].sql
+
+
+def test_docs_describe_every_column_of_the_runs_view(projection):
+    """docs/analytics.md documents the view `runs` column by column with exact types (the
+    tables are checked by tests/test_query.py) and the final-status rule."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "analytics.md").read_text()
+    cols = projection.store.rows(
+        "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = 'runs'",
+        {"db": projection.store.database},
+    )
+    assert len(cols) == 21
+    section = doc[doc.index("### `runs`") : doc.index("### Rollups")]
+    for name, ctype in cols:
+        assert f"| `{name}` | {ctype} |" in section, f"runs.{name} {ctype} not documented"
+    assert "latest event time" in section and "more severe" in section
+    for name in ("run_agent_costs", "runs_by_status", "recent_runs"):
+        assert f"### `{name}`" in doc
