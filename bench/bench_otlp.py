@@ -57,7 +57,8 @@ HOST = "127.0.0.1"
 PARTITIONS = 6
 SPANS_PER_BATCH = 512
 SPANS_PER_TRACE = 8
-WORDS = "the agent checks the failing test fixture and retries the flaky network call".split()
+WORDS = ["the", "agent", "checks", "the", "failing", "test", "fixture", "and", "retries",
+         "the", "flaky", "network", "call"]  # fmt: skip
 
 
 def _text(rng: random.Random, n_bytes: int) -> str:
@@ -88,8 +89,17 @@ def make_requests(batches: int, seed: int = 0) -> list[ExportTraceServiceRequest
         agent_id = rng.getrandbits(64).to_bytes(8, "big")
         agent = f"agent-{t % 16}"
 
-        def sp(sid: bytes, name: str, start_ms: int, end_ms: int, attrs: dict, err: bool = False,
-               parent: bytes = agent_id, base: int = base, trace_id: bytes = trace_id) -> Span:  # fmt: skip
+        def sp(
+            sid: bytes,
+            name: str,
+            start_ms: int,
+            end_ms: int,
+            attrs: dict,
+            err: bool = False,
+            parent: bytes = agent_id,
+            base: int = base,
+            trace_id: bytes = trace_id,
+        ) -> Span:
             return Span(
                 trace_id=trace_id,
                 span_id=sid,
