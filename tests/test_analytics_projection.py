@@ -8,6 +8,7 @@ the insert and the offset commit.
 from __future__ import annotations
 
 import asyncio
+import math
 import subprocess
 import sys
 import textwrap
@@ -553,3 +554,60 @@ def test_docs_describe_every_column_of_the_runs_view(projection):
     assert "latest event time" in section and "more severe" in section
     for name in ("run_agent_costs", "runs_by_status", "recent_runs"):
         assert f"### `{name}`" in doc
+
+
+QUANTILE_LOW_BOUND = 2**-7
+"""Documented (docs/analytics.md, "Quantiles"): a rollup quantile is at most 2^-7 (0.78125%)
+below the exact nearest-rank quantile and never above it by more than 2^-24 (float32)."""
+
+
+def nearest_rank(values: list[float], level: float) -> float:
+    """The smallest value with at least level * N values <= it (the rollups' rank rule)."""
+    ordered = sorted(values)
+    k = max(1, math.ceil(level * len(ordered)))
+    return ordered[k - 1]
+
+
+def test_tool_quantiles_stay_within_the_documented_bound(projection):
+    """Seeded simulator durations (log-normal per tool, 0.1 ms resolution) through the
+    projection; `slowest_tools` against the exact nearest-rank quantiles of the raw values."""
+    from streams.simulator import SimulationConfig, generate
+
+    events = list(generate(SimulationConfig(agents=8, runs=150, seed=21)))
+    projection.apply(records_by_agent(events))
+    raw: dict[str, list[float]] = {}
+    for e in events:
+        if e.type == "agent.act.completed.v2":
+            raw.setdefault(e.data.tool, []).append(e.data.duration_ms)
+    rows = projection.store.query_arrow(
+        _q("slowest_tools"), {"limit": 100, "min_calls": 1}
+    ).to_pylist()
+    assert {r["tool"] for r in rows} == set(raw)
+    worst = 0.0
+    checked = 0
+    for r in rows:
+        values = raw[r["tool"]]
+        assert r["calls"] == len(values)
+        for level, col in ((0.5, "p50_ms"), (0.95, "p95_ms"), (0.99, "p99_ms")):
+            exact = nearest_rank(values, level)
+            got = r[col]
+            slack = 0.05 / exact  # the query rounds to 0.1 ms
+            rel = (exact - got) / exact
+            assert -(2**-24) - slack <= rel < QUANTILE_LOW_BOUND + slack, (r["tool"], level)
+            worst = max(worst, rel - slack)
+            checked += 1
+    assert checked >= 30
+    assert worst < QUANTILE_LOW_BOUND
+    # without the rounding of the query: the merged states themselves
+    q = projection.store.rows(
+        "SELECT tool, quantilesBFloat16Merge(0.5, 0.95, 0.99)(duration_ms) FROM tool_minute "
+        "GROUP BY tool"
+    )
+    raw_worst = 0.0
+    for tool, qs in q:
+        for level, got in zip((0.5, 0.95, 0.99), qs, strict=True):
+            exact = nearest_rank(raw[tool], level)
+            rel = (exact - got) / exact
+            assert -(2**-24) <= rel < QUANTILE_LOW_BOUND
+            raw_worst = max(raw_worst, rel)
+    print(f"worst relative error: {raw_worst:.5%} (bound {QUANTILE_LOW_BOUND:.5%})")
