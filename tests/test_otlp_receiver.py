@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import Broker
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -22,7 +23,6 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 from test_otlp_support import ReceiverThread, outcome, read_log
 
-from conftest import Broker
 from schemas.codec import decode_event, encode_event
 from schemas.ids import is_uuid7
 from streams.otlp.mapping import TraceMemory, event_id, map_request
@@ -94,7 +94,7 @@ def agent_run(trace: bytes = TRACE, tool_error: bool = True) -> ExportTraceServi
             parent=1,
             error=tool_error,
             trace=trace,
-        ),  # fmt: skip
+        ),
         span(4, CHAT, start=41, end=90, parent=1, trace=trace),
     )
 
@@ -141,6 +141,28 @@ def test_tool_span_links_to_the_model_call_of_an_earlier_batch() -> None:
     (thought,) = first.events
     started, _ = second.events
     assert started.causes == (thought.id,)
+
+
+def test_values_outside_the_contract_are_clamped_or_rejected() -> None:
+    """Whatever a span carries, the events it becomes pass the consumers' codec."""
+    deep: Any = 1
+    for _ in range(40):
+        deep = [deep]
+    req = request(
+        span(1, {**CHAT, "gen_ai.usage.input_tokens": 2**40, "llm.cost.total": "1e300"}),
+        span(2, {**TOOL, "gen_ai.tool.call.arguments": json.dumps({"a": deep})}, start=2, end=3),
+        span(3, {**TOOL, "gen_ai.tool.call.arguments": '{"n": 123456789012345678901234567890}'},
+             start=4, end=5),
+        span(4, CHAT, start=0, end=(2**64 - 1 - T0) // 1_000_000),  # year 2554
+    )  # fmt: skip
+    b = map_request(req, TraceMemory())
+    assert b.rejected == {"time out of range (events must be before 2106-01-01)": 1}
+    for e in b.events:
+        assert decode_event(encode_event(e)) == e
+    thought = b.events[0]
+    assert thought.data.input_tokens == 2**32 - 1 and thought.data.cost_usd == 1e9
+    args = [e.data.arguments for e in b.events if e.type == "agent.act.started.v1"]
+    assert all(set(a) == {"input"} and isinstance(a["input"], str) for a in args), args
 
 
 def test_tokens_and_bind_rules() -> None:

@@ -37,7 +37,7 @@ from typing import Any
 import msgspec
 
 from schemas import payloads as p
-from schemas.envelope import CLASS_BY_PAYLOAD, SPECVERSION, Event, EventType
+from schemas.envelope import CLASS_BY_PAYLOAD, MAX_TIME, SPECVERSION, Event, EventType
 
 # --- attribute names (the conventions' own spellings) -------------------------------------
 
@@ -58,6 +58,7 @@ with the version in the reason rather than read by guesswork."""
 
 _SCHEMA_RE = re.compile(r"opentelemetry\.io/schemas/(\d+)\.(\d+)(?:\.(\d+))?")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_NS = (MAX_TIME - _EPOCH) // timedelta(microseconds=1) * 1000
 _json = msgspec.json.Decoder()
 
 
@@ -245,19 +246,20 @@ def _str(v: Any) -> str | None:
     return msgspec.json.encode(v).decode()
 
 
-def _int(v: Any) -> int:
+def _int(v: Any, cap: int = p.UINT32_MAX) -> int:
+    """A count in the contract's range (tokens are UInt32 in every store)."""
     try:
-        return max(0, int(v))
-    except (TypeError, ValueError):
+        return min(cap, max(0, int(v)))
+    except (TypeError, ValueError, OverflowError):
         return 0
 
 
-def _float(v: Any) -> float:
+def _float(v: Any, cap: float = p.MAX_COST_USD) -> float:
     try:
         f = float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 0.0
-    return f if f > 0 and f != float("inf") else 0.0
+    return min(cap, f) if f > 0 else 0.0  # NaN compares False: 0.0
 
 
 def _first(a: dict[str, Any], *names: str) -> Any:
@@ -278,12 +280,33 @@ def _loads(v: Any) -> Any:
 
 
 def _as_arguments(v: Any) -> dict[str, Any]:
+    """Tool arguments as an object; anything the contract cannot hold exactly (nesting past
+    32 levels, integers beyond int64, non-finite floats) is kept as its JSON text."""
+    raw = v
     v = _loads(v)
     if v is None:
         return {}
+    if not _json_safe(v, 0):
+        return {"input": raw if isinstance(raw, str) else _str(raw)}
     if isinstance(v, dict):
         return v
     return {"input": v}
+
+
+def _json_safe(v: Any, depth: int) -> bool:
+    if depth > 32:
+        return False
+    if isinstance(v, dict):
+        return all(_json_safe(x, depth + 1) for x in v.values())
+    if isinstance(v, list):
+        return all(_json_safe(x, depth + 1) for x in v)
+    if isinstance(v, bool):
+        return True
+    if isinstance(v, int):
+        return -(2**63) <= v < 2**63
+    if isinstance(v, float):
+        return v == v and abs(v) != float("inf")
+    return True
 
 
 def schema_version(url: str) -> tuple[int, int] | None:
@@ -527,6 +550,8 @@ def _valid_ids(span: Any) -> str | None:
         return "missing start or end time"
     if span.end_time_unix_nano < span.start_time_unix_nano:
         return "span ends before it starts"
+    if span.end_time_unix_nano >= _MAX_NS:
+        return "time out of range (events must be before 2106-01-01)"
     return None
 
 
@@ -733,7 +758,7 @@ def _events(
     agent, run, parent = _identity(t, node, ctx, trace_hex)
     start_ns, end_ns = span.start_time_unix_nano, span.end_time_unix_nano
     start_ms, end_ms = start_ns // 1_000_000, end_ns // 1_000_000
-    duration_ms = (end_ns - start_ns) / 1e6
+    duration_ms = min(p.MAX_DURATION_MS, (end_ns - start_ns) / 1e6)
     flags = span.flags & 0xFF
     common = {
         "agentid": agent,
