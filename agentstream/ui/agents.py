@@ -26,18 +26,23 @@ async def agent_state(backends: Backends, agent_id: str) -> dict[str, Any]:
 
 
 def tools(state: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per tool: calls, ok, errors, wrong results, success rate, mean duration."""
+    """Per tool: calls, errors, mismatches (ok but not the expected outcome), success rate
+    (calls that neither errored nor mismatched), mean duration. Reads both vocabularies of
+    ``ToolStats`` (``actions/errors/mismatches`` and version 1's ``ok/error/wrong_result``)."""
     out = []
     for name, st in sorted(state.get("tools", {}).items()):
-        calls = st.get("ok", 0) + st.get("error", 0)
-        good = st.get("ok", 0) - st.get("wrong_result", 0)
+        if "actions" in st:
+            calls, errors, mismatches = st["actions"], st.get("errors", 0), st.get("mismatches", 0)
+        else:
+            errors, mismatches = st.get("error", 0), st.get("wrong_result", 0)
+            calls = st.get("ok", 0) + errors
+        good = calls - errors - mismatches
         out.append(
             {
                 "tool": name,
                 "calls": calls,
-                "ok": st.get("ok", 0),
-                "error": st.get("error", 0),
-                "wrong_result": st.get("wrong_result", 0),
+                "errors": errors,
+                "mismatches": mismatches,
                 "success_rate": None if calls == 0 else round(good / calls, 4),
                 "mean_ms": None if calls == 0 else round(st.get("duration_ms", 0.0) / calls, 1),
             }

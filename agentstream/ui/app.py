@@ -15,6 +15,7 @@ from agentstream.ui.backends import Backends, NotFound, Unavailable
 from agentstream.ui.deadletters import DeadLetterCache
 from agentstream.ui.security import SecurityMiddleware
 from agentstream.ui.steps import StepCache
+from projections.analytics.reader import QueryError
 
 if TYPE_CHECKING:
     from agentstream.settings import Settings
@@ -65,6 +66,10 @@ def create_app(
     @app.exception_handler(ValueError)
     async def _bad(_r: Request, err: ValueError) -> JSONResponse:
         return JSONResponse({"ok": False, "error": str(err)}, status_code=400)
+
+    @app.exception_handler(QueryError)
+    async def _query(_r: Request, err: QueryError) -> JSONResponse:
+        return JSONResponse({"ok": False, "error": f"analytics: {err}"}, status_code=500)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, object]:

@@ -165,7 +165,7 @@ def event_detail(backends: Backends, event_id: str) -> dict[str, Any]:
     row["time"] = row["time"].isoformat()
     row["violations"] = backends.query(
         _VIOLATIONS_SQL.format(
-            cond="detected_by = toUUID({id:String}) OR has(event_ids, toUUID({id:String}))"
+            cond="toString(detected_by) = {id:String} OR has(event_ids, toUUID({id:String}))"
         ),
         {"id": event_id},
     )

@@ -87,6 +87,7 @@
   }
   function fmtDur(ms) {
     if (ms === null || ms === undefined) return '';
+    if (ms < 0) return '−' + fmtDur(-ms);
     if (ms < 1000) return Math.round(ms) + ' ms';
     const s = ms / 1000;
     if (s < 60) return s.toFixed(1) + ' s';
@@ -112,6 +113,7 @@
     return html`<span class="s">${JSON.stringify(v)}</span>`;
   }
   const isObj = (v) => v !== null && typeof v === 'object';
+  const Val = (v, none) => (v === null || v === undefined ? none : isObj(v) ? html`<div class="tree"><${Tree} value=${v} collapsed=${true} depth=${1} /></div>` : html`<${Scalar} v=${v} />`);
   const size = (v) => (Array.isArray(v) ? v.length : Object.keys(v).length);
   const short = (v) => { const s = isObj(v) ? JSON.stringify(v) : String(v); return s.length > 140 ? s.slice(0, 139) + '…' : s; };
 
@@ -152,7 +154,7 @@
     }
     const entries = Array.isArray(value) ? value.map((v, i) => [i, v]) : Object.entries(value);
     const removed = Array.isArray(value) ? [] : removedUnder(path, value, diff);
-    const open = ch || (!collapsed && depth < 2) || (depth === 0);
+    const open = (ch && diff) || (!collapsed && depth < 2) || depth === 0 || (collapsed && depth === 1 && size(value) <= 4);
     const listChanged = Array.isArray(value) && change;
     return html`<details open=${open} class=${ch ? 'changed' : ''} data-path=${path}>
       <summary>${label}<span class="count">${Array.isArray(value) ? '[' + value.length + ']' : '{' + size(value) + '}'}</span>${listChanged ? html` <span class="was">${short(change.before)}</span>` : null}</summary>
@@ -496,7 +498,7 @@
         <button class=${viewMode === 'timeline' ? 'on' : ''} onClick=${() => setQuery({ view: 'timeline' })}>Timeline</button>
         <button class=${viewMode === 'list' ? 'on' : ''} onClick=${() => setQuery({ view: 'list' })}>List</button>
         <${A} to=${href.debug(runId, selected ? { event: selected } : null)}>▶ Step through (debug replay)<//>
-        ${tl ? html`<span class="dim">${fmtInt(tl.events.length)} events · ${tl.lanes.length} agents · ${tl.bars.length} actions
+        ${tl ? html`<span class="dim">${fmtInt(tl.events.length)} events · ${tl.lanes.length} agents · ${tl.bars.length} tool calls
           (${counts.ok} ok, ${counts.error} error, ${counts.mismatch} mismatch, ${counts.open} open) · ${tl.violations.length} violations
           ${tl.truncated ? html` · <b>showing the first ${fmtInt(tl.limit)}</b>` : null}</span>` : null}
       </div>
@@ -519,7 +521,9 @@
     const source = q.source || 'kafka';
     const idx = useApi('/runs/' + enc(runId) + '/steps', { source });
     const s = idx.data;
-    const [pos, setPosState] = useState(null);
+    const [pos, setPosRaw] = useState(null);
+    const posRef = useRef(null);  // keys may arrive faster than renders: read the latest
+    const setPosState = (i) => { posRef.current = i; setPosRaw(i); };
     const [playing, setPlaying] = useState(false);
     const [speed, setSpeed] = useState(2);
     const [msg, setMsg] = useState('');
@@ -548,6 +552,7 @@
     }, [pos, s]);
     const go = useCallback((i, why) => { setMsg(why || ''); setPosState(i); }, []);
     const cmd = useCallback((name) => {
+      const pos = posRef.current;
       if (!s || pos === null) return;
       const fails = s.failures;
       if (name !== 'play') setPlaying(false);
@@ -562,7 +567,7 @@
         case 'faster': setSpeed((v) => SPEEDS[Math.min(SPEEDS.length - 1, SPEEDS.indexOf(v) + 1)] || v); break;
         case 'slower': setSpeed((v) => SPEEDS[Math.max(0, SPEEDS.indexOf(v) - 1)] || v); break;
       }
-    }, [s, pos]);
+    }, [s]);
     useEffect(() => {
       if (!playing || !s) return undefined;
       const t = setTimeout(() => { if (pos < s.count - 1) setPosState(pos + 1); else { setPlaying(false); setMsg('end of the timeline'); } }, 1000 / speed);
@@ -592,13 +597,13 @@
         <span>${fmtInt(s.events_folded)} events folded from ${s.source} for ${s.agents} agent(s) in ${s.build_seconds}s</span>
         <span>source <select value=${source} onChange=${(e) => setQuery({ source: e.target.value, step: 0 }, false)} aria-label="source"><option value="kafka">kafka</option><option value="archive">archive</option></select></span></div>
       <div class="panel controls">
-        <button onClick=${() => cmd('first')} title="first (g)">⏮</button>
+        <button onClick=${() => cmd('first')} title="first (g)">« first</button>
         <button onClick=${() => cmd('prevFail')} title="previous failure (F)">⇤ fail</button>
         <button onClick=${() => cmd('back')} title="back (← k)" aria-label="back">◀</button>
         <button class=${playing ? 'on' : 'primary'} onClick=${() => cmd('play')} title="play/pause (space)" aria-label="play">${playing ? '❚❚ pause' : '▶ play'}</button>
         <button onClick=${() => cmd('next')} title="next (→ j)" aria-label="next">▶</button>
         <button onClick=${() => cmd('nextFail')} title="next failure (f)" aria-label="next failure">fail ⇥</button>
-        <button onClick=${() => cmd('last')} title="last (G)">⏭</button>
+        <button onClick=${() => cmd('last')} title="last (G)">last »</button>
         <label class="dim">speed <select value=${speed} onChange=${(e) => setSpeed(Number(e.target.value))} aria-label="speed">${SPEEDS.map((v) => html`<option value=${v}>${v}/s</option>`)}</select></label>
         <input type="range" min="0" max=${s.count - 1} value=${pos} onInput=${(e) => go(Number(e.target.value))} aria-label="step" />
         <span class="pos" data-pos=${pos}>step ${pos + 1} / ${s.count}</span>
@@ -626,7 +631,7 @@
         <section class="panel step-state">
           <h2>State of <${A} to=${href.agent(ev.agentid)}>${ev.agentid}<//> after this event</h2>
           <h3>Changed (${nChanges})</h3>
-          <table class="changes"><tbody>${Object.entries(step.changes).map(([p, c]) => html`<tr data-path=${p}><td class="path">${p}</td><td class="before">${c.before === null ? '∅' : short(c.before)}</td><td class="after">${c.after === null ? '∅ removed' : short(c.after)}</td></tr>`)}</tbody></table>
+          <table class="changes"><thead><tr><th>field</th><th>before</th><th>after</th></tr></thead><tbody>${Object.entries(step.changes).map(([p, c]) => html`<tr data-path=${p}><td class="path">${p}</td><td class="before">${Val(c.before, '∅')}</td><td class="after">${Val(c.after, '∅ removed')}</td></tr>`)}</tbody></table>
           <h3>State</h3>
           <div class="tree state-tree"><${Tree} value=${step.state} diff=${diff} collapsed=${true} /></div>
         </section>
@@ -646,6 +651,7 @@
   }
   const NODE_COLOR = { think: '#3b82f6', act: '#ea8a1a', learn: '#16a34a', lifecycle: '#7b8494' };
   const catOf = (type) => (type ? type.split('.')[1] : null);
+  const FAILED = new Set(['error', 'failed', 'cancelled']);
 
   function GraphView({ nodes, edges, target, marked, onTap }) {
     const ref = useRef(null);
@@ -658,19 +664,19 @@
           container: ref.current,
           elements: [
             ...nodes.map((n) => ({ data: { id: n.id, label: (n.agent || '?') + '\n' + (n.type ? kindOf(n.type) + (n.status ? ' · ' + n.status : '') : 'not arrived'),
-              color: NODE_COLOR[catOf(n.type)] || '#cfd4dc', failed: n.failed ? 1 : 0, target: n.id === target ? 1 : 0, marked: marked.has(n.id) ? 1 : 0 } })),
+              color: NODE_COLOR[catOf(n.type)] || '#cfd4dc', failed: FAILED.has(n.status) ? 1 : 0, target: n.id === target ? 1 : 0, marked: marked.has(n.id) ? 1 : 0 } })),
             ...edges.map(([a, b]) => ({ data: { id: a + '>' + b, source: a, target: b } })),
           ],
           style: [
-            { selector: 'node', style: { 'background-color': 'data(color)', label: 'data(label)', 'text-wrap': 'wrap', 'font-size': 9, color: '#1d2430',
-              'text-valign': 'bottom', 'text-margin-y': 3, width: 18, height: 18, 'border-width': 1, 'border-color': '#fff' } },
-            { selector: 'node[failed = 1]', style: { 'border-width': 4, 'border-color': '#d3343d', shape: 'diamond' } },
+            { selector: 'node', style: { 'background-color': 'data(color)', label: 'data(label)', 'text-wrap': 'wrap', 'font-size': 11, color: '#1d2430',
+              'text-valign': 'center', 'text-halign': 'right', 'text-margin-x': 6, width: 16, height: 16, 'border-width': 1, 'border-color': '#fff' } },
+            { selector: 'node[target = 1]', style: { width: 28, height: 28, 'border-width': 4, 'border-color': '#1d2430', 'font-weight': 'bold' } },
             { selector: 'node[marked = 1]', style: { 'border-width': 3, 'border-color': '#d3343d', 'border-style': 'dashed' } },
-            { selector: 'node[target = 1]', style: { width: 30, height: 30, 'border-width': 4, 'border-color': '#1d2430', 'font-weight': 'bold' } },
+            { selector: 'node[failed = 1]', style: { 'background-color': '#d3343d', shape: 'diamond' } },
             { selector: 'edge', style: { width: 1.2, 'line-color': '#aab2c0', 'target-arrow-color': '#aab2c0', 'target-arrow-shape': 'triangle', 'curve-style': 'bezier', 'arrow-scale': 0.8 } },
           ],
-          layout: { name: window.cytoscapeDagre ? 'dagre' : 'breadthfirst', rankDir: 'TB', nodeSep: 18, rankSep: 46, directed: true },
-          wheelSensitivity: 0.3,
+          layout: { name: window.cytoscapeDagre ? 'dagre' : 'breadthfirst', rankDir: 'TB', nodeSep: 30, rankSep: 34, directed: true },
+          maxZoom: 2.5,
         });
         cy.on('tap', 'node', (e) => onTap(e.target.id()));
         ref.current.dataset.nodes = String(cy.nodes().length);
@@ -769,13 +775,13 @@
           <div class="card"><div class="l">role / model</div><div class="v">${st.role || '–'}</div><div class="dim">${st.model || ''}</div></div>
           <div class="card"><div class="l">current run</div><div class="v">${st.run_id ? html`<${A} to=${href.run(st.run_id)}>${st.run_id}<//>` : '–'}</div><div>${st.run ? html`<${Badge} s=${st.run.status} />` : null}</div></div>
           <div class="card"><div class="l">events</div><div class="v">${fmtInt(st.events_total)}</div><div class="dim">last ${st.last_event_time || '–'}</div></div>
-          <div class="card"><div class="l">success (last ${st.world.outcomes.length})</div><div class="v">${pct(st.world.success_rate)}</div><div class="dim">${st.world.actions_ok} ok / ${st.world.actions_failed} failed</div></div>
+          <div class="card"><div class="l">success (last ${st.world.outcomes.length})</div><div class="v">${pct(st.world.recent_success_rate !== undefined ? st.world.recent_success_rate : st.world.success_rate)}</div><div class="dim">${st.world.actions !== undefined ? st.world.actions + ' actions / ' + st.world.failed + ' failed' : st.world.actions_ok + ' ok / ' + st.world.actions_failed + ' failed'}</div></div>
           <div class="card"><div class="l">tokens</div><div class="v">${fmtInt(st.world.input_tokens + st.world.output_tokens)}</div><div class="dim">${fmtCost(st.world.cost_usd)}</div></div>
           <div class="card"><div class="l">open actions</div><div class="v">${Object.keys(st.open_actions).length}</div><div class="dim">${st.lessons} lessons</div></div>
         </div>` : null}
         <h2>Tools</h2>
-        <div class="panel"><table class="grid"><thead><tr><th>tool</th><th class="num">calls</th><th class="num">ok</th><th class="num">errors</th><th class="num">wrong result</th><th>success rate</th><th class="num">mean</th></tr></thead>
-          <tbody>${d.tools.map((t) => html`<tr data-tool=${t.tool}><td>${t.tool}</td><td class="num">${t.calls}</td><td class="num">${t.ok}</td><td class="num">${t.error}</td><td class="num">${t.wrong_result}</td>
+        <div class="panel"><table class="grid"><thead><tr><th>tool</th><th class="num">calls</th><th class="num">errors</th><th class="num">mismatches</th><th>success rate</th><th class="num">mean duration</th></tr></thead>
+          <tbody>${d.tools.map((t) => html`<tr data-tool=${t.tool}><td>${t.tool}</td><td class="num">${t.calls}</td><td class="num">${t.errors}</td><td class="num">${t.mismatches}</td>
             <td><span class="rate"><span style=${{ width: ((t.success_rate || 0) * 100) + '%' }}></span></span>${pct(t.success_rate)}</td><td class="num">${fmtDur(t.mean_ms)}</td></tr>`)}</tbody></table></div>
         <h2>Recent runs</h2>
         ${d.runs ? html`<div class="panel"><table class="grid"><thead><tr><th>run</th><th>goal</th><th>status</th><th>started</th><th class="num">events</th><th class="num">errors</th><th class="num">violations</th></tr></thead>
@@ -795,7 +801,8 @@
     const q = query();
     const limit = 100, offset = Number(q.offset || 0);
     const res = useApi('/deadletters', { reason: q.reason, limit, offset });
-    const [open, setOpen] = useState(null);
+    const [open, setOpen] = useState(() => new Set());
+    const toggle = (k) => setOpen((o) => { const n = new Set(o); if (n.has(k)) n.delete(k); else n.add(k); return n; });
     const d = res.data;
     return html`<main>
       <h1>Dead letters <span class="dim">agent-events-dlq</span></h1>
@@ -811,8 +818,8 @@
             <tr key=${k} data-reason=${r.reason}><td class="mono">${r.timestamp_ms ? fmtTime(r.timestamp_ms * 1000) : '–'}</td><td><span class="badge st-error">${r.reason}</span></td>
               <td class="wrap">${r.detail}</td><td class="mono">${r.path || ''}</td><td>${r.stage || r.rejected_by || ''}</td>
               <td class="mono">${r.topic ? r.topic + ' p' + r.partition + '@' + r.offset : ''}</td><td class="num">${fmtInt(r.original_size)}</td>
-              <td><button onClick=${() => setOpen(open === k ? null : k)}>${open === k ? 'hide' : 'show bytes'}</button></td></tr>
-            ${open === k ? html`<tr key=${k + 'b'}><td colspan="8"><div class="dim">original as ${r.original.encoding}${r.original.clipped ? ' (first 16 KiB)' : ''}${r.original_truncated ? ' · truncated in the DLQ record' : ''}${r.original_sha256 ? ' · sha256 ' + r.original_sha256 : ''}${r.key ? ' · key ' + r.key : ''}</div>
+              <td><button data-k=${k} onClick=${() => toggle(k)}>${open.has(k) ? 'hide' : 'show bytes'}</button></td></tr>
+            ${open.has(k) ? html`<tr key=${k + 'b'}><td colspan="8"><div class="dim">original as ${r.original.encoding}${r.original.clipped ? ' (first 16 KiB)' : ''}${r.original_truncated ? ' · truncated in the DLQ record' : ''}${r.original_sha256 ? ' · sha256 ' + r.original_sha256 : ''}${r.key ? ' · key ' + r.key : ''}</div>
               <pre class="bytes" data-encoding=${r.original.encoding}>${r.original.text}</pre></td></tr>` : null}`; })}</tbody></table></div>`}
     </main>`;
   }
@@ -840,5 +847,7 @@
     const [page, view] = route();
     return html`<${Header} page=${page} />${view}`;
   }
-  render(html`<${App} />`, document.getElementById('app'));
+  const mount = document.getElementById('app');
+  mount.textContent = '';
+  render(html`<${App} />`, mount);
 })();

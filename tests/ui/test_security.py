@@ -1,0 +1,58 @@
+"""Token and binding rules, without a stack: the app in-process and the real command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from fastapi.testclient import TestClient
+
+from agentstream.settings import load_settings
+from agentstream.ui.app import create_app
+from agentstream.ui.security import UnsafeBinding, check_binding, is_loopback
+
+TOKEN = "t0ken-for-the-ui-tests-123456"
+
+
+def test_loopback_needs_no_token_and_anything_else_does() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1")
+    check_binding("127.0.0.1", None)
+    check_binding("0.0.0.0", TOKEN)
+    with pytest.raises(UnsafeBinding, match="AGENTSTREAM_UI_TOKEN"):
+        check_binding("0.0.0.0", None)
+    with pytest.raises(UnsafeBinding, match="shorter than 16"):
+        check_binding("0.0.0.0", "short")
+
+
+def test_the_command_refuses_to_start_off_loopback_without_a_token(tmp_path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "AGENTSTREAM_DATA_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-m", "agentstream.cli", "ui", "--host", "0.0.0.0", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "refusing to serve the UI on 0.0.0.0" in out.stderr
+    assert "AGENTSTREAM_UI_TOKEN" in out.stderr
+
+
+def test_token_by_bearer_or_login_cookie(tmp_path) -> None:
+    app = create_app(load_settings(data_dir=tmp_path), token=TOKEN)
+    c = TestClient(app)
+    assert c.get("/healthz").status_code == 200
+    assert c.get("/api/v1/runs").status_code == 401
+    assert c.get("/api/v1/runs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    page = c.get("/runs", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"].startswith("/login")
+    authed = c.get("/api/v1/runs", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert authed.status_code == 503  # past the token; no analytics in this empty data dir
+    bad = c.post("/login", data={"token": "nope", "next": "/runs"}, follow_redirects=False)
+    assert bad.status_code == 401
+    ok = c.post("/login", data={"token": TOKEN, "next": "//evil.example"}, follow_redirects=False)
+    assert ok.status_code == 303 and ok.headers["location"] == "/runs"
+    assert "httponly" in ok.headers["set-cookie"].lower()
+    assert c.get("/runs", headers={"Accept": "text/html"}).status_code == 200
