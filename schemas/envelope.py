@@ -124,7 +124,7 @@ class FeedbackEvent(EventBase, tag="agent.learn.feedback.v1"):
     data: p.Feedback
 
 
-class AgentStartedEvent(EventBase, tag="agent.lifecycle.agent_started.v1"):
+class AgentStartedEvent(EventBase, tag="agent.lifecycle.agent_started.v2"):
     data: p.AgentStarted
 
 

@@ -128,10 +128,27 @@ class Feedback(Payload):
 # --- lifecycle ---------------------------------------------------------------------------
 
 
+class ToolDefinition(_Closed):
+    """A tool the agent can call, as the GenAI conventions describe it
+    (``gen_ai.tool.definitions``; OpenInference ``llm.tools``)."""
+
+    name: NonEmptyStr
+    type: str = "function"
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # the JSON Schema of the arguments
+
+
 class AgentStarted(Payload):
+    """An agent is defined or starts work. Version 2 added ``instructions`` and ``tools``
+    (what OpenTelemetry GenAI agent spans carry and v1 could not hold)."""
+
     name: str
     role: str | None = None
     model: str | None = msgspec.field(default=None, name="gen_ai.request.model")
+    instructions: str | None = msgspec.field(default=None, name="gen_ai.system_instructions")
+    tools: list[ToolDefinition] = msgspec.field(
+        default_factory=list, name="gen_ai.tool.definitions"
+    )
 
 
 class AgentStopped(Payload):
@@ -145,6 +162,13 @@ class RunStarted(Payload):
 class RunFinished(Payload):
     status: Literal["succeeded", "failed", "cancelled"]
     summary: str = ""
+
+
+# AgentStarted as it was before v2; kept so old events can still be read and upcast.
+class AgentStartedV1(Payload):
+    name: str
+    role: str | None = None
+    model: str | None = msgspec.field(default=None, name="gen_ai.request.model")
 
 
 # ActionCompleted as it was before v2; kept so old events can still be read and upcast.

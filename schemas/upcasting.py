@@ -47,3 +47,10 @@ def _completed_v1_to_v2(data: PayloadDict) -> PayloadDict:
     out = {k: v for k, v in data.items() if k != "ok"}
     out["status"] = "ok" if data["ok"] else "error"
     return out
+
+
+@DEFAULT_UPCASTERS.register("agent.lifecycle.agent_started", 1, payload=p.AgentStartedV1)
+def _agent_started_v1_to_v2(data: PayloadDict) -> PayloadDict:
+    """v2 only added optional fields (``gen_ai.system_instructions``,
+    ``gen_ai.tool.definitions``): a v1 payload is a valid v2 payload."""
+    return dict(data)

@@ -126,6 +126,12 @@ def test_genai_openai_v2_over_grpc(
             "gen_ai.operation.name": "invoke_agent",
             "gen_ai.agent.name": "weather-bot",
             "gen_ai.provider.name": "openai",
+            "gen_ai.request.model": MODEL,
+            # what the conventions' agent spans carry beyond v1 (agent_started v2)
+            "gen_ai.tool.definitions": json.dumps(
+                [{"type": "function", **WEATHER_TOOL["function"]}]
+            ),
+            "gen_ai.system_instructions": json.dumps([{"type": "text", "content": "Be brief."}]),
         }
         with tracer.start_as_current_span("invoke_agent weather-bot", attributes=agent_attrs):
             messages: list[Any] = [{"role": "user", "content": QUESTION}]
@@ -157,6 +163,9 @@ def test_genai_openai_v2_over_grpc(
     started = next(e for e in out.events if e.type == "agent.act.started.v1")
     # the model call named this call id in its output: that is the link, not timing
     assert started.data.call_id == "call_weather_1"
+    defined = next(e for e in out.events if e.type == "agent.lifecycle.agent_started.v2")
+    assert defined.data.instructions == "Be brief."
+    assert defined.data.tools[0].parameters == WEATHER_TOOL["function"]["parameters"]
     stats = receiver.receiver.stats
     assert stats.spans_mapped == 4 and stats.spans_rejected == 0
 
@@ -227,6 +236,12 @@ def test_openllmetry_attributes_over_http_gzip(
             span.set_attribute(SA.LLM_REQUEST_TYPE, "chat")
             span.set_attribute(SA.LLM_SYSTEM, "openai")
             span.set_attribute(SA.LLM_REQUEST_MODEL, MODEL)
+            fn = WEATHER_TOOL["function"]
+            span.set_attribute(f"{SA.LLM_REQUEST_FUNCTIONS}.0.name", fn["name"])
+            span.set_attribute(f"{SA.LLM_REQUEST_FUNCTIONS}.0.description", fn["description"])
+            span.set_attribute(
+                f"{SA.LLM_REQUEST_FUNCTIONS}.0.parameters", json.dumps(fn["parameters"])
+            )
             for i, m in enumerate(messages):
                 span.set_attribute(f"{SA.LLM_PROMPTS}.{i}.role", m["role"])
                 span.set_attribute(f"{SA.LLM_PROMPTS}.{i}.content", str(m.get("content") or ""))

@@ -239,16 +239,17 @@ def test_json_as_the_spec_encodes_it(receiver: ReceiverThread, kafka: Broker) ->
     assert {e.agentid for e in out.events} == {"json-bot"}
     assert {e.runid for e in out.events} == {trace_hex}
     assert [e.type for e in out.events] == [
+        "agent.lifecycle.agent_started.v2",
         "agent.lifecycle.run_started.v1",
         "agent.think.thought.v1",
         "agent.act.started.v1",
         "agent.act.completed.v2",
         "agent.lifecycle.run_finished.v1",
     ]
-    thought = out.events[1]
+    thought = out.events[2]
     assert thought.data.input_tokens == 12
     assert thought.traceparent == f"00-{trace_hex}-eee19b7ec3c1b175-00"
-    assert out.events[2].data.arguments == {"q": "x"}
+    assert out.events[3].data.arguments == {"q": "x"}
     assert [v.category.value for v in out.violations] == ["tool_error"]
     assert receiver.receiver.stats.spans_skipped == 1
     assert receiver.receiver.skipped == {"not a GenAI span (internal)": 1}
@@ -428,3 +429,59 @@ def test_grpc_answers_with_status_codes(receiver: ReceiverThread) -> None:
             assert "ends before it starts" in (err.value.details() or "")
 
     asyncio.run(call())
+
+
+# --- the contract extension -----------------------------------------------------------------
+
+
+def test_agent_spans_carry_instructions_and_tool_definitions() -> None:
+    """What GenAI agent spans carry beyond v1 lands in agent_started v2, typed."""
+    defs = [
+        {"type": "function", "name": "search", "description": "web search",
+         "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}},
+        {"type": "function", "description": "no name: left out"},
+    ]  # fmt: skip
+    instructions = [{"type": "text", "content": "Answer briefly."}]
+    attrs = {
+        **AGENT,
+        "gen_ai.tool.definitions": json.dumps(defs),
+        "gen_ai.system_instructions": json.dumps(instructions),
+        "gen_ai.request.model": "m1",
+    }
+    b = map_request(request(span(1, attrs, start=0, end=10)), TraceMemory())
+    agent_started, run_started, _ = b.events
+    assert agent_started.type == "agent.lifecycle.agent_started.v2"
+    assert run_started.causes == (agent_started.id,)
+    data = agent_started.data
+    assert (data.name, data.model, data.instructions) == ("bot", "m1", "Answer briefly.")
+    assert [(t.name, t.description) for t in data.tools] == [("search", "web search")]
+    assert data.tools[0].parameters == defs[0]["parameters"]
+    raw = encode_event(agent_started)
+    assert b'"gen_ai.tool.definitions"' in raw and b'"gen_ai.system_instructions"' in raw
+    assert decode_event(raw) == agent_started
+
+
+def test_agent_started_v1_is_read_as_v2_and_both_schemas_are_published() -> None:
+    import jsonschema
+
+    from schemas.jsonschema import JSON_DIR
+
+    v1 = {
+        "specversion": "1.0",
+        "type": "agent.lifecycle.agent_started.v1",
+        "id": "019ab697-efcf-7d06-b603-7b7e36d28f81",
+        "source": "/agents/a",
+        "time": "2025-11-24T12:00:00Z",
+        "agentid": "a",
+        "data": {"name": "a", "role": "coder", "gen_ai.request.model": "m"},
+    }
+    event = decode_event(json.dumps(v1).encode())
+    assert event.type == "agent.lifecycle.agent_started.v2"
+    assert (event.data.name, event.data.role, event.data.model) == ("a", "coder", "m")
+    assert event.data.tools == [] and event.data.instructions is None
+    old = json.loads((JSON_DIR / "agent.lifecycle.agent_started.v1.data.json").read_text())
+    jsonschema.validate(v1["data"], old)
+    new = json.loads((JSON_DIR / "agent.lifecycle.agent_started.v2.json").read_text())
+    jsonschema.validate(json.loads(encode_event(event)), new)
+    with pytest.raises(jsonschema.ValidationError):  # v1 payloads cannot carry v2 fields
+        jsonschema.validate({**v1["data"], "gen_ai.tool.definitions": []}, old)

@@ -249,6 +249,9 @@ def check_agent_run(out: Outcome, agent: str, model: str) -> None:
     assert types.count("agent.act.completed.v2") == 1, types
     assert types.count("agent.lifecycle.run_started.v1") == 1, types
     assert types.count("agent.lifecycle.run_finished.v1") == 1, types
+    (defined,) = [e for e in out.events if e.type == "agent.lifecycle.agent_started.v2"]
+    assert defined.data.name == agent
+    assert [t.name for t in defined.data.tools] == ["get_weather"], defined.data.tools
     runs = {e.runid for e in out.events}
     assert len(runs) == 1 and None not in runs
     thoughts = sorted(out.of_type(ev.ThoughtEvent), key=lambda e: e.time)
@@ -279,6 +282,7 @@ def check_agent_run(out: Outcome, agent: str, model: str) -> None:
     assert state.world.input_tokens == 2 * PROMPT_TOKENS
     assert state.world.output_tokens == 2 * COMPLETION_TOKENS
     assert state.model == model
+    assert state.name == agent
     run = state.runs[next(iter(runs))]
     assert run.status == "succeeded"
     assert not state.open_actions

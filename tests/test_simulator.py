@@ -109,7 +109,7 @@ def test_causes_point_to_earlier_events_of_the_same_run(medium):
 def test_workload_has_the_promised_shape(medium):
     types = Counter(e.type for e in medium)
     for t in (
-        "agent.lifecycle.agent_started.v1",
+        "agent.lifecycle.agent_started.v2",
         "agent.lifecycle.run_started.v1",
         "agent.think.thought.v1",
         "agent.think.plan.v1",
@@ -124,7 +124,7 @@ def test_workload_has_the_promised_shape(medium):
     ):
         assert types[t] > 0, t
     assert {e.agentid for e in medium} == {a for a, _ in agent_names(8)}
-    roles = {e.data.role for e in medium if e.type == "agent.lifecycle.agent_started.v1"}
+    roles = {e.data.role for e in medium if e.type == "agent.lifecycle.agent_started.v2"}
     assert roles == {"planner", "coder", "tester", "reviewer"}
 
     starts = {e.data.call_id: e for e in medium if e.type == "agent.act.started.v1"}

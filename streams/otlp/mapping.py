@@ -67,13 +67,14 @@ class Kind(Enum):
 
     LLM = "llm"  # a model call -> thought
     TOOL = "tool"  # a tool call -> action started + action completed
-    AGENT = "agent"  # an agent invocation / workflow -> run started + run finished
+    AGENT = "agent"  # an agent invocation -> agent started, run started, run finished
+    WORKFLOW = "workflow"  # a workflow or root chain -> run started + run finished
     CREATE_AGENT = "create_agent"  # an agent definition -> agent started
     STRUCTURAL = "structural"  # a GenAI grouping span with no event (nested chain, task)
     OTHER = "other"  # not a GenAI span
 
 
-EMITTING = frozenset({Kind.LLM, Kind.TOOL, Kind.AGENT, Kind.CREATE_AGENT})
+EMITTING = frozenset({Kind.LLM, Kind.TOOL, Kind.AGENT, Kind.WORKFLOW, Kind.CREATE_AGENT})
 
 
 @dataclass(slots=True)
@@ -87,6 +88,7 @@ class SpanNode:
     agent: str | None = None
     run: str | None = None
     tool_call_ids: tuple[str, ...] = ()
+    tools: list[p.ToolDefinition] | None = None  # tool definitions a model call was offered
     ref: str | None = None  # id of the event that stands for this span (see _ref)
 
 
@@ -359,7 +361,7 @@ def classify(a: dict[str, Any]) -> tuple[Kind, str | None]:
     if isinstance(tl, str) and tl:
         k = tl.lower()
         if k == "workflow":
-            return Kind.AGENT, None
+            return Kind.WORKFLOW, None
         if k == "agent":
             return Kind.AGENT, None
         if k == "tool":
@@ -395,7 +397,7 @@ _RUN_KEYS = ("gen_ai.conversation.id", "session.id")
 
 def _agent_of(a: dict[str, Any], kind: Kind) -> str | None:
     v = _first(a, *_AGENT_NAMES)
-    if v is None and kind is Kind.AGENT:
+    if v is None and kind in (Kind.AGENT, Kind.WORKFLOW):
         v = _first(a, "traceloop.entity.name", "traceloop.workflow.name")
     return _str(v)
 
@@ -606,7 +608,7 @@ def map_request(
                     batch.rejected[ctx.schema_problem] += 1
                     continue
                 if kind is Kind.STRUCTURAL and _is_root(memory, span):
-                    kind = Kind.AGENT  # a root chain or workflow is the run
+                    kind = Kind.WORKFLOW  # a root chain is the run
                 node = SpanNode(
                     kind,
                     span.parent_span_id,
@@ -619,6 +621,7 @@ def map_request(
                 if kind is Kind.LLM:
                     view = _llm_view(a)
                     node.tool_call_ids = _tool_call_ids(view)
+                    node.tools = _tool_definitions(a) or None
                 memory.remember(span.trace_id, span.span_id, node)
                 if kind is Kind.STRUCTURAL:
                     batch.skipped["GenAI grouping span (nested chain or task): no event"] += 1
@@ -630,8 +633,7 @@ def map_request(
     keyed: list[tuple[int, int, int, int, Event]] = []
     for n, (span, a, kind, ctx, view) in enumerate(pending):
         start, end = span.start_time_unix_nano, span.end_time_unix_nano
-        for rank, event in enumerate(_events(span, a, kind, ctx, memory, view)):
-            is_start = rank == 0 and kind is not Kind.LLM
+        for rank, (is_start, event) in enumerate(_events(span, a, kind, ctx, memory, view)):
             t_ns = start if is_start else end
             keyed.append((t_ns, 1 if is_start or start == end else 0, n, rank, event))
         batch.mapped += 1
@@ -741,7 +743,7 @@ def _events(
     ctx: _Ctx,
     memory: TraceMemory,
     view: _LlmView | None = None,
-) -> list[Event]:
+) -> list[tuple[bool, Event]]:
     trace_id, span_id = span.trace_id, span.span_id
     t = memory.trace(trace_id)
     node = t.spans.get(span_id)
@@ -812,7 +814,7 @@ def _events(
             latency_ms=duration_ms,
             cost_usd=_float(_first(a, "llm.cost.total", "gen_ai.usage.cost")),
         )
-        return [_build(data, eid("open", end_ms), _time(end_ns), causes, common)]
+        return [(False, _build(data, eid("open", end_ms), _time(end_ns), causes, common))]
 
     if kind is Kind.TOOL:
         call_id = _str(_first(a, "gen_ai.tool.call.id", "tool_call.id", "tool.id")) or (
@@ -855,22 +857,32 @@ def _events(
             [started.id],
             common,
         )
-        return [started, completed]
+        return [(True, started), (False, completed)]
 
     if kind is Kind.CREATE_AGENT:
-        data = p.AgentStarted(
-            name=_str(_first(a, *_AGENT_NAMES)) or agent,
-            role=_str(a.get("gen_ai.agent.description")),
-            model=_str(a.get("gen_ai.request.model")),
-        )
-        return [_build(data, eid("open", start_ms), _time(start_ns), parent_cause, common)]
+        return [
+            (
+                True,
+                _agent_started(
+                    a, agent, eid("open", start_ms), start_ns, parent_cause, common, t, span_id
+                ),
+            )
+        ]
 
     # an agent invocation, a workflow or a root chain: the run
+    out: list[tuple[bool, Event]] = []
+    run_causes = parent_cause
+    if kind is Kind.AGENT:
+        lifecycle = _agent_started(
+            a, agent, eid("agent", start_ms), start_ns, parent_cause, common, t, span_id
+        )
+        out.append((True, lifecycle))
+        run_causes = [lifecycle.id]
     goal = _str(_first(a, "input.value", "traceloop.entity.input", "gen_ai.agent.description"))
     if goal is None:
         goal = f"{span.name}" if span.name else f"agent {agent}"
     started = _build(
-        p.RunStarted(goal=goal), eid("open", start_ms), _time(start_ns), parent_cause, common
+        p.RunStarted(goal=goal), eid("open", start_ms), _time(start_ns), run_causes, common
     )
     failed, err_type, message = _status(span, a)
     summary = _str(_first(a, "output.value", "traceloop.entity.output")) or message or ""
@@ -881,7 +893,85 @@ def _events(
         [started.id],
         common,
     )
-    return [started, finished]
+    out += [(True, started), (False, finished)]
+    return out
+
+
+def _agent_started(
+    a: dict[str, Any],
+    agent: str,
+    eid: str,
+    start_ns: int,
+    causes: list[str],
+    common: dict[str, Any],
+    t: _Trace,
+    span_id: bytes,
+) -> Event:
+    """The agent's definition: name, description, model, instructions and tools (the tools
+    from the span itself, else from the first of its model calls that was offered some)."""
+    tools = _tool_definitions(a)
+    if not tools:
+        for sid in t.llms:
+            n = t.spans[sid]
+            if n.parent == span_id and n.tools:
+                tools = n.tools
+                break
+    data = p.AgentStarted(
+        name=_str(_first(a, *_AGENT_NAMES)) or agent,
+        role=_str(a.get("gen_ai.agent.description")),
+        model=_str(_first(a, "gen_ai.request.model", "llm.model_name")),
+        instructions=_instructions(a),
+        tools=tools,
+    )
+    return _build(data, eid, _time(start_ns), causes, common)
+
+
+def _instructions(a: dict[str, Any]) -> str | None:
+    """``gen_ai.system_instructions``: a JSON list of parts (or plain text)."""
+    v = a.get("gen_ai.system_instructions")
+    if v is None:
+        return None
+    parsed = _loads(v)
+    if isinstance(parsed, list):
+        text = "\n".join(str(pt.get("content", "")) for pt in parsed if isinstance(pt, dict))
+        return text or None
+    return _str(parsed)
+
+
+def _tool_definitions(a: dict[str, Any]) -> list[p.ToolDefinition]:
+    """Tool definitions in each convention's spelling: GenAI ``gen_ai.tool.definitions``,
+    OpenInference ``llm.tools.<i>.tool.json_schema``, OpenLLMetry
+    ``llm.request.functions.<i>.*``. Malformed entries are left out."""
+    raw: list[Any] = []
+    v = _loads(a.get("gen_ai.tool.definitions"))
+    if isinstance(v, list):
+        raw = v
+    elif "llm.tools.0.tool.json_schema" in a:
+        raw = [_loads(x.get("tool.json_schema")) for x in _indexed(a, "llm.tools.").values()]
+    elif "llm.request.functions.0.name" in a:
+        raw = [
+            {"name": x.get("name"), "description": x.get("description"),
+             "parameters": _loads(x.get("parameters"))}
+            for x in _indexed(a, "llm.request.functions.").values()
+        ]  # fmt: skip
+    out: list[p.ToolDefinition] = []
+    for d in raw:
+        if not isinstance(d, dict):
+            continue
+        fn = d.get("function") if isinstance(d.get("function"), dict) else d
+        name = _str(fn.get("name"))
+        if not name:
+            continue
+        params = fn.get("parameters")
+        out.append(
+            p.ToolDefinition(
+                name=name,
+                type=_str(d.get("type")) or "function",
+                description=_str(fn.get("description")),
+                parameters=params if isinstance(params, dict) and _json_safe(params, 0) else None,
+            )
+        )
+    return out
 
 
 def _ref(t: _Trace, trace_id: bytes, sid: bytes) -> str:
