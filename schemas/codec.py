@@ -194,13 +194,16 @@ class EventCodec:
         if (
             event.__class__ in self._nest_freely
             and raw.count(b"{") + raw.count(b"[") > self.max_depth
+            and not strict_json.depth_at_most(raw, self.max_depth)
         ):
-            self._check_structure(raw)
+            raise self._located(raw, RejectReason.TOO_DEEP)
         encoded = _encode(event)
-        if encoded != raw and (  # the SDK's bytes are exactly the re-encoding: no duplicates
-            raw.count(b'"') != encoded.count(b'"') or b"\\u0022" in raw
+        if (
+            encoded != raw  # the SDK's bytes are exactly the re-encoding: no duplicates
+            and (raw.count(b'"') != encoded.count(b'"') or b"\\u0022" in raw)
+            and strict_json.has_duplicate_keys(raw)
         ):
-            self._check_structure(raw)
+            raise self._located(raw, RejectReason.DUPLICATE_KEY)
         if not MIN_TIME <= event.time < MAX_TIME:
             raise InvalidEvent(
                 RejectReason.OUT_OF_RANGE,
@@ -211,15 +214,20 @@ class EventCodec:
         return event
 
     def _check_structure(self, raw: bytes) -> None:
-        """Exact checks for what msgspec accepts: too deep, duplicate keys."""
-        deep = not strict_json.depth_at_most(raw, self.max_depth)
-        if deep or strict_json.has_duplicate_keys(raw):
-            found = strict_json.first_problem(raw, self.max_depth)
-            if found is not None:
-                raise found
-            if deep:
-                raise _too_deep(raw, self.max_depth)
-            raise InvalidEvent(RejectReason.DUPLICATE_KEY, "an object names a key twice")
+        """Both exact checks (the slow path): too deep, duplicate keys."""
+        if not strict_json.depth_at_most(raw, self.max_depth):
+            raise self._located(raw, RejectReason.TOO_DEEP)
+        if strict_json.has_duplicate_keys(raw):
+            raise self._located(raw, RejectReason.DUPLICATE_KEY)
+
+    def _located(self, raw: bytes, reason: RejectReason) -> InvalidEvent:
+        """The first structural problem in ``raw`` with its path (a check found ``reason``)."""
+        found = strict_json.first_problem(raw, self.max_depth)
+        if found is not None:
+            return found
+        if reason == RejectReason.TOO_DEEP:
+            return _too_deep(raw, self.max_depth)
+        return InvalidEvent(reason, "an object names a key twice")
 
     def _decode_other_version(self, raw: bytes) -> Event:
         try:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import re
+from array import array
+from itertools import accumulate
 
 from schemas.errors import InvalidEvent, RejectReason
 
@@ -19,28 +21,20 @@ from schemas.errors import InvalidEvent, RejectReason
 # so scanning from the start splits a valid document into its real tokens.
 _STRING = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
 _STRINGS = re.compile(_STRING)
-_TOKENS = re.compile(rb"(" + _STRING + rb")(\s*:)?|[{}\[\],]")
+_TOKENS = re.compile(rb"(" + _STRING + rb")(\s*:)?|([{}\[\],])")
 _NOT_BRACKETS = re.compile(rb"[^\[\]{}]+")
-_EMPTY_PAIR = re.compile(rb"\[\]|\{\}")
+_SIGN = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # as signed bytes: +1, +1, -1, -1
 
 
 def depth_at_most(raw: bytes, limit: int) -> bool:
     """Whether objects/arrays in ``raw`` nest at most ``limit`` deep (root container = 1).
 
-    Strings are blanked first (brackets inside them do not count), then each pass removes
-    the empty ``[]``/``{}`` pairs, one nesting level (``re.sub`` does not rescan what it
-    replaced): the brackets are gone after exactly as many passes as the document is deep.
-    All C-speed, at most ``limit`` passes.
+    Strings are blanked first (brackets inside them do not count); the depth is then the
+    highest running sum of +1 per opening and -1 per closing bracket, summed in C
+    (``itertools.accumulate`` over signed bytes): linear, ~1 MiB in tens of ms.
     """
     brackets = _NOT_BRACKETS.sub(b"", _STRINGS.sub(b"", raw))
-    for _ in range(limit):
-        if not brackets:
-            return True
-        shorter = _EMPTY_PAIR.sub(b"", brackets)
-        if len(shorter) == len(brackets):  # unbalanced: not for this check to judge
-            return True
-        brackets = shorter
-    return not brackets
+    return max(accumulate(array("b", brackets.translate(_SIGN))), default=0) <= limit
 
 
 class _Duplicate(Exception):
@@ -106,9 +100,11 @@ def first_problem(raw: bytes, max_depth: int) -> InvalidEvent | None:
     # frame: [bracket, keys seen (objects), current key (objects) / index (arrays)]
     stack: list[list[object]] = []
     for m in _TOKENS.finditer(raw):
-        tok = m.group(0)
-        if m.group(1) is not None:
-            if m.group(2) is not None and stack and stack[-1][0] == b"{":
+        kind = m.lastindex  # 1: a value string, 2: a key, 3: a bracket or a comma
+        if kind == 1:
+            continue
+        if kind == 2:
+            if stack and stack[-1][0] == b"{":
                 frame = stack[-1]
                 key = _key(m.group(1))
                 seen: set[bytes] = frame[1]  # type: ignore[assignment]
@@ -122,7 +118,8 @@ def first_problem(raw: bytes, max_depth: int) -> InvalidEvent | None:
                     )
                 seen.add(key)
             continue
-        if tok in (b"{", b"["):
+        tok = m.group(3)
+        if tok == b"{" or tok == b"[":
             if len(stack) >= max_depth:
                 return InvalidEvent(
                     RejectReason.TOO_DEEP,
@@ -130,7 +127,7 @@ def first_problem(raw: bytes, max_depth: int) -> InvalidEvent | None:
                     _path(stack),
                 )
             stack.append([tok, set(), None if tok == b"{" else 0])
-        elif tok in (b"}", b"]"):
+        elif tok == b"}" or tok == b"]":
             if stack:
                 stack.pop()
         elif stack and stack[-1][0] == b"[":  # a comma in an array
