@@ -485,3 +485,17 @@ def test_agent_started_v1_is_read_as_v2_and_both_schemas_are_published() -> None
     jsonschema.validate(json.loads(encode_event(event)), new)
     with pytest.raises(jsonschema.ValidationError):  # v1 payloads cannot carry v2 fields
         jsonschema.validate({**v1["data"], "gen_ai.tool.definitions": []}, old)
+
+
+def test_a_span_with_an_event_over_the_size_limit_is_rejected_whole(
+    receiver: ReceiverThread, kafka: Broker
+) -> None:
+    huge = {**TOOL, "gen_ai.tool.call.id": "big", "gen_ai.tool.call.result": "x" * (1 << 20)}
+    req = request(span(1, CHAT, start=0, end=5), span(2, huge, start=6, end=9))
+    r = post(receiver, req.SerializeToString())
+    assert r.status_code == 200, r.text
+    resp = ExportTraceServiceResponse.FromString(r.content)
+    assert resp.partial_success.rejected_spans == 1
+    assert "over the size limit" in resp.partial_success.error_message
+    # neither half of the tool call is in the log: no orphan start
+    assert [e.type for e in read_log(kafka.bootstrap)] == ["agent.think.thought.v1"]

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError, PayloadEncodingError
 from aiohttp.web_protocol import RequestPayloadError
@@ -42,7 +43,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from prometheus_client import Counter
 
-from schemas.errors import InvalidEvent
+from schemas import payloads as p
+from schemas.envelope import Event
 from streams.otlp.decode import (
     JSON,
     PROTOBUF,
@@ -53,7 +55,7 @@ from streams.otlp.decode import (
     media_type,
 )
 from streams.otlp.mapping import MappedBatch, TraceMemory, map_request
-from streams.producer import EventProducer, OutgoingRecord, ProducerError, event_record
+from streams.producer import EventProducer, ProducerError
 
 log = logging.getLogger(__name__)
 
@@ -214,40 +216,37 @@ class OtlpReceiver:
             )
         if rejected and rejected == batch.spans:
             raise BadRequest(400, message)
-        fresh = [(eid, r) for eid, r in records if eid not in self._acked]
+        acked = self._acked
+        fresh = [e for e in records if e.id not in acked]
         st.events_deduplicated += len(records) - len(fresh)
         EVENTS.labels("deduplicated").inc(len(records) - len(fresh))
         if fresh:
             await self._publish(fresh)
             st.events_published += len(fresh)
             EVENTS.labels("published").inc(len(fresh))
-            acked = self._acked
-            for eid, _ in fresh:
-                acked[eid] = None
+            for e in fresh:
+                acked[e.id] = None
             while len(acked) > self.config.dedup_ids:
                 acked.popitem(last=False)
         return ExportResult(rejected, message, batch)
 
-    def _records(self, batch: MappedBatch) -> tuple[list[tuple[str, OutgoingRecord]], int]:
-        """Encode every event once; a span with an event over the size limit is rejected."""
+    def _records(self, batch: MappedBatch) -> tuple[list[Event], int]:
+        """The events to publish; a span with an event over the size limit is rejected whole
+        (never half a tool call in the log). Only events that might be too large are encoded
+        here: ``EventProducer.send`` encodes (and routes, with its per-agent cache) anyway."""
         limit = self.producer.max_event_bytes
-        out: list[tuple[str, OutgoingRecord]] = []
         bad_spans: set[int] = set()
         for event, n in zip(batch.events, batch.event_spans, strict=True):
-            try:
-                out.append((event.id, event_record(event, limit)))
-            except InvalidEvent:
+            if _size_bound(event) > limit and len(_encode(event)) > limit:
                 bad_spans.add(n)
-        if bad_spans:
-            ok = {
-                e.id
-                for e, n in zip(batch.events, batch.event_spans, strict=True)
-                if n not in bad_spans
-            }
-            out = [(eid, r) for eid, r in out if eid in ok]
-        return out, len(bad_spans)
+        if not bad_spans:
+            return batch.events, 0
+        keep = [
+            e for e, n in zip(batch.events, batch.event_spans, strict=True) if n not in bad_spans
+        ]
+        return keep, len(bad_spans)
 
-    async def _publish(self, records: list[tuple[str, OutgoingRecord]]) -> None:
+    async def _publish(self, records: list[Event]) -> None:
         producer = self.producer
         task = self._producer_task
         if task is not None and (not task.done() or self.producer_error is not None):
@@ -261,8 +260,8 @@ class OtlpReceiver:
             )
         failed_before = stats.failed
         try:
-            for _, r in records:
-                await producer.send_raw(r.key, r.value, r.headers, r.timestamp_ms)
+            for event in records:
+                await producer.send(event)
             await asyncio.wait_for(producer.flush(), timeout=self.config.export_timeout_s)
         except TimeoutError:
             raise Backpressure(
@@ -433,6 +432,26 @@ class OtlpReceiver:
         if status >= 500 or status == 429:
             log.warning("otlp export answered %s: %s", status, message)
         return web.Response(body=error_body(code, message, mt), status=status, content_type=mt)
+
+
+_encode = msgspec.json.Encoder().encode
+_ENVELOPE_BOUND = 4096  # envelope fields, field names, ids, traceparent: far below this
+
+
+def _size_bound(event: Event) -> int:
+    """An upper bound of the encoded size (UTF-8 is at most 4 bytes a character, JSON escapes
+    at most 6), without encoding: most events are far below the limit."""
+    d = event.data
+    n = _ENVELOPE_BOUND + 6 * len(event.agentid) + 6 * len(event.runid or "")
+    for name in ("text", "result", "summary", "goal", "instructions", "actual", "expected"):
+        v = getattr(d, name, None)
+        if isinstance(v, str):
+            n += 6 * len(v)
+    if isinstance(d, p.ActionStarted) and d.arguments:
+        n += len(_encode(d.arguments))
+    if isinstance(d, p.AgentStarted) and d.tools:
+        n += len(_encode(d.tools))
+    return n
 
 
 def _grpc_address(host: str, port: int) -> str:
