@@ -11,13 +11,23 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
+import msgspec
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
 
 from agentstream.ui import agents as agents_data
 from agentstream.ui import causality, runs, steps, timeline
 from agentstream.ui.backends import Backends, NotFound, Unavailable
 
-router = APIRouter(prefix="/api/v1")
+
+class FastJSON(JSONResponse):
+    """JSON encoded by msgspec: FastAPI's encoder costs tens of ms on a 5,000-event run."""
+
+    def render(self, content: Any) -> bytes:
+        return msgspec.json.encode(content)
+
+
+router = APIRouter(prefix="/api/v1", default_response_class=FastJSON)
 
 Source = Annotated[str, Query(pattern="^(kafka|archive)$", description="read the log or archive")]
 
@@ -46,7 +56,7 @@ def list_runs(
     desc: bool = True,
     limit: Annotated[int, Query(ge=1, le=runs.MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> dict[str, Any]:
+) -> FastJSON:
     flt = runs.RunFilter(
         agent or None,
         status or None,
@@ -59,17 +69,17 @@ def list_runs(
         limit,
         offset,
     )
-    return runs.list_runs(_backends(request), flt)
+    return FastJSON(runs.list_runs(_backends(request), flt))
 
 
 @router.get("/runs/facets", summary="Statuses, tenants and agents for the filter pickers")
-def run_facets(request: Request) -> dict[str, list[str]]:
-    return runs.facets(_backends(request))
+def run_facets(request: Request) -> FastJSON:
+    return FastJSON(runs.facets(_backends(request)))
 
 
 @router.get("/runs/{run_id}", summary="One run's row of the runs table")
-def get_run(request: Request, run_id: str) -> dict[str, Any]:
-    return runs.get_run(_backends(request), run_id)
+def get_run(request: Request, run_id: str) -> FastJSON:
+    return FastJSON(runs.get_run(_backends(request), run_id))
 
 
 @router.get(
@@ -80,8 +90,8 @@ def run_timeline(
     request: Request,
     run_id: str,
     limit: Annotated[int, Query(ge=1, le=timeline.MAX_EVENTS)] = timeline.MAX_EVENTS,
-) -> dict[str, Any]:
-    return timeline.run_timeline(_backends(request), run_id, limit)
+) -> FastJSON:
+    return FastJSON(timeline.run_timeline(_backends(request), run_id, limit))
 
 
 @router.get(
@@ -90,37 +100,37 @@ def run_timeline(
 )
 async def run_steps(
     request: Request, run_id: str, source: Source = "kafka", refresh: bool = False
-) -> dict[str, Any]:
+) -> FastJSON:
     built = await request.app.state.steps.get(run_id, source, refresh)
-    return steps.summary(built)
+    return FastJSON(steps.summary(built))
 
 
 @router.get(
     "/runs/{run_id}/steps/{index}",
     summary="One step (`replay debug --json`): the event, the state after it, the changes",
 )
-async def run_step(request: Request, run_id: str, index: int, source: Source = "kafka") -> Any:
+async def run_step(request: Request, run_id: str, index: int, source: Source = "kafka") -> FastJSON:
     built = await request.app.state.steps.get(run_id, source)
-    return steps.step(built, index)
+    return FastJSON(steps.step(built, index))
 
 
 @router.get("/events/{event_id}", summary="One event: envelope, payload, violations, effects")
-def get_event(request: Request, event_id: str) -> dict[str, Any]:
-    return timeline.event_detail(_backends(request), _event_id(event_id))
+def get_event(request: Request, event_id: str) -> FastJSON:
+    return FastJSON(timeline.event_detail(_backends(request), _event_id(event_id)))
 
 
 @router.get("/events/{event_id}/why", summary="Causes back to the roots (`agentstream why`)")
 def why(
     request: Request, event_id: str, depth: Annotated[int, Query(ge=1, le=10_000)] = 50
-) -> dict[str, Any]:
-    return causality.why(_backends(request), _event_id(event_id), depth)
+) -> FastJSON:
+    return FastJSON(causality.why(_backends(request), _event_id(event_id), depth))
 
 
 @router.get("/events/{event_id}/impact", summary="Everything downstream (`agentstream impact`)")
 def impact(
     request: Request, event_id: str, depth: Annotated[int, Query(ge=1, le=10_000)] = 100
-) -> dict[str, Any]:
-    return causality.impact(_backends(request), _event_id(event_id), depth)
+) -> FastJSON:
+    return FastJSON(causality.impact(_backends(request), _event_id(event_id), depth))
 
 
 @router.get("/path", summary="Shortest causal chain between two events (`agentstream path`)")
@@ -129,18 +139,18 @@ def path(
     source: str,
     target: str,
     max_hops: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> dict[str, Any]:
+) -> FastJSON:
     found = causality.path(_backends(request), _event_id(source), _event_id(target), max_hops)
     if found is None:
         raise NotFound(f"no causal path between {source} and {target} within {max_hops} hops")
-    return found
+    return FastJSON(found)
 
 
 @router.get(
     "/agents/{agent_id}",
     summary="An agent: state (`agentstream state`), tools, recent runs, violations",
 )
-async def agent(request: Request, agent_id: str) -> dict[str, Any]:
+async def agent(request: Request, agent_id: str) -> FastJSON:
     import asyncio
 
     b = _backends(request)
@@ -163,7 +173,7 @@ async def agent(request: Request, agent_id: str) -> dict[str, Any]:
             out["errors"][part] = str(err)
     if out["state"] is None and not (out.get("runs") or {}).get("runs"):
         raise NotFound(f"no agent {agent_id!r}: " + "; ".join(out["errors"].values()))
-    return out
+    return FastJSON(out)
 
 
 @router.get("/deadletters", summary="Records of agent-events-dlq, newest first")
@@ -172,5 +182,5 @@ async def deadletters(
     reason: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> dict[str, Any]:
-    return await request.app.state.deadletters.page(reason or None, limit, offset)
+) -> FastJSON:
+    return FastJSON(await request.app.state.deadletters.page(reason or None, limit, offset))

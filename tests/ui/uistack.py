@@ -30,6 +30,8 @@ XSS_TEXT = " ".join(XSS)
 BAD_RECORDS: tuple[bytes, ...] = (
     b"<script>window.__xss='dlq'</script> not JSON",
     bytes(range(256)),
+    b'{"specversion": "1.0", "id": "not-a-uuid", "type": "agent.think.thought.v1"}',
+    b'{"specversion": "1.0", "type": "agent.nonsense.v9", "data": {}}',
 )
 
 

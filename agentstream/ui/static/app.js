@@ -289,7 +289,7 @@
       for (let i = 0; i <= ticks; i++) {
         const t = t0 + i * stepT, px = x(t);
         g.fillRect(px, AXIS_H - 5, 1, 5);
-        g.fillText('+' + fmtDur((t - tl.start) / 1000), px + 3, AXIS_H / 2);
+        g.fillText((t < tl.start ? '' : '+') + fmtDur((t - tl.start) / 1000), px + 3, AXIS_H / 2);
       }
       // messages: sender lane -> recipient lane
       g.strokeStyle = '#9aa3b5'; g.lineWidth = 1;
@@ -669,13 +669,13 @@
           ],
           style: [
             { selector: 'node', style: { 'background-color': 'data(color)', label: 'data(label)', 'text-wrap': 'wrap', 'font-size': 11, color: '#1d2430',
-              'text-valign': 'center', 'text-halign': 'right', 'text-margin-x': 6, width: 16, height: 16, 'border-width': 1, 'border-color': '#fff' } },
+              'text-valign': 'bottom', 'text-halign': 'center', 'text-margin-y': 3, width: 16, height: 16, 'border-width': 1, 'border-color': '#fff' } },
             { selector: 'node[target = 1]', style: { width: 28, height: 28, 'border-width': 4, 'border-color': '#1d2430', 'font-weight': 'bold' } },
             { selector: 'node[marked = 1]', style: { 'border-width': 3, 'border-color': '#d3343d', 'border-style': 'dashed' } },
             { selector: 'node[failed = 1]', style: { 'background-color': '#d3343d', shape: 'diamond' } },
             { selector: 'edge', style: { width: 1.2, 'line-color': '#aab2c0', 'target-arrow-color': '#aab2c0', 'target-arrow-shape': 'triangle', 'curve-style': 'bezier', 'arrow-scale': 0.8 } },
           ],
-          layout: { name: window.cytoscapeDagre ? 'dagre' : 'breadthfirst', rankDir: 'TB', nodeSep: 30, rankSep: 34, directed: true },
+          layout: { name: window.cytoscapeDagre ? 'dagre' : 'breadthfirst', rankDir: 'LR', nodeSep: 22, rankSep: 40, directed: true },
           maxZoom: 2.5,
         });
         cy.on('tap', 'node', (e) => onTap(e.target.id()));

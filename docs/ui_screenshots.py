@@ -1,0 +1,106 @@
+"""Take the screenshots of docs/ui.md: every page of the UI on a small real stack.
+
+    python docs/ui_screenshots.py            # builds the test stack (~15 s), then shoots
+    python docs/ui_screenshots.py --url http://127.0.0.1:8700   # a UI that is running
+
+Uses Debian's chromium through Playwright (never ``playwright install``). The stack is the
+one the UI tests use (tests/ui/uistack.py): the simulator's runs, a hostile-text run and
+a few bad records, so every page has something to show. Writes docs/ui/<page>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests" / "ui"))
+OUT = HERE / "ui"
+
+
+def _get(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=120) as r:
+        return json.loads(r.read())
+
+
+def pick(url: str) -> dict[str, str]:
+    """A run with failures, its first failed completion, and that run's plan."""
+    runs = _get(url + "/api/v1/runs?limit=100&sort=errors")["runs"]
+    run = next(r for r in runs if r["run_id"] != "run-xss" and r["errors"] and r["violations"])
+    tl = _get(url + f"/api/v1/runs/{run['run_id']}/timeline")
+    failed = next(b["completed"] for b in tl["bars"] if b["status"] == "error")
+    plan = next(e["id"] for e in tl["events"] if e["kind"] == "plan")
+    root = next(e["id"] for e in tl["events"] if e["kind"] == "run_started")
+    return {
+        "run": run["run_id"],
+        "failed": failed,
+        "plan": plan,
+        "root": root,
+        "agent": tl["lanes"][1] if len(tl["lanes"]) > 1 else tl["lanes"][0],
+    }
+
+
+def shoot(url: str) -> list[Path]:
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        raise SystemExit("chromium is not installed: apt-get install chromium")
+    ids = pick(url)
+    run, failed = ids["run"], ids["failed"]
+    OUT.mkdir(exist_ok=True)
+    shots = [
+        ("runs", "/runs", "table.runs tbody tr", None),
+        ("run-timeline", f"/runs/{run}?event={failed}", "aside.inspector .tree", None),
+        ("run-list", f"/runs/{run}?view=list&event={failed}", "aside.inspector .tree", None),
+        ("debugger", f"/runs/{run}/debug?event={failed}", ".step-state .tree", None),
+        ("why", f"/events/{failed}?mode=why", "#cy[data-nodes]", None),
+        ("impact", f"/events/{ids['plan']}?mode=impact", "#cy[data-nodes]", None),
+        ("path", f"/path?source={failed}&target={ids['root']}", "#cy[data-nodes]", None),
+        ("agent", f"/agents/{ids['agent']}", "table.grid", None),
+        ("dead-letters", "/deadletters", "tr[data-reason]", "button[data-k]"),
+    ]
+    written = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        for name, path, ready, click in shots:
+            page.goto(url + path)
+            page.wait_for_selector(ready, timeout=60_000)
+            if click:
+                page.click(click)
+            page.wait_for_timeout(600)  # graph layout animation and fonts settle
+            target = OUT / f"{name}.png"
+            page.screenshot(path=str(target))
+            written.append(target)
+        browser.close()
+    return written
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--url", help="a running UI (default: build the test stack)")
+    args = ap.parse_args()
+    if args.url:
+        written = shoot(args.url.rstrip("/"))
+    else:
+        from uistack import build
+
+        root = Path(tempfile.mkdtemp(prefix="ui_shots_"))
+        stack = build(root)
+        try:
+            written = shoot(stack.url)
+        finally:
+            stack.stop()
+            shutil.rmtree(root, ignore_errors=True)
+    for w in written:
+        print(w.relative_to(HERE.parent))
+
+
+if __name__ == "__main__":
+    main()
