@@ -124,6 +124,36 @@ def test_accepted_inputs_round_trip_through_chdb(tmp_path: Path, fuzzed):
         assert totals[1] == pytest.approx(sum(s.world.cost_usd for s in states.values()))
 
 
+def test_accepted_inputs_round_trip_through_falkordb(falkordb, fuzzed):
+    """The graph: every accepted event's node holds its time (epoch µs), text and ids exactly."""
+    from projections.graph.falkordb_store import FalkorDBStore
+    from projections.graph.model import event_row
+    from projections.graph.projection import project
+
+    last: dict[str, Event] = {}  # mutations share ids: the graph keeps one node per id
+    for event in list(fuzzed.accepted.values())[:1500]:
+        last.pop(event.id, None)
+        last[event.id] = event
+    store = FalkorDBStore.from_url(falkordb.url, "fuzz")
+    try:
+        store.setup()
+        events = list(last.values())
+        for i in range(0, len(events), 250):
+            project(store, events[i : i + 250])
+        rows = store.read(
+            "MATCH (e:Event) RETURN e.id, e.time, e.agent, e.run, e.tenant, e.summary, e.status"
+        )
+    finally:
+        store.close()
+    got = {r[0]: r[1:] for r in rows}  # also nodes for causes that are not in the batch
+    assert set(last) <= set(got)
+    for event_id, event in last.items():
+        row = event_row(event)
+        want = (row["time"], row["agent"], row["run"], row["tenant"], row["summary"])
+        assert got[event_id][:5] == want, event_id
+        assert got[event_id][5] == row["status"]
+
+
 # --- hypothesis: values drawn around every bound, in an otherwise valid event ----------------
 
 BASE = {
