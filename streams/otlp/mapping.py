@@ -97,6 +97,7 @@ class _Trace:
     spans: dict[bytes, SpanNode] = field(default_factory=dict)
     llms: list[bytes] = field(default_factory=list)
     tools: list[bytes] = field(default_factory=list)
+    hex: str | None = None  # the trace id as hex, computed once
 
 
 class TraceMemory:
@@ -747,6 +748,8 @@ def _events(
     trace_id, span_id = span.trace_id, span.span_id
     t = memory.trace(trace_id)
     node = t.spans.get(span_id)
+    if t.hex is None:
+        t.hex = trace_id.hex()
     if node is None:  # the trace outgrew the memory: map without links
         node = SpanNode(
             kind,
@@ -756,7 +759,7 @@ def _events(
             _agent_of(a, kind),
             _str(_first(a, *_RUN_KEYS)),
         )
-    trace_hex = trace_id.hex()
+    trace_hex = t.hex
     agent, run, parent = _identity(t, node, ctx, trace_hex)
     start_ns, end_ns = span.start_time_unix_nano, span.end_time_unix_nano
     start_ms, end_ms = start_ns // 1_000_000, end_ns // 1_000_000

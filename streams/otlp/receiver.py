@@ -443,15 +443,17 @@ def _size_bound(event: Event) -> int:
     at most 6), without encoding: most events are far below the limit."""
     d = event.data
     n = _ENVELOPE_BOUND + 6 * len(event.agentid) + 6 * len(event.runid or "")
-    for name in ("text", "result", "summary", "goal", "instructions", "actual", "expected"):
-        v = getattr(d, name, None)
-        if isinstance(v, str):
-            n += 6 * len(v)
-    if isinstance(d, p.ActionStarted) and d.arguments:
-        n += len(_encode(d.arguments))
-    if isinstance(d, p.AgentStarted) and d.tools:
-        n += len(_encode(d.tools))
-    return n
+    if isinstance(d, p.Thought):
+        return n + 6 * len(d.text)
+    if isinstance(d, p.ActionCompleted):
+        return n + 6 * (len(d.result) + len(d.error_type or ""))
+    if isinstance(d, p.ActionStarted):
+        return n + (len(_encode(d.arguments)) if d.arguments else 0)
+    if isinstance(d, p.RunStarted):
+        return n + 6 * len(d.goal)
+    if isinstance(d, p.RunFinished):
+        return n + 6 * len(d.summary)
+    return n + len(_encode(d))  # agent_started and anything rarer: exact
 
 
 def _grpc_address(host: str, port: int) -> str:
