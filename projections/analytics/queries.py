@@ -160,8 +160,11 @@ SELECT
     r.duration_s AS duration_s,
     r.goal AS goal
 FROM runs AS r
+WHERE (r.tenant, r.run_id) IN
+(
+    SELECT x.tenant, x.run_id FROM runs AS x ORDER BY x.cost_usd DESC, x.run_id LIMIT {limit:UInt32}
+)
 ORDER BY r.cost_usd DESC, r.run_id
-LIMIT {limit:UInt32}
 """,
     {"limit": _LIMIT},
 )
