@@ -38,8 +38,13 @@ class Raw:
         self.text = text
 
 
-class Pairs(list):  # type: ignore[type-arg]
+class Pairs:
     """An object as a list of (key, value): may name a key twice."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple[Any, Any]]) -> None:
+        self.items = items
 
 
 NUMBERS: list[Any] = [
@@ -90,9 +95,21 @@ def load_seeds(path: Path = SEEDS_PATH) -> list[bytes]:
     return [line.encode() for line in path.read_text().splitlines() if line.strip()]
 
 
-def dumps(value: Any, rng: random.Random, ascii_: bool, spaced: bool) -> str:
+class _Special(Exception):
+    pass
+
+
+def _special(_value: Any) -> Any:
+    raise _Special
+
+
+def dumps(value: Any, ascii_: bool, spaced: bool) -> str:
     """JSON text of ``value``; :class:`Pairs` may repeat keys, :class:`Raw` is verbatim."""
     colon, comma = (": ", ", ") if spaced else (":", ",")
+    try:  # the C encoder, unless the document holds a Raw or Pairs
+        return json.dumps(value, ensure_ascii=ascii_, separators=(comma, colon), default=_special)
+    except _Special:
+        pass
     parts: list[str] = []
 
     def put(v: Any) -> None:
@@ -101,7 +118,7 @@ def dumps(value: Any, rng: random.Random, ascii_: bool, spaced: bool) -> str:
         elif isinstance(v, str):
             parts.append(json.dumps(v, ensure_ascii=ascii_))
         elif isinstance(v, Pairs | dict):
-            items = v if isinstance(v, Pairs) else v.items()
+            items = v.items if isinstance(v, Pairs) else v.items()
             parts.append("{")
             for i, (k, x) in enumerate(items):
                 if i:
@@ -133,7 +150,7 @@ def _containers(doc: Any) -> list[tuple[tuple[Any, ...], Any]]:
         out.append((path, node))
         if isinstance(node, dict):
             todo.extend(((*path, k), v) for k, v in node.items())
-        elif isinstance(node, list) and not isinstance(node, Pairs):
+        elif isinstance(node, list):
             todo.extend(((*path, i), v) for i, v in enumerate(node))
     return out
 
@@ -180,7 +197,7 @@ class Mutator:
         doc = json.loads(self.seeds[i])
         for _ in range(rng.choice((1, 1, 1, 2, 2, 3))):
             doc = self._mutate_json(doc)
-        text = dumps(doc, rng, ascii_=rng.random() < 0.3, spaced=rng.random() < 0.3)
+        text = dumps(doc, ascii_=rng.random() < 0.3, spaced=rng.random() < 0.3)
         raw = text.encode("utf-8", "surrogatepass")
         if rng.random() < 0.3:
             raw = self._mutate_bytes(raw)
@@ -233,7 +250,7 @@ class Mutator:
                 else:
                     pairs = Pairs([*obj.items(), (key, other)])
                 if rng.random() < 0.5:
-                    pairs.reverse()
+                    pairs.items.reverse()
                 return _set(doc, path, pairs)
             return doc
         if op < 0.8 and isinstance(doc, dict):  # the type
