@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -414,12 +414,21 @@ class Harness:
             "AGENTSTREAM_PROJECTIONS": json.dumps(projections),
             "AGENTSTREAM_WORKER_ENGINE": engine,
         }
+        self._saved_env = {k: os.environ.get(k) for k in env}
         os.environ.update(env)  # parts and helpers started from here load the same settings
         self.settings: Settings = load_settings()
         self.stack = Stack(self.settings)
         self.bootstrap = self.settings.bootstrap_servers
         self.codec = EventCodec(self.settings.max_event_bytes)
         self.graph_name = self.settings.graph_name
+
+    def restore_env(self) -> None:
+        """Put back the caller's environment (a test session goes on after the suite)."""
+        for k, v in self._saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def up(self) -> None:
@@ -616,6 +625,7 @@ class ScenarioResult:
     crashes: int
     dead_letters: int
     converged: bool
+    fault_errors: int
     seconds: float
     converge_s: float
     recovery_ratio: float | None = None  # converge time / the clean run's
@@ -626,6 +636,7 @@ class ScenarioResult:
     def ok(self) -> bool:
         return (
             self.converged
+            and self.fault_errors == 0
             and self.lost == 0
             and self.missing == 0
             and self.duplicated == 0
@@ -633,6 +644,20 @@ class ScenarioResult:
             and self.leaked == 0
             and self.crashes == 0
         )
+
+
+@dataclass
+class FaultLog:
+    """What a scenario's faults did: how many, how long each recovery took, which part
+    restarts they caused, and what did not go as planned."""
+
+    count: int = 0
+    took: list[float] = field(default_factory=list)
+    expected: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+
+Fault = Callable[[FaultLog], Awaitable[None]]
 
 
 @dataclass
@@ -677,7 +702,7 @@ class Chaos:
         return out
 
     async def scenario(
-        self, name: str, faults: Callable[[], Any], n_events: int | None = None
+        self, name: str, faults: Fault, n_events: int | None = None
     ) -> ScenarioResult:
         """Produce new events while ``faults()`` runs; converge; observe."""
         console.rule(f"[bold]{name}")
@@ -686,17 +711,22 @@ class Chaos:
         restarts0 = await asyncio.to_thread(self.h.restarts)
         records = self.next_events(n_events or self.cfg.events)
         send = asyncio.create_task(self.producer.send_all(records, self.cfg.rate))
-        fault_times: list[float] = []
-        fault_count = 0
-        expected_restarts: Counter[str] = Counter()
+        flog = FaultLog()
         try:
-            result = await faults()
-            if result:
-                fault_times, fault_count, expected_restarts = result
+            await faults(flog)
+        except Exception as err:  # a fault that did not go as planned is a finding, not a crash
+            flog.errors.append(f"{type(err).__name__}: {err}")
+            console.print(f"[red]{name}: {type(err).__name__}: {err}")
         finally:
             await send
+        fault_times, fault_count, expected_restarts = flog.took, flog.count, flog.expected
         converged, converge_s = await self.h.converge(self.cfg.converge_timeout_s)
-        obs = await self.h.observe(self.tally, self.poison)
+        try:
+            obs = await asyncio.wait_for(self.h.observe(self.tally, self.poison), 300)
+        except Exception as err:  # the stack cannot even be read: that is the finding
+            obs = Observation(errors=[f"observe: {type(err).__name__}: {err}"])
+            flog.errors.append(obs.errors[0])
+            converged = False
         restarts1 = await asyncio.to_thread(self.h.restarts)
         crashes = sum(
             max(0, restarts1.get(p, 0) - restarts0.get(p, 0) - expected_restarts.get(p, 0))
@@ -715,6 +745,7 @@ class Chaos:
             crashes=crashes,
             dead_letters=sum(obs.dead_letters.values()),
             converged=converged,
+            fault_errors=len(flog.errors),
             seconds=time.monotonic() - t0,
             converge_s=converge_s,
             fault_recovery_s=[round(x, 2) for x in fault_times],
@@ -730,6 +761,7 @@ class Chaos:
                 "log_records": obs.log_records,
                 "log_events": obs.log_events,
                 "errors": obs.errors,
+                "fault_errors": flog.errors,
                 "producer_failed_sends": self.tally.failed_sends,
                 "producer_given_up": len(self.tally.given_up),
             },
@@ -750,55 +782,55 @@ class Chaos:
     async def _pause(self) -> None:
         await asyncio.sleep(self.rng.uniform(0.4, 1.6))
 
-    def kills_of(self, parts: tuple[str, ...], times: int) -> Callable[[], Any]:
-        async def run() -> tuple[list[float], int, Counter[str]]:
-            took: list[float] = []
-            expected: Counter[str] = Counter()
+    async def _kill(self, flog: FaultLog, part: str, deadline_s: float = 90.0) -> None:
+        flog.count += 1
+        flog.expected[part] += 1
+        try:
+            flog.took.append(await self.h.kill(part, deadline_s))
+        except TimeoutError as err:
+            flog.errors.append(str(err))
+            console.print(f"[red]{err}")
+
+    def kills_of(self, part: str, times: int) -> Fault:
+        async def run(flog: FaultLog) -> None:
             for _ in range(times):
                 await self._pause()
-                for part in parts:
-                    took.append(await self.h.kill(part))
-                    expected[part] += 1
-            return took, times * len(parts), expected
+                await self._kill(flog, part)
 
         return run
 
-    def broker_kills(self, times: int, with_consumers: bool) -> Callable[[], Any]:
-        async def run() -> tuple[list[float], int, Counter[str]]:
-            took: list[float] = []
-            expected: Counter[str] = Counter()
+    def broker_kills(self, times: int, with_consumers: bool) -> Fault:
+        async def run(flog: FaultLog) -> None:
             for _ in range(times):
                 await self._pause()
-                took.append(await self.h.kill("broker"))
-                expected["broker"] += 1
+                await self._kill(flog, "broker", 120.0)
                 if with_consumers:
                     for part in CONSUMER_PARTS:
-                        with contextlib.suppress(TimeoutError):
-                            took.append(await self.h.kill(part))
-                            expected[part] += 1
+                        await self._kill(flog, part)
+                        flog.count -= 1  # one fault: the broker and its consumers together
                 await self.h.converge(60)  # let the restored log settle before the next kill
-            return took, times, expected
 
         return run
 
-    def down_up(self) -> Callable[[], Any]:
-        async def run() -> tuple[list[float], int, Counter[str]]:
+    def down_up(self) -> Fault:
+        async def run(flog: FaultLog) -> None:
             await self._pause()
             t0 = time.monotonic()
             await self.h.down()
             await self.h.up()
-            return [time.monotonic() - t0], 1, Counter()
+            flog.took.append(time.monotonic() - t0)
+            flog.count += 1
 
         return run
 
-    def poison_corpus(self) -> Callable[[], Any]:
-        async def run() -> tuple[list[float], int, Counter[str]]:
+    def poison_corpus(self) -> Fault:
+        async def run(flog: FaultLog) -> None:
             base = [e for e in generate(SimulationConfig(agents=3, runs=2, seed=self.cfg.seed + 1))]
             self.poison = poison_corpus(self.cfg.seed, base)
             records = [(None, p.key, p.value) for p in self.poison]
             self.tally.poison_sent += len(records)
             await self.producer.send_all(records, self.cfg.rate)
-            return [], len(records), Counter()
+            flog.count += len(records)
 
         return run
 
@@ -810,7 +842,7 @@ class Chaos:
         await self.scenario("clean", _no_fault)
         for part in KILLABLE:
             if self.wanted(f"kill-{part}"):
-                await self.scenario(f"kill-{part}", self.kills_of((part,), cfg.kills))
+                await self.scenario(f"kill-{part}", self.kills_of(part, cfg.kills))
         if self.wanted("broker"):
             await self.scenario("broker", self.broker_kills(cfg.broker_restarts, False))
         if self.wanted("broker-restart"):
@@ -822,7 +854,7 @@ class Chaos:
         await self.producer.close()
 
 
-async def _no_fault() -> None:
+async def _no_fault(flog: FaultLog) -> None:
     return None
 
 
@@ -898,7 +930,10 @@ async def run_chaos(
     finally:
         with contextlib.suppress(Exception):
             await chaos.producer.close()
-        await harness.down()
+        try:
+            await harness.down()
+        finally:
+            harness.restore_env()
     return chaos.results
 
 

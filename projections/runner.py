@@ -67,6 +67,9 @@ BATCH_SECONDS = Histogram(
 
 Decoder = Callable[[bytes], object]
 
+STOP_FLUSH_S = 10.0  # the last batch on the way out: applied and committed, or left
+STOP_CONSUMER_S = 5.0  # closing the consumer (leave group) when the broker may be gone
+
 
 @dataclass(frozen=True, slots=True)
 class Record:
@@ -187,9 +190,11 @@ class ProjectionRunner:
         except _Abandoned:
             pass  # stopping while a backend is down: the batch stays uncommitted, redelivered
         finally:
-            with contextlib.suppress(KafkaError, asyncio.CancelledError, _Abandoned):
-                await self.flush()
-            await consumer.stop()
+            # bounded: with the broker gone, aiokafka's commit and stop can wait forever,
+            # and a stage must still stop on SIGTERM (what is not committed is redelivered)
+            with contextlib.suppress(KafkaError, asyncio.CancelledError, _Abandoned, TimeoutError):
+                await asyncio.wait_for(self.flush(), STOP_FLUSH_S)
+            await _close_consumer(consumer, self.projection.name)
             self._consumer = None
             if self._dlq is not None:
                 with contextlib.suppress(KafkaError, OSError):
@@ -411,6 +416,23 @@ class ProjectionRunner:
             return False
         hw, committed = self.stats.highwater, self.stats.committed
         return all(tp in hw and committed.get(tp, 0) >= hw[tp] for tp in self.assigned)
+
+
+async def _close_consumer(consumer: AIOKafkaConsumer, name: str) -> None:
+    """Stop ``consumer`` within STOP_CONSUMER_S, even with the broker gone.
+
+    aiokafka 0.14's fetcher, closed while its broker is unreachable, lets the cancellation
+    of its own pending fetch escape ``stop()`` as a CancelledError; that one is not ours.
+    """
+    try:
+        await asyncio.wait_for(consumer.stop(), STOP_CONSUMER_S)
+    except TimeoutError:
+        log.warning("%s: the consumer did not close in %.0fs; leaving it", name, STOP_CONSUMER_S)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("%s: the consumer's close was cut short (broker gone)", name)
 
 
 class _Abandoned(Exception):
