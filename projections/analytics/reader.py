@@ -144,8 +144,10 @@ def _check_ipc(data: bytes) -> bytes:
 class ChdbEngine:
     """chDB through its own connection API: server-side parameters, the engine's statistics.
 
-    Two handles on the process's engine: one runs statements (``readonly = 2`` and the
-    limits are set on it once, so nothing else can lift them), the other kills them.
+    Three handles on the process's engine: one runs statements (``readonly = 2`` and the
+    limits are set on it once, so nothing else can lift them), one parses them for the
+    check (``readonly = 2``, without the result limits, which would count the AST's lines),
+    one kills them.
     """
 
     _table_functions: frozenset[str] | None = None
@@ -162,6 +164,7 @@ class ChdbEngine:
         target = os.path.realpath(location.path)  # chDB compares engine paths literally
         try:
             self._conn = chdb.connect(target)
+            self._parse = chdb.connect(target)
             self._ctl = chdb.connect(target)
         except RuntimeError as err:
             from projections.analytics.store import _open_error
@@ -183,6 +186,8 @@ class ChdbEngine:
             assigns = ", ".join(f"{k} = '{v}'" for k, v in settings.items())
             self._conn.query(f"USE {check_identifier(database)}", "TabSeparated")
             self._conn.query(f"SET {assigns}, readonly = 2", "TabSeparated")
+            self._parse.query(f"USE {check_identifier(database)}", "TabSeparated")
+            self._parse.query("SET max_execution_time = 10, readonly = 2", "TabSeparated")
         except BaseException:
             self.close()
             raise
@@ -190,7 +195,7 @@ class ChdbEngine:
     def _text(self, sql: str, params: Mapping[str, Any], fmt: str = "TabSeparated") -> str:
         with self._lock:
             try:
-                res = self._conn.query(
+                res = self._parse.query(
                     sql, fmt, params={k: _chdb_param(v) for k, v in params.items()}
                 )
             except Exception as err:  # chDB raises RuntimeError / ChdbError
@@ -231,7 +236,8 @@ class ChdbEngine:
         self._ctl.query(f"KILL QUERY WHERE Settings['log_comment'] = '{tag}' ASYNC", "TabSeparated")
 
     def close(self) -> None:
-        for conn in (getattr(self, "_conn", None), getattr(self, "_ctl", None)):
+        for name in ("_conn", "_parse", "_ctl"):
+            conn = getattr(self, name, None)
             if conn is not None:
                 with contextlib.suppress(Exception):  # closing: nothing useful to report
                     conn.close()
