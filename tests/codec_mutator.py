@@ -331,6 +331,14 @@ def _write_seeds(path: Path = SEEDS_PATH) -> int:
         p.Lesson(situation="s", action="a", outcome="o", insight="i"),
         p.Feedback(score=-0.5, source="human", comment="meh"),
         p.AgentStarted(name="n", role="coder", model="m"),
+        p.AgentStarted(
+            name="n", instructions="be brief", tools=[
+                p.ToolDefinition(name="git", description="run git", parameters={
+                    "type": "object", "properties": {"args": {"type": "array"}},
+                }),
+                p.ToolDefinition(name="noop"),
+            ],
+        ),
         p.AgentStopped(reason="bye"),
         p.RunStarted(goal="g"),
         p.RunFinished(status="cancelled", summary="stopped"),
@@ -365,6 +373,10 @@ def _write_seeds(path: Path = SEEDS_PATH) -> int:
     lines.append(json.dumps(v1, separators=(",", ":")))
     v1["data"]["ok"] = True
     lines.append(json.dumps(v1))  # spaced, ASCII escapes: another producer's style
+    old_agent = json.loads(lines[8])  # agent_started as v1 wrote it
+    old_agent["type"] = "agent.lifecycle.agent_started.v1"
+    old_agent["dataschema"] = "urn:agentstream:schema:agent.lifecycle.agent_started.v1"
+    lines.append(json.dumps(old_agent, separators=(",", ":")))
     spelled = json.loads(lines[0])
     spelled.update(tenant="default", datacontenttype="application/json")  # defaults written
     lines.append(json.dumps(spelled, ensure_ascii=True))
