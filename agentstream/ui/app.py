@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from agentstream.ui import api, pages
 from agentstream.ui.backends import Backends, NotFound, Unavailable
 from agentstream.ui.deadletters import DeadLetterCache
+from agentstream.ui.metrics import RequestMetrics
 from agentstream.ui.security import SecurityMiddleware
 from agentstream.ui.steps import StepCache
 from projections.analytics.reader import QueryError
@@ -54,6 +55,7 @@ def create_app(
     app.state.deadletters = DeadLetterCache(backends)
     app.state.token = token
     app.add_middleware(SecurityMiddleware, token=token)
+    app.add_middleware(RequestMetrics)
 
     @app.exception_handler(NotFound)
     async def _not_found(_r: Request, err: NotFound) -> JSONResponse:

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agentstream.ui.security import check_binding
 
 if TYPE_CHECKING:
     from agentstream.settings import Settings
+    from agentstream.telemetry import MetricsEndpoint
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -41,6 +43,7 @@ def serve(
     then serve until SIGINT/SIGTERM."""
     import uvicorn
 
+    from agentstream.telemetry import serve_part_metrics
     from agentstream.ui.app import create_app
 
     check_binding(host, settings.ui_token)
@@ -49,4 +52,20 @@ def serve(
     if on_ready is not None:
         on_ready(url_of(sock))
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    endpoint = serve_part_metrics("ui", settings)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(endpoint, server, stop), daemon=True)
+    beat.start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        stop.set()
+        endpoint.stop()
+
+
+def _heartbeat(endpoint: MetricsEndpoint, server: Any, stop: threading.Event) -> None:
+    """Ready once uvicorn serves; a beat a second while it runs (``agentstream status``)."""
+    while not stop.is_set():
+        endpoint.health.set_ready(bool(server.started), "serving" if server.started else "starting")
+        stop.wait(1.0)
