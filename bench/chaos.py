@@ -52,7 +52,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import pyarrow.dataset as ds
@@ -77,10 +77,12 @@ from schemas.errors import InvalidEvent
 from schemas.ids import Uuid7Generator, uuid7_time_ms
 from schemas.state import AgentState
 from schemas.topics import DLQ, EVENTS
+from streams.archive import archive_state
 from streams.reducer import reduce
 from streams.simulator import SimulationConfig, generate
 from streams.state_reader import fetch_high_watermarks, read_states
 
+T = TypeVar("T")
 console = Console()
 if not console.is_terminal:  # a log file or CI: room for the whole table
     console = Console(width=160)
@@ -211,6 +213,39 @@ def _retype(text: str, wire: str) -> str:
     return text[: i + 8] + wire + text[j:]
 
 
+# --- bounded waits on aiokafka ----------------------------------------------------------------
+
+
+async def bounded(awaitable: Awaitable[T], timeout_s: float) -> T:
+    """``awaitable``'s result within ``timeout_s``, else TimeoutError, without waiting for
+    the cancellation to finish (aiokafka 0.14 calls do not always honour it with the broker
+    gone, and ``asyncio.wait_for`` would then wait forever)."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        task.cancel()
+        raise TimeoutError(f"no answer in {timeout_s:.0f}s")
+    return task.result()
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+_abandoned: set[asyncio.Task[Any]] = set()
+
+
+def _abandon(client: AIOKafkaProducer) -> None:
+    """Close a producer in the background; a close that hangs must not hang the suite."""
+    task = asyncio.ensure_future(client.stop())
+    _abandoned.add(task)
+    task.add_done_callback(_abandoned.discard)
+
+
+OutRecord = tuple[str | None, bytes | None, bytes | None]  # (event id if tracked, key, value)
+
+
 # --- the producer: its acks are the ground truth ----------------------------------------------
 
 
@@ -247,10 +282,9 @@ class ChaosProducer:
                 enable_idempotence=False,
             )
             try:
-                await asyncio.wait_for(client.start(), 15)
+                await bounded(client.start(), 15)
             except BaseException:
-                with contextlib.suppress(Exception):
-                    await client.stop()
+                _abandon(client)
                 raise
             self._client = client
         return self._client
@@ -258,42 +292,56 @@ class ChaosProducer:
     async def _reset(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.stop(), 10)
+            _abandon(client)
 
     async def send_all(
         self,
-        records: list[tuple[str | None, bytes | None, bytes | None]],
+        records: list[OutRecord],
         rate: float,
-        deadline_s: float = 180.0,
+        *,
+        more: Callable[[int], list[OutRecord]] | None = None,
+        until: asyncio.Event | None = None,
+        drain_s: float = 180.0,
         chunk: int = 50,
     ) -> None:
-        """Send ``(id, key, value)`` records at about ``rate``/s until each is acknowledged."""
+        """Send ``(id, key, value)`` records at about ``rate``/s until each is acknowledged.
+
+        With ``more`` and ``until``: after ``records``, keep taking new ones from ``more``
+        until ``until`` is set (so every fault happens mid-stream), then drain. Whatever is
+        not acknowledged ``drain_s`` after that is given up (and counted).
+        """
         self.tally.produced += sum(1 for i, _, _ in records if i is not None)
         pending = list(records)
         started = time.monotonic()
+        drain_from: float | None = None
         sent = 0
         backoff = 0.2
-        while pending:
-            if time.monotonic() - started > deadline_s:
+        while True:
+            if not pending and more is not None and until is not None and not until.is_set():
+                pending = more(chunk)
+                self.tally.produced += sum(1 for i, _, _ in pending if i is not None)
+            if not pending:
+                return
+            if drain_from is None and (until is None or until.is_set()):
+                drain_from = time.monotonic()
+            if drain_from is not None and time.monotonic() - drain_from > drain_s:
                 self.tally.given_up |= {i for i, _, _ in pending if i is not None}
                 return
             part, pending = pending[:chunk], pending[chunk:]
             try:
                 producer = await self._producer()
-                futures = [
-                    await asyncio.wait_for(producer.send(EVENTS, v, key=k), 10) for _, k, v in part
-                ]
-                results = await asyncio.wait_for(
-                    asyncio.gather(*futures, return_exceptions=True), 30
-                )
-            except (KafkaError, OSError, TimeoutError) as err:
+                futures = [await bounded(producer.send(EVENTS, v, key=k), 10) for _, k, v in part]
+                results = await bounded(asyncio.gather(*futures, return_exceptions=True), 30)
+            except (KafkaError, OSError, TimeoutError, asyncio.CancelledError) as err:
+                if isinstance(err, asyncio.CancelledError) and _cancelling():
+                    raise
                 self.tally.failed_sends += len(part)
                 pending = part + pending
                 if not isinstance(err, KafkaError) or "closed" in str(err).lower():
                     await self._reset()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+                started, sent = time.monotonic(), 0  # no burst to "catch up" after an outage
                 continue
             retry = []
             for rec, res in zip(part, results, strict=True):
@@ -307,6 +355,7 @@ class ChaosProducer:
                 await self._reset()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+                started, sent = time.monotonic(), 0
                 continue
             backoff = 0.2
             sent += len(part)
@@ -421,6 +470,7 @@ class Harness:
         self.bootstrap = self.settings.bootstrap_servers
         self.codec = EventCodec(self.settings.max_event_bytes)
         self.graph_name = self.settings.graph_name
+        self.last_status: dict[str, Any] = {}
 
     def restore_env(self) -> None:
         """Put back the caller's environment (a test session goes on after the suite)."""
@@ -481,11 +531,16 @@ class Harness:
                 await asyncio.sleep(0.5)
                 continue
             wanted = [p for p in parts if p.state not in ("disabled",)]
-            ok = all(p.state == "running" for p in wanted) and all(
-                p.lag is not None and all(v == 0 for v in p.lag.values())
-                for p in wanted
-                if p.part in CONSUMER_PARTS
+            ok = (
+                all(p.state == "running" for p in wanted)
+                and all(
+                    p.lag is not None and all(v == 0 for v in p.lag.values())
+                    for p in wanted
+                    if p.part in ("worker", "projections")
+                )
+                and self._archived(hw)
             )
+            self.last_status = {p.part: (p.state, p.lag) for p in wanted}
             if ok and hw == last_hw:
                 stable += 1
                 if stable >= 2:
@@ -495,6 +550,12 @@ class Harness:
             last_hw = hw
             await asyncio.sleep(0.5)
         return False, time.monotonic() - t0
+
+    def _archived(self, hw: dict[int, int]) -> bool:
+        """Does the archive hold every offset of the log? (Its files are the archiver's truth:
+        after a restore it has nothing new to write, so its group commit can lag.)"""
+        state = archive_state(self.settings.archive_location)
+        return all(state.last_offsets.get(p, -1) >= end - 1 for p, end in hw.items() if end)
 
     # --- the checks ----------------------------------------------------------------------------
     async def observe(self, tally: ProducerTally, poison: list[Poison]) -> Observation:
@@ -665,8 +726,8 @@ class ChaosConfig:
     seed: int = 11
     kills: int = 5
     broker_restarts: int = 3
-    events: int = 1500  # per scenario
-    rate: float = 600.0  # events/s while faults happen
+    events: int = 1500  # at least, per scenario
+    rate: float = 300.0  # events/s, produced for as long as the faults last
     agents: int = 8
     engine: str = "aiokafka"
     projections: tuple[str, ...] = ("analytics", "graph")
@@ -684,7 +745,7 @@ class Chaos:
         self.tally = ProducerTally()
         self.producer = ChaosProducer(harness.bootstrap, self.tally)
         self.poison: list[Poison] = []
-        total = cfg.events * 16
+        total = 10_000_000  # lazily generated: as many as the faults last
         self._events: Iterator[Event] = iter(
             generate(
                 SimulationConfig(agents=cfg.agents, runs=None, seed=cfg.seed, max_events=total)
@@ -693,8 +754,8 @@ class Chaos:
         self.results: list[ScenarioResult] = []
         self.clean_converge_s: float | None = None
 
-    def next_events(self, n: int) -> list[tuple[str | None, bytes | None, bytes | None]]:
-        out: list[tuple[str | None, bytes | None, bytes | None]] = []
+    def next_events(self, n: int) -> list[OutRecord]:
+        out: list[OutRecord] = []
         for e in self._events:
             out.append((e.id, e.agentid.encode(), encode_event(e)))
             if len(out) >= n:
@@ -710,14 +771,19 @@ class Chaos:
         produced0, acked0 = self.tally.produced, len(self.tally.acked)
         restarts0 = await asyncio.to_thread(self.h.restarts)
         records = self.next_events(n_events or self.cfg.events)
-        send = asyncio.create_task(self.producer.send_all(records, self.cfg.rate))
+        until = asyncio.Event()
+        send = asyncio.create_task(
+            self.producer.send_all(records, self.cfg.rate, more=self.next_events, until=until)
+        )
         flog = FaultLog()
+        watch = asyncio.create_task(self._watchdog(name, t0))
         try:
             await faults(flog)
         except Exception as err:  # a fault that did not go as planned is a finding, not a crash
             flog.errors.append(f"{type(err).__name__}: {err}")
             console.print(f"[red]{name}: {type(err).__name__}: {err}")
         finally:
+            until.set()
             await send
         fault_times, fault_count, expected_restarts = flog.took, flog.count, flog.expected
         converged, converge_s = await self.h.converge(self.cfg.converge_timeout_s)
@@ -727,6 +793,7 @@ class Chaos:
             obs = Observation(errors=[f"observe: {type(err).__name__}: {err}"])
             flog.errors.append(obs.errors[0])
             converged = False
+        watch.cancel()
         restarts1 = await asyncio.to_thread(self.h.restarts)
         crashes = sum(
             max(0, restarts1.get(p, 0) - restarts0.get(p, 0) - expected_restarts.get(p, 0))
@@ -778,6 +845,16 @@ class Chaos:
             f"converged={converged} in {converge_s:.1f}s"
         )
         return res
+
+    async def _watchdog(self, name: str, t0: float) -> None:
+        """Every 20 s, one line on where the scenario stands (a stuck fault shows itself)."""
+        while True:
+            await asyncio.sleep(20)
+            console.print(
+                f"[dim]{name} +{time.monotonic() - t0:.0f}s: acked {len(self.tally.acked):,} "
+                f"of {self.tally.produced:,}, failed sends {self.tally.failed_sends:,}; "
+                f"parts {self.h.last_status}"
+            )
 
     async def _pause(self) -> None:
         await asyncio.sleep(self.rng.uniform(0.4, 1.6))
@@ -943,7 +1020,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--kills", type=int, default=5, help="kill -9 per part (default 5)")
     ap.add_argument("--broker-restarts", type=int, default=3, help="per broker scenario (3)")
     ap.add_argument("--events", type=int, default=1500, help="new events per scenario")
-    ap.add_argument("--rate", type=float, default=600.0, help="events/s while faulting")
+    ap.add_argument("--rate", type=float, default=300.0, help="events/s while faulting")
     ap.add_argument("--agents", type=int, default=8)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--engine", choices=("aiokafka", "faust"), default="aiokafka")
@@ -956,8 +1033,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM: unwind through the finally blocks (stack down)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     cfg = ChaosConfig(
         seed=args.seed,
         kills=1 if args.quick else args.kills,
