@@ -194,3 +194,29 @@ def test_pages_carry_the_security_headers(stack: UIStack) -> None:
     with urllib.request.urlopen(stack.url + "/runs") as r:
         page = r.read().decode()
     assert "<script>" not in page.replace(" ", "")  # no inline script in the shell
+
+
+def test_steps_from_the_archive_equal_steps_from_kafka(stack: UIStack) -> None:
+    import time
+
+    run_id, failed = truth.failed_completion_run(stack.events)
+    kafka = get(stack, f"/api/v1/runs/{run_id}/steps")
+    deadline = time.monotonic() + 90
+    while True:  # the archiver closes a segment a second after its last record
+        try:
+            with urllib.request.urlopen(
+                stack.url + f"/api/v1/runs/{run_id}/steps?source=archive&refresh=true", timeout=60
+            ) as r:
+                archive = json.loads(r.read())
+            if archive["steps"] == kafka["steps"]:
+                break
+        except urllib.error.HTTPError as err:
+            assert err.code in (404, 503), err.read()
+        assert time.monotonic() < deadline, "the archive never held the whole run"
+        time.sleep(0.5)
+    at = next(s["index"] for s in kafka["steps"] if s["id"] == failed.id)
+    a = get(stack, f"/api/v1/runs/{run_id}/steps/{at}?source=archive")
+    k = get(stack, f"/api/v1/runs/{run_id}/steps/{at}")
+    assert a["state"] == k["state"] and a["changes"] == k["changes"]
+    same = ("partition", "offset")  # the archive numbers log generations from 1, Kafka says 0
+    assert [a["position"][x] for x in same] == [k["position"][x] for x in same]

@@ -161,6 +161,9 @@ def build(root: Path, timeout_s: float = 180.0) -> UIStack:
         cli = [sys.executable, "-m", "agentstream.cli"]
         stack.procs.append(_start("worker", [*cli, "worker"], logs / "worker.log", env))
         stack.procs.append(
+            _start("archiver", [*cli, "archive", "--max-segment-age", "1"], logs / "arch.log", env)
+        )
+        stack.procs.append(
             _start("project", [*cli, "project", "analytics", "graph"], logs / "project.log", env)
         )
         asyncio.run(_publish(bootstrap, stack.events, BAD_RECORDS))
