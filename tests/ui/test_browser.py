@@ -35,6 +35,11 @@ def page(browser, stack: UIStack) -> Iterator[object]:
     pg = ctx.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
+    # anything the CSP had to block (inline script or style, eval) is a bug of ours
+    pg.on(
+        "console",
+        lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
+    )
     pg.set_default_timeout(30_000)
     yield pg
     ctx.close()

@@ -215,8 +215,8 @@
         <label>Status <select name="status" ...${field('status')}><option value="">any</option>${f.statuses.map((a) => html`<option value=${a}>${a}</option>`)}</select></label>
         <label>Tenant <select name="tenant" ...${field('tenant')}><option value="">any</option>${f.tenants.map((a) => html`<option value=${a}>${a}</option>`)}</select></label>
         <label>Goal <input name="goal" placeholder="text in goal" ...${field('goal')} /></label>
-        <label>From <input name="since" type="datetime-local" step="1" ...${field('since')} /></label>
-        <label>To <input name="until" type="datetime-local" step="1" ...${field('until')} /></label>
+        <label>From (UTC) <input name="since" type="datetime-local" step="1" ...${field('since')} /></label>
+        <label>To (UTC) <input name="until" type="datetime-local" step="1" ...${field('until')} /></label>
         <button class="primary" type="submit">Filter</button>
         <${A} to=${href.runs()}>clear<//>
       </form>
