@@ -19,6 +19,7 @@ lets through is checked after it, cheaply unless a problem is likely:
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 import msgspec
@@ -35,7 +36,7 @@ DEFAULT_MAX_DEPTH = 64
 for ``arguments``). Fixed, so that acceptance never depends on the caller's stack depth."""
 
 _encoder = msgspec.json.Encoder()
-_encode = _encoder.encode
+_encode_into = _encoder.encode_into
 _PATH_RE = re.compile(r" - at `(?P<path>[^`]+)`$")
 _FIELD_RE = re.compile(r"field `(?P<field>[^`]*)`")
 _BOUND_RE = re.compile(r"^Expected `(int|float)` (>=|<=|>|<) ")
@@ -163,6 +164,7 @@ class EventCodec:
         self.max_depth = max_depth
         self._decoder = msgspec.json.Decoder(Event)
         self._decode = self._decoder.decode
+        self._local = threading.local()
         self._nest_freely = frozenset(
             c for c in EVENT_CLASSES if _fixed_depth(msgspec.inspect.type_info(c)) > max_depth
         )  # event types with free-form JSON (``arguments``): their depth is checked
@@ -197,7 +199,12 @@ class EventCodec:
             and not strict_json.depth_at_most(raw, self.max_depth)
         ):
             raise self._located(raw, RejectReason.TOO_DEEP)
-        encoded = _encode(event)
+        local = self._local  # one buffer per thread, reused: no allocation per event
+        try:
+            encoded = local.buffer
+        except AttributeError:
+            encoded = local.buffer = bytearray(1024)
+        _encode_into(event, encoded)
         if (
             encoded != raw  # the SDK's bytes are exactly the re-encoding: no duplicates
             and (raw.count(b'"') != encoded.count(b'"') or b"\\u0022" in raw)
