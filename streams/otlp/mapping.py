@@ -515,12 +515,12 @@ def _llm_view(a: dict[str, Any]) -> _LlmView:
                 }
             )
     text = "\n".join(t for t in texts if t)
-    if not text:
-        text = _str(_first(a, "output.value", "traceloop.entity.output")) or ""
     if not text and calls:
         text = "calls " + ", ".join(
             f"{c.get('name') or '?'}({_str(c.get('arguments')) or ''})" for c in calls
         )
+    if not text:
+        text = _str(_first(a, "output.value", "traceloop.entity.output")) or ""
     return _LlmView(text, calls, in_msgs, out_msgs)
 
 
@@ -610,6 +610,8 @@ def map_request(
                     continue
                 if kind is Kind.STRUCTURAL and _is_root(memory, span):
                     kind = Kind.WORKFLOW  # a root chain is the run
+                elif kind is Kind.AGENT and _agent_of(a, kind) is None:
+                    kind = Kind.WORKFLOW  # no agent named: a workflow (the Agents SDK's root)
                 node = SpanNode(
                     kind,
                     span.parent_span_id,
