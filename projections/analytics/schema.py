@@ -13,6 +13,11 @@ Why it looks like this (details and every column in docs/analytics.md):
   are merged in the background, the sums are exact at any time.
 - ``violations``, ``episodes`` and ``agent_state`` are upserts: ReplacingMergeTree on the
   record's id with a version, read with ``FINAL``.
+- Runs: ``run_totals`` (per run) and ``run_agent`` (per run and agent) are fed by views on
+  ``events`` *and* on ``violations`` (mismatches are the processor's ``wrong_result``
+  violations: only it pairs a completion with its start). The view ``runs`` reads
+  ``run_totals`` with ``FINAL``: one row per run, keyed by run, not by start time (a run's
+  start can still move earlier when another agent's events arrive late).
 
 Every statement is idempotent (``IF NOT EXISTS``), so a crash between applying a migration
 and recording it in ``schema_version`` is repaired by running the migration again.
