@@ -83,15 +83,11 @@ async def _run(settings: Any, config: Any) -> Any:
         await receiver.start()
     except OSError as err:
         fail(f"otlp: cannot bind {config.host}: {err} — set AGENTSTREAM_OTLP_*_PORT")
-    endpoint = beat = None
-    try:
-        from agentstream.telemetry import heartbeat, register_stats, serve_part_metrics
-    except ImportError:  # the metrics endpoint lives in the shell; health is on the OTLP port
-        pass
-    else:
-        endpoint = serve_part_metrics("otlp", settings)
-        register_stats("agentstream_otlp", {"otlp": lambda: receiver.stats})
-        beat = asyncio.create_task(heartbeat(endpoint, lambda: receiver.ready, stop))
+    from agentstream.telemetry import heartbeat, register_stats, serve_part_metrics
+
+    endpoint = serve_part_metrics("otlp", settings)
+    register_stats("agentstream_otlp", {"otlp": lambda: receiver.stats})
+    beat = asyncio.create_task(heartbeat(endpoint, lambda: receiver.ready, stop))
     grpc_note = f", OTLP/gRPC on {config.host}:{receiver.grpc_port}" if receiver.grpc_port else ""
     console.print(
         f"otlp: OTLP/HTTP on http://{config.host}:{receiver.http_port}/v1/traces{grpc_note}; "
@@ -103,10 +99,8 @@ async def _run(settings: Any, config: Any) -> Any:
         await stop.wait()
     finally:
         stop.set()
-        if beat is not None:
-            await beat
-        if endpoint is not None:
-            endpoint.stop()
+        await beat
+        endpoint.stop()
         await receiver.stop()
         try:
             await producer.close()
