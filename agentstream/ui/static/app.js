@@ -152,16 +152,29 @@
       const cls = 'leaf' + (ch ? ' changed' : '') + (change && change.before === null ? ' added' : '');
       return html`<div class=${cls} data-path=${path}>${label}${change && change.before !== null ? html`<span class="was">${short(change.before)}</span>` : null}<${Scalar} v=${isObj(value) ? (Array.isArray(value) ? [] : {}) : value} /></div>`;
     }
-    const entries = Array.isArray(value) ? value.map((v, i) => [i, v]) : Object.entries(value);
-    const removed = Array.isArray(value) ? [] : removedUnder(path, value, diff);
-    const open = (ch && diff) || (!collapsed && depth < 2) || depth === 0 || (collapsed && depth === 1 && size(value) <= 4);
-    const listChanged = Array.isArray(value) && change;
-    return html`<details open=${open} class=${ch ? 'changed' : ''} data-path=${path}>
-      <summary>${label}<span class="count">${Array.isArray(value) ? '[' + value.length + ']' : '{' + size(value) + '}'}</span>${listChanged ? html` <span class="was">${short(change.before)}</span>` : null}</summary>
-      <div class="node">
-        ${entries.map(([k, v]) => html`<${Tree} key=${k} name=${String(k)} value=${v} path=${Array.isArray(value) ? path + '[' + k + ']' : childPath(path, k, diff)} diff=${Array.isArray(value) ? null : diff} depth=${depth + 1} collapsed=${collapsed} />`)}
+    const initial = Boolean((ch && diff) || (!collapsed && depth < 2) || depth === 0 || (collapsed && depth === 1 && size(value) <= 4));
+    return html`<${Branch} value=${value} label=${label} path=${path} diff=${diff} depth=${depth} collapsed=${collapsed} changed=${ch} change=${change} initial=${initial} />`;
+  }
+  const SHOW = 200;  // children rendered per node before "show more"
+  function Branch({ value, label, path, diff, depth, collapsed, changed, change, initial }) {
+    const [open, setOpen] = useState(initial);
+    const [limit, setLimit] = useState(SHOW);
+    useEffect(() => { if (initial) setOpen(true); }, [initial, path]);
+    const arr = Array.isArray(value);
+    const listChanged = arr && change;
+    let body = null;
+    if (open) {  // children exist only while open: big states stay cheap to render
+      const entries = arr ? value.map((v, i) => [i, v]) : Object.entries(value);
+      const removed = arr ? [] : removedUnder(path, value, diff);
+      body = html`<div class="node">
+        ${entries.slice(0, limit).map(([k, v]) => html`<${Tree} key=${k} name=${String(k)} value=${v} path=${arr ? path + '[' + k + ']' : childPath(path, k, diff)} diff=${arr ? null : diff} depth=${depth + 1} collapsed=${collapsed} />`)}
+        ${entries.length > limit ? html`<div><a href="#" onClick=${(e) => { e.preventDefault(); setLimit(limit + SHOW * 5); }}>… ${entries.length - limit} more</a></div>` : null}
         ${removed.map(([k, v]) => html`<div class="leaf removed" data-path=${childPath(path, k, diff)}><span class="k">${k}</span>: ${short(v)}</div>`)}
-      </div>
+      </div>`;
+    }
+    return html`<details open=${open} onToggle=${(e) => setOpen(e.currentTarget.open)} class=${changed ? 'changed' : ''} data-path=${path}>
+      <summary>${label}<span class="count">${arr ? '[' + value.length + ']' : '{' + size(value) + '}'}</span>${listChanged ? html` <span class="was">${short(change.before)}</span>` : null}</summary>
+      ${body}
     </details>`;
   }
 
