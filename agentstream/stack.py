@@ -56,6 +56,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -373,25 +374,43 @@ def graph_loading(settings: Settings) -> dict[str, float] | None:
     }
 
 
-def _graph_wait_ready(settings: Settings, deadline_s: float, report: Report | None = None) -> None:
+def cpu_ticks(pid: int) -> int | None:
+    """utime + stime of a process (/proc/PID/stat): rises while it works."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
+def _graph_wait_ready(
+    settings: Settings, deadline_s: float, report: Report | None = None, pid: int | None = None
+) -> None:
     """Ready when it answers PING with the module. While it loads its data (AOF or RDB) it
-    keeps waiting as long as the load makes progress: no fixed cliff for a big graph; it
-    gives up only after ``deadline_s`` without progress."""
+    keeps waiting as long as the load makes progress, with no fixed cliff for a big graph:
+    progress is the loaded byte count rising in ``INFO persistence``, or (replaying one
+    large graph write, redis answers nothing) the server's CPU time rising. It gives up
+    after ``deadline_s`` without either."""
     last_change = time.monotonic()
-    last_loaded = -1.0
+    last_loaded, last_cpu = -1.0, cpu_ticks(pid) if pid else None
+    loading: dict[str, float] | None = None
     while True:
         try:
             _graph_ping(settings)
             return
         except StackError as err:
             now = time.monotonic()
-            loading = graph_loading(settings)
-            if loading is not None:
-                if loading["loaded_bytes"] > last_loaded:
-                    last_loaded, last_change = loading["loaded_bytes"], now
-                if report is not None:
-                    eta = f", about {loading['eta_s']:.0f}s left" if loading["eta_s"] >= 0 else ""
-                    report(f"loading its data{eta}", loading["perc"], 100.0)
+            info = graph_loading(settings)
+            loading = info or loading
+            if info is not None and info["loaded_bytes"] > last_loaded:
+                last_loaded, last_change = info["loaded_bytes"], now
+            cpu = cpu_ticks(pid) if pid else None
+            if cpu is not None and last_cpu is not None and cpu > last_cpu:
+                last_cpu, last_change = cpu, now
+            if report is not None and loading is not None:
+                eta = f", about {loading['eta_s']:.0f}s left" if loading["eta_s"] >= 0 else ""
+                busy = "" if info is not None else " (replaying a large write)"
+                report(f"loading its data{eta}{busy}", loading["perc"], 100.0)
             if now - last_change >= deadline_s:
                 if loading is not None:
                     raise StackError(
@@ -568,13 +587,19 @@ def registry_service(name: str) -> Service | None:
     return next((s for s in SERVICES if s.name == name), None)
 
 
-def call_wait_ready(svc: Service, settings: Settings, deadline_s: float, report: Report) -> None:
-    """``wait_ready`` hooks may take a ``report`` callback (for a progress bar) or not."""
+def call_wait_ready(
+    svc: Service, settings: Settings, deadline_s: float, report: Report, pid: int | None = None
+) -> None:
+    """``wait_ready`` hooks may take a ``report`` callback (for a progress bar) and the
+    part's ``pid`` (to tell a busy process from a hung one), or neither."""
     assert svc.wait_ready is not None
-    if "report" in inspect.signature(svc.wait_ready).parameters:
-        svc.wait_ready(settings, deadline_s, report=report)
-    else:
-        svc.wait_ready(settings, deadline_s)
+    accepts = inspect.signature(svc.wait_ready).parameters
+    extra: dict[str, Any] = {}
+    if "report" in accepts:
+        extra["report"] = report
+    if "pid" in accepts:
+        extra["pid"] = pid
+    svc.wait_ready(settings, deadline_s, **extra)
 
 
 # --------------------------------------------------------------------------------------
@@ -933,21 +958,27 @@ def _metrics_urls(settings: Settings) -> dict[str, str]:
 
 
 def loss_report(settings: Settings) -> str | None:
-    """The archive's report of acknowledged events the log lost (engineer H2's
-    ``streams.archive.read_loss_report``, when it exists)."""
+    """One line on acknowledged events the log lost before the archiver read them (the
+    archive's ``read_loss_report``), or None when nothing was lost."""
     from streams import archive
 
     reader = getattr(archive, "read_loss_report", None)
-    if reader is None:
+    if reader is None:  # an archive module without loss detection
         return None
-    try:
-        report = reader(settings.archive_location)
-    except Exception as err:  # a report that cannot be read must not break status
-        return f"log-loss report unreadable: {err}"
-    if report is None:
+    report = reader(settings.archive_location)
+    incidents = getattr(report, "incidents", ())
+    if not incidents:
         return None
-    summary = getattr(report, "summary", None)
-    return str(summary() if callable(summary) else report)
+    parts: list[str] = []
+    for inc in incidents[-5:]:
+        when = datetime.fromtimestamp(inc.detected_ms / 1000, UTC).isoformat(timespec="seconds")
+        ranges = ", ".join(f"p{p} {a}..{b}" for p, (a, b) in sorted(inc.ranges.items()))
+        parts.append(f"{when}: {inc.records:,} records of generation {inc.generation} ({ranges})")
+    total = sum(i.records for i in incidents)
+    return (
+        f"{total:,} acknowledged records were lost with the broker before they were archived, "
+        f"in {len(incidents)} incident(s): " + "; ".join(parts)
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -1217,11 +1248,9 @@ class Stack:
         sup = self._supervisor_alive(state)
         out = [self._status_of(svc, state, sup is not None) for svc in self._services]
         known = {s.name for s in self._services}
-        for name in state.parts:  # recorded by a registry that had more services
-            rec = state.record(name)
-            if name not in known and rec is not None:
-                st: State = "running" if owned(rec) else "stopped"
-                out.append(PartStatus(name, st, rec.pid, rec.port, None, "not in the registry"))
+        for name, entry in state.parts.items():  # run by a registry that had more services
+            if name not in known:
+                out.append(self._status_unknown(name, entry, state, sup is not None))
         if lag:
             out = self._with_lag(out)
         urls = _metrics_urls(self.settings)
@@ -1338,6 +1367,33 @@ class Stack:
         if not supervised and state.supervisor is not None:
             detail += " (no supervisor: nothing restarts it — run `agentstream up`)"
         return PartStatus(svc.name, "running", rec.pid, rec.port, uptime, detail, svc.note, **extra)
+
+    def _status_unknown(
+        self, name: str, entry: dict[str, Any], state: StackState, supervised: bool
+    ) -> PartStatus:
+        """A part this registry does not know (started through ``Stack(services=...)``):
+        the daemon's view and the process check, without a health probe."""
+        rec = state.record(name)
+        alive = rec is not None and owned(rec)
+        extra = {
+            "restarts": int(entry.get("restarts", 0)),
+            "last_exit": entry.get("last_exit"),
+            "last_error": str(entry.get("last_error") or ""),
+        }
+        st = str(entry.get("state", "stopped")) if supervised else ""
+        if st not in ("running", "starting", "restoring", "backoff", "crash-loop", "waiting"):
+            st = "running" if alive else "stopped"
+        elif st == "running" and not alive:
+            st = "stopped"
+        return PartStatus(
+            name,
+            st,  # type: ignore[arg-type]
+            rec.pid if alive and rec else None,
+            entry.get("port"),
+            time.time() - rec.started_unix if alive and rec else None,
+            str(entry.get("detail") or "") + " (not in this registry)",
+            **extra,
+        )
 
     def _with_lag(self, parts: list[PartStatus]) -> list[PartStatus]:
         by_name = {s.name: s for s in self._services}

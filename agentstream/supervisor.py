@@ -342,7 +342,7 @@ class Supervisor:
             self._wait_started(part, proc)
             detail = ""
             if svc is not None and svc.wait_ready is not None:
-                call_wait_ready(svc, self.settings, self.deadline_s, self._report(part))
+                call_wait_ready(svc, self.settings, self.deadline_s, self._report(part), pid)
             if svc is not None and svc.provision is not None:
                 detail = svc.provision(self.settings)
             if svc is not None and svc.restore is not None:
@@ -361,7 +361,8 @@ class Supervisor:
         assert proc.proc is not None
         if proc.proc.poll() is not None:
             part.last_exit = proc.proc.returncode
-            part.last_error = last_error_line(proc.log_path, part.log_offset)
+            logged = last_error_line(proc.log_path, part.log_offset)
+            part.last_error = logged or exit_text(part.last_exit)
             raise StackError(
                 part.name,
                 f"exited with code {proc.proc.returncode} {when}",
@@ -575,8 +576,8 @@ class Supervisor:
                     part.crashes.append(time.monotonic())
                     delay = self._backoff(part)
                     part.next_start = time.monotonic() + delay
-                    if not part.last_error:
-                        part.last_error = err.problem
+                    if not err.problem.startswith("exited with code"):
+                        part.last_error = err.problem  # not an exit: e.g. never got ready
                     state = "crash-loop" if self._crash_loop(part) else "backoff"
                     self._set(part, state, f"{err.problem}; restart in {delay:.1f}s")
 
