@@ -12,6 +12,8 @@ lets through is checked after it, cheaply unless a problem is likely:
   escape a quote as ``\\u0022``; only then does the exact (slower) check run;
 - nesting deeper than ``max_depth``: only checked exactly when the raw bytes hold more
   ``{``/``[`` than that;
+- U+0000 in a string (FalkorDB cannot store it): only looked for when the bytes hold
+  ``\\u0000``, the one way JSON can spell it;
 - event times outside [``MIN_TIME``, ``MAX_TIME``) (numbers are bounded by the payload
   types themselves, see ``schemas/payloads.py``).
 """
@@ -105,6 +107,17 @@ def _too_deep(raw: bytes, max_depth: int) -> InvalidEvent:
     if found is not None and found.reason == RejectReason.TOO_DEEP:
         return found
     return InvalidEvent(RejectReason.TOO_DEEP, f"objects/arrays nested deeper than {max_depth}")
+
+
+def _check_nul(raw: bytes) -> None:
+    """U+0000 in any string or key: FalkorDB (the graph) cannot store it (C strings)."""
+    path = strict_json.nul_path(raw)
+    if path is not None:
+        raise InvalidEvent(
+            RejectReason.INVALID_VALUE,
+            "strings must not contain U+0000 (NUL): the graph store cannot hold it",
+            path,
+        )
 
 
 def _as_bytes(raw: bytes | bytearray | memoryview | str) -> bytes:
@@ -211,6 +224,8 @@ class EventCodec:
             and strict_json.has_duplicate_keys(raw)
         ):
             raise self._located(raw, RejectReason.DUPLICATE_KEY)
+        if b"\\u0000" in raw:
+            _check_nul(raw)
         if not MIN_TIME <= event.time < MAX_TIME:
             raise InvalidEvent(
                 RejectReason.OUT_OF_RANGE,
@@ -226,6 +241,7 @@ class EventCodec:
             raise self._located(raw, RejectReason.TOO_DEEP)
         if strict_json.has_duplicate_keys(raw):
             raise self._located(raw, RejectReason.DUPLICATE_KEY)
+        _check_nul(raw)
 
     def _located(self, raw: bytes, reason: RejectReason) -> InvalidEvent:
         """The first structural problem in ``raw`` with its path (a check found ``reason``)."""

@@ -69,6 +69,44 @@ def _ignore(_text: str) -> None:
     return None
 
 
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")  # \u0000 not preceded by an odd \
+
+
+def nul_path(raw: bytes) -> str | None:
+    """The JSON path of the first string (or key) holding U+0000, or None.
+
+    In valid JSON a NUL can only be spelled ``\\u0000``, so documents without that text are
+    answered without parsing; otherwise the document is parsed and walked.
+    """
+    if _NUL_ESCAPE.search(raw) is None:
+        return None
+    try:
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=list, strict=False)
+    except (ValueError, RecursionError):
+        return None
+    todo: list[tuple[str, object]] = [("$", doc)]  # a stack: children pushed last-first
+    while todo:
+        path, node = todo.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return path
+        elif isinstance(node, list) and node and all(_is_pair(x) for x in node):
+            children = []
+            for key, value in node:
+                where = path + "." + key.replace("\x00", "\\u0000")
+                if "\x00" in key:
+                    return where
+                children.append((where, value))
+            todo.extend(reversed(children))
+        elif isinstance(node, list):
+            todo.extend(reversed([(f"{path}[{i}]", x) for i, x in enumerate(node)]))
+    return None
+
+
+def _is_pair(x: object) -> bool:
+    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str)
+
+
 def _key(token: bytes) -> bytes:
     """A key token as comparable bytes: escapes decoded when there are any."""
     if b"\\" not in token:

@@ -529,6 +529,21 @@ def test_an_id_with_a_trailing_newline_is_invalid():
     assert err.reason == RejectReason.INVALID_VALUE and err.path == "$.traceparent"
 
 
+def test_nul_characters_are_rejected_because_the_graph_cannot_hold_them():
+    """FalkorDB takes its queries as C strings: a U+0000 anywhere in a stored string fails."""
+    for overrides, path in (
+        ({"runid": "\x00"}, "$.runid"),
+        ({"agentid": "a\x00b"}, "$.agentid"),
+        ({"data": {**THOUGHT, "text": "x\x00"}}, "$.data.text"),
+    ):
+        err = reject(wire(**overrides))
+        assert err.reason == RejectReason.INVALID_VALUE and err.path == path, overrides
+    args = _started_with(b'{"k\\u0000": 1}')
+    assert reject(args).path == "$.data.arguments.k\\u0000"
+    # an escaped backslash followed by the text "u0000" is no NUL
+    EventCodec().decode(raw_of(subject="C:\\u0000"))
+
+
 def test_an_upcaster_that_raises_anything_is_upcast_failed():
     broken = UpcasterRegistry()
 
