@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -17,13 +15,3 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIStack]:
         yield s
     finally:
         s.stop()
-
-
-def chromium_or_skip() -> str:
-    """Debian's chromium; a skip with one line of reason, a failure under CI=true."""
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("chromium is not installed (CI=true requires the browser tests)")
-        pytest.skip("no chromium on PATH: apt-get install chromium to run the browser tests")
-    return path

@@ -9,9 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 import truth
-from conftest import chromium_or_skip
 from playwright.sync_api import expect
-from uistack import HOST, XSS, UIStack
+from uistack import HOST, XSS, UIStack, chromium_or_skip
 
 pytestmark = pytest.mark.integration
 

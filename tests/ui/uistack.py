@@ -5,6 +5,8 @@ and the UI server on a free loopback port. Built once per test package (slow: ~3
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import sys
 import threading
 import time
@@ -12,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from agentstream.processes import ManagedProcess, falkordb_argv, free_port, tansu_argv
 from agentstream.settings import Settings, load_settings
@@ -200,3 +204,13 @@ def _serve(stack: UIStack) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("the UI server did not start")
         time.sleep(0.05)
+
+
+def chromium_or_skip() -> str:
+    """Debian's chromium; a skip with one line of reason, a failure under CI=true."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("chromium is not installed (CI=true requires the browser tests)")
+        pytest.skip("no chromium on PATH: apt-get install chromium to run the browser tests")
+    return path

@@ -113,7 +113,7 @@
     return html`<span class="s">${JSON.stringify(v)}</span>`;
   }
   const isObj = (v) => v !== null && typeof v === 'object';
-  const Val = (v, none) => (v === null || v === undefined ? none : isObj(v) ? html`<div class="tree"><${Tree} value=${v} collapsed=${true} depth=${1} /></div>` : html`<${Scalar} v=${v} />`);
+  const Val = (v, none) => (v === null || v === undefined ? none : isObj(v) ? html`<div class="tree"><${Tree} value=${v} collapsed=${true} depth=${0} /></div>` : html`<${Scalar} v=${v} />`);
   const size = (v) => (Array.isArray(v) ? v.length : Object.keys(v).length);
   const short = (v) => { const s = isObj(v) ? JSON.stringify(v) : String(v); return s.length > 140 ? s.slice(0, 139) + '…' : s; };
 
