@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,17 @@ def big_run(n: int, run_id: str, start: datetime) -> list[Event]:
         last[a] = c
     out.append(f[team[0]].run_finished("failed", "synthetic", causes=(last[team[0]].id,)))
     return out[:n]
+
+
+def tiny_runs(n: int, start: datetime) -> Iterator[Event]:
+    """``n`` runs of three events (started, thought, finished) by 40 agents: many rows in
+    the runs list for few events."""
+    for i in range(n):
+        at = start + timedelta(seconds=i)
+        f = EventFactory(f"tiny-{i % 40}", run_id=f"run-tiny-{i:06d}", clock=lambda at=at: at)
+        s = f.run_started(f"tiny run {i}")
+        t = f.thought("quick look", model="gpt-4o-mini", input_tokens=10, causes=(s.id,))
+        yield from (s, t, f.run_finished("succeeded" if i % 7 else "failed", causes=(t.id,)))
 
 
 # --- the stack ----------------------------------------------------------------------------
@@ -281,6 +292,10 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000, help="simulated events")
     ap.add_argument("--repeats", type=int, default=40, help="requests per API figure")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds to catch up")
+    ap.add_argument(
+        "--tiny-runs", type=int, default=0, help="extra runs of 3 events each (runs list at scale)"
+    )
+    ap.add_argument("--results", default="bench_ui", help="name of the results file")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench_ui_"))
@@ -296,13 +311,17 @@ def main() -> None:
             for i, (n, rid) in enumerate(BIG_RUNS.items())
             for e in big_run(n, rid, start + timedelta(days=i))
         ]
-        total = args.events + len(big)
+        tiny = tiny_runs(args.tiny_runs, datetime(2026, 4, 1, tzinfo=UTC))
+        total = args.events + len(big) + 3 * args.tiny_runs
         params["store_events"] = total
+        params["tiny_runs"] = args.tiny_runs
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
         ) as bar:
             asyncio.run(
-                publish(stack.settings.bootstrap_servers, itertools.chain(sim, big), total, bar)
+                publish(
+                    stack.settings.bootstrap_servers, itertools.chain(sim, big, tiny), total, bar
+                )
             )
             params["catch_up_s"] = round(wait_caught_up(stack, bar, args.timeout), 1)
         stack.start_ui()
@@ -425,7 +444,7 @@ def main() -> None:
         "usable_5000_s": by["run page usable, 5000-event run (median of 5)"]
         <= GOALS["usable_5000_s"],
     }
-    path = write_results("bench_ui", figures, params)
+    path = write_results(args.results, figures, params)
     print_table(
         f"web UI over {params['store_events']:,} events, {params.get('runs', 0):,} runs "
         "(baseline = the CLI; ratio < 1: the UI is faster)",
