@@ -41,6 +41,7 @@ from schemas.admission import admit, is_infrastructure_error, processing_error
 from schemas.deadletter import dead_letter, encode_dead_letter
 from schemas.errors import InvalidEvent
 from schemas.topics import DLQ, EVENTS
+from streams.log_identity import LogChange, LogWatch  # the log's identity: a public contract
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class RunnerStats:
     last_error: str | None = None
     dead_lettered: int = 0  # records apply raised on (processing_error on the DLQ)
     bisections: int = 0  # batches split to find the records that raise
+    log_changes: int = 0  # times the log was found replaced; everything re-applied from 0
     committed: dict[TopicPartition, int] = field(default_factory=dict)
     highwater: dict[TopicPartition, int] = field(default_factory=dict)
 
@@ -158,6 +160,10 @@ class ProjectionRunner:
         self._started = asyncio.Event()
         self._stop: asyncio.Event | None = None
         self._dlq: AIOKafkaProducer | None = None
+        self.log_watch: LogWatch | None = None  # which log this is (streams/log_identity.py)
+        self._next: dict[TopicPartition, int] = {}  # next offset to read, per partition
+        self._check_log_now = False
+        self._hw_at = 0.0  # when the high watermarks were last noted (monotonic)
 
     @property
     def stage(self) -> str:
@@ -178,9 +184,12 @@ class ProjectionRunner:
             heartbeat_interval_ms=cfg.heartbeat_interval_ms,
             max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
             fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+            metadata_max_age_ms=5000,  # a restarted broker's re-created partitions, soon
         )
         consumer.subscribe(list(self.projection.topics), listener=_FlushOnRevoke(self))
         self._consumer = consumer
+        self.log_watch = LogWatch(self.bootstrap, self.stage)
+        await self.log_watch.start()
         await consumer.start()
         self._started.set()
         try:
@@ -196,6 +205,7 @@ class ProjectionRunner:
                 await asyncio.wait_for(self.flush(), STOP_FLUSH_S)
             await _close_consumer(consumer, self.projection.name)
             self._consumer = None
+            await self.log_watch.stop()
             if self._dlq is not None:
                 with contextlib.suppress(KafkaError, OSError):
                     await self._dlq.stop()
@@ -212,12 +222,17 @@ class ProjectionRunner:
             batch = await self._consumer.getmany(
                 timeout_ms=remaining_ms, max_records=cfg.max_batch - len(self._buffer)
             )
-            for records in batch.values():
+            for tp, records in batch.items():
                 self._buffer.extend(records)
+                if records:
+                    self._next[tp] = records[-1].offset + 1
             self._note_highwater()
+            if await self._log_replaced(idle=not any(batch.values())):
+                return
 
     def _note_highwater(self) -> None:
         assert self._consumer is not None
+        self._hw_at = time.monotonic()
         for tp in self._consumer.assignment():
             hw = self._consumer.highwater(tp)  # the fetch high watermark: right even on Tansu
             if hw is not None:
@@ -230,6 +245,41 @@ class ProjectionRunner:
                     if tp.topic == topic
                 )
             )
+
+    async def _log_replaced(self, idle: bool = False) -> bool:
+        """Is the log not the one this runner was reading? Then start over on the new one.
+
+        The embedded broker starts a new log on restart (empty, or restored from the
+        archive) and forgets the group's commits. Positions kept from the old log would
+        skip records, and lag computed against them would say "caught up" on offsets never
+        read. So: drop the buffer, forget positions and commits, and read every assigned
+        partition again from its beginning. ``apply`` is idempotent, so re-applying what
+        the read model already holds changes nothing. The log's identity is read at
+        most once a second while records flow, and at each idle poll: ``caught_up`` only
+        counts high watermarks the log was confirmed unchanged after.
+        """
+        if self.log_watch is None or self._consumer is None:
+            return False
+        positions = {**self.stats.committed, **self._next}
+        force, self._check_log_now = self._check_log_now or idle, False
+        change: LogChange | None = await self.log_watch.check(
+            positions, self.stats.highwater, force=force
+        )
+        if change is None:
+            return False
+        self._buffer.clear()
+        self._next.clear()
+        self.stats.committed.clear()
+        self.stats.highwater.clear()
+        self.stats.log_changes += 1
+        assigned = list(self._consumer.assignment())
+        if assigned:
+            await self._consumer.seek_to_beginning(*assigned)
+        log.warning(
+            "%s: %s; re-reading %d partitions from the start", self.stage, change, len(assigned)
+        )
+        await self.log_watch.accept()
+        return True
 
     def _decode(self, raw: list[ConsumerRecord]) -> list[Record]:
         out: list[Record] = []
@@ -401,6 +451,7 @@ class ProjectionRunner:
     async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         """Learn where the group stands, so lag and ``caught_up`` are right after a restart."""
         self.assigned = set(assigned)
+        self._check_log_now = True  # a rebalance: also what a restarted broker causes
         assert self._consumer is not None
         for tp in assigned:
             committed = await self._consumer.committed(tp)
@@ -414,6 +465,8 @@ class ProjectionRunner:
         """Every assigned partition has been fetched and committed up to its high watermark."""
         if not self.assigned or self._buffer:
             return False
+        if self.log_watch is not None and self.log_watch.confirmed_at < self._hw_at:
+            return False  # not yet known to be the same log as those watermarks came from
         hw, committed = self.stats.highwater, self.stats.committed
         return all(tp in hw and committed.get(tp, 0) >= hw[tp] for tp in self.assigned)
 

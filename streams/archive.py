@@ -55,6 +55,7 @@ import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
+from prometheus_client import Counter
 
 from schemas.admission import admit, is_infrastructure_error, processing_error
 from schemas.arrow import EVENT_ROW_SCHEMA, events_to_table
@@ -62,13 +63,21 @@ from schemas.codec import EventCodec
 from schemas.envelope import Event
 from schemas.errors import InvalidEvent
 from schemas.topics import EVENTS
+from streams.log_identity import EpochMarker, LogWatch, ensure_epoch
 
 log = logging.getLogger(__name__)
+
+LOST_RECORDS = Counter(
+    "agentstream_log_lost_records",
+    "Records the broker acknowledged that were gone before the archiver could read them",
+    ["topic"],
+)
 
 EVENTS_DIR = "events"
 DLQ_DIR = "dlq"
 TMP_DIR = "_tmp"
 LOCK_FILE = ".lock"
+LOG_DIR = "_log"  # the archiver's view of the live log (state.json) and loss.json
 SEGMENT_KEY = b"agentstream.segment"
 DEFAULT_GROUP = "agentstream-archiver"
 STAGE = "archiver"  # in the detail of a dlq row whose event row could not be built
@@ -567,8 +576,28 @@ class ResumePlan:
     last_offsets: dict[int, int] = field(default_factory=dict)  # partition -> last archived
 
 
-async def plan_resume(consumer: AIOKafkaConsumer, root: Path, topic: str = EVENTS) -> ResumePlan:
-    """Decide the generation and per-partition start offsets by comparing archive and log."""
+async def plan_resume(
+    consumer: AIOKafkaConsumer,
+    root: Path,
+    topic: str = EVENTS,
+    marker: EpochMarker | None = None,
+) -> ResumePlan:
+    """Decide the generation and per-partition start offsets by comparing archive and log.
+
+    ``marker`` is the live log's epoch marker: a log restored from this archive starts a
+    new generation (if it must) where the restored records end, not at 0, so that the
+    restored records are not archived twice.
+    """
+    plan = await _plan_resume(consumer, root, topic)
+    if plan.same_log or marker is None or not marker.restored or plan.generation == 1:
+        return plan
+    start = {p: max(off, marker.restored_next.get(p, off)) for p, off in plan.start_offsets.items()}
+    return ResumePlan(
+        plan.generation, start, False, plan.reason + "; after the records restored from the archive"
+    )
+
+
+async def _plan_resume(consumer: AIOKafkaConsumer, root: Path, topic: str) -> ResumePlan:
     state = archive_state(root)
     await consumer.topics()  # metadata of every topic, without naming (creating) one
     partitions = sorted(consumer.partitions_for_topic(topic) or ())
@@ -623,6 +652,146 @@ async def plan_resume(consumer: AIOKafkaConsumer, root: Path, topic: str = EVENT
     )
 
 
+# --- lost records: what the broker acknowledged and nobody archived ------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LossIncident:
+    """Records gone with a log incarnation before the archiver read them.
+
+    ``ranges`` maps partition -> (first, last) offsets of that log that are in no archive:
+    the archiver had seen the partition's high watermark reach ``last + 1`` but had read
+    only up to ``first``. A lower bound: records acknowledged after its last fetch of the
+    old log are invisible to it (the producer's own check, ``simulate --verify``, sees them).
+    """
+
+    detected_ms: int
+    generation: int  # the archive generation the lost records belonged to
+    old_epoch: str | None
+    new_epoch: str | None
+    ranges: dict[int, tuple[int, int]]
+
+    @property
+    def records(self) -> int:
+        return sum(b - a + 1 for a, b in self.ranges.values())
+
+    def describe(self) -> str:
+        where = ", ".join(f"p{p} offsets {a}..{b}" for p, (a, b) in sorted(self.ranges.items()))
+        return f"{self.records} acknowledged records lost with the old log ({where})"
+
+
+@dataclass(frozen=True, slots=True)
+class LossReport:
+    """Every loss the archiver detected under one archive directory (``status`` shows it)."""
+
+    incidents: tuple[LossIncident, ...] = ()
+
+    @property
+    def records(self) -> int:
+        return sum(i.records for i in self.incidents)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "records": self.records,
+            "incidents": [
+                {
+                    "detected_ms": i.detected_ms,
+                    "generation": i.generation,
+                    "old_epoch": i.old_epoch,
+                    "new_epoch": i.new_epoch,
+                    "records": i.records,
+                    "ranges": {str(p): list(r) for p, r in sorted(i.ranges.items())},
+                }
+                for i in self.incidents
+            ],
+        }
+
+
+def lost_ranges(
+    archived_next: dict[int, int], seen_hw: dict[int, int]
+) -> dict[int, tuple[int, int]]:
+    """Pure: per partition, offsets the old log had (up to its seen high watermark) past
+    what is archived."""
+    return {
+        p: (archived_next.get(p, 0), hw - 1)
+        for p, hw in sorted(seen_hw.items())
+        if hw > archived_next.get(p, 0)
+    }
+
+
+def _write_json(path: Path, data: object) -> None:
+    """Atomically replace ``path`` with ``data`` as JSON (fsynced: it must survive a crash)."""
+    _make_dirs(path.parent)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
+def read_loss_report(root: Path) -> LossReport:
+    """The losses recorded under archive ``root`` (empty when none); never raises on a
+    missing or unreadable file (an unreadable one is reported as a log error)."""
+    path = Path(root) / LOG_DIR / "loss.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return LossReport()
+    except (OSError, ValueError) as err:
+        log.error("archive: cannot read %s: %s", path, err)
+        return LossReport()
+    incidents = tuple(
+        LossIncident(
+            int(i["detected_ms"]),
+            int(i["generation"]),
+            i.get("old_epoch"),
+            i.get("new_epoch"),
+            {int(p): (int(r[0]), int(r[1])) for p, r in i["ranges"].items()},
+        )
+        for i in data.get("incidents", [])
+    )
+    return LossReport(incidents)
+
+
+def record_loss(root: Path, incident: LossIncident, topic: str = EVENTS) -> LossReport:
+    """Append ``incident`` to the loss report, count it, and say it in the log."""
+    report = LossReport((*read_loss_report(root).incidents, incident))
+    _write_json(Path(root) / LOG_DIR / "loss.json", report.as_dict())
+    LOST_RECORDS.labels(topic).inc(incident.records)
+    log.error("archive: LOSS: %s; recorded in %s", incident.describe(), Path(root) / LOG_DIR)
+    return report
+
+
+@dataclass
+class _LogState:
+    """What the archiver knows of the live log, kept on disk so a restart can tell a loss."""
+
+    epoch: str | None = None
+    generation: int = 0
+    seen_hw: dict[int, int] = field(default_factory=dict)  # confirmed in this epoch
+
+    @classmethod
+    def load(cls, root: Path) -> _LogState:
+        try:
+            d = json.loads((root / LOG_DIR / "state.json").read_text())
+            hw = {int(p): int(n) for p, n in d.get("seen_hw", {}).items()}
+            return cls(d.get("epoch"), int(d.get("generation", 0)), hw)
+        except (OSError, ValueError, TypeError, AttributeError):
+            return cls()
+
+    def save(self, root: Path) -> None:
+        _write_json(
+            root / LOG_DIR / "state.json",
+            {
+                "epoch": self.epoch,
+                "generation": self.generation,
+                "seen_hw": {str(p): n for p, n in sorted(self.seen_hw.items())},
+            },
+        )
+
+
 # --- the archiver -------------------------------------------------------------------------
 
 
@@ -663,6 +832,7 @@ class ArchiverStats:
     resets: int = 0  # times the log was found reset under the running archiver
     dropped: int = 0  # records of segments dropped because they may mix two logs (re-read)
     processing_errors: int = 0  # admitted events whose row could not be built (in dlq/)
+    lost: int = 0  # acknowledged records gone with a log before being read (LossReport)
 
 
 class Archiver:
@@ -694,6 +864,8 @@ class Archiver:
         max_event_bytes: int | None = None,
         poll_ms: int = 200,
         verify_deadline_s: float = 5.0,
+        max_partition_fetch_bytes: int = 4 << 20,
+        marker_grace_s: float = 10.0,
     ) -> None:
         self.bootstrap, self.root, self.topic, self.group_id = bootstrap, root, topic, group_id
         self.max_segment_bytes = max_segment_bytes
@@ -702,6 +874,8 @@ class Archiver:
         self.row_group_rows = row_group_rows
         self.poll_ms = poll_ms
         self.verify_deadline_s = verify_deadline_s
+        self.max_partition_fetch_bytes = max_partition_fetch_bytes
+        self.marker_grace_s = marker_grace_s
         self.codec = EventCodec(max_event_bytes) if max_event_bytes else EventCodec()
         self.stats = ArchiverStats()
         self._open: dict[int, SegmentWriter] = {}
@@ -710,6 +884,14 @@ class Archiver:
         # whether the log is still the one this generation archived
         self._anchors: dict[int, tuple[int, bytes]] = {}
         self._reset = False
+        # the live log's identity and how far it reached (streams/log_identity.py)
+        self.log_watch: LogWatch | None = None
+        self._state = _LogState()
+        self._state_dirty = False
+        self._pending_hw: dict[int, int] = {}  # high watermarks not yet confirmed same-log
+        self._fetched_at: dict[int, float] = {}  # partition -> last fetch that gave records
+        self._archived_next: dict[int, int] = {}  # partition -> first offset not archived
+        self._stopping = False
 
     async def run(self, stop: asyncio.Event) -> ArchiverStats:
         """Archive until ``stop`` is set; open segments are closed (made durable) on the way out."""
@@ -722,13 +904,27 @@ class Archiver:
                 group_id=self.group_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
-                max_partition_fetch_bytes=4 << 20,
+                max_partition_fetch_bytes=self.max_partition_fetch_bytes,
             )
+            watch = self.log_watch = LogWatch(self.bootstrap, "archiver")
             try:
                 await consumer.start()
+                await watch.start()
+                self._state = _LogState.load(self.root)
+                first = True
                 while not stop.is_set():
-                    plan = await plan_resume(consumer, self.root, self.topic)
+                    await self._settled(stop, grace_s=0.0 if first else self.marker_grace_s)
+                    if stop.is_set():
+                        break
+                    plan = await plan_resume(consumer, self.root, self.topic, watch.marker)
                     log.info("archive: generation %d (%s)", plan.generation, plan.reason)
+                    if first:
+                        self._loss_since_last_run(plan.generation)
+                        first = False
+                    self._state.epoch, self._state.generation = watch.epoch, plan.generation
+                    self._state.save(self.root)
+                    self._archived_next = dict(plan.start_offsets)
+                    self._pending_hw.clear()
                     self.stats.generation = plan.generation
                     self._anchors = {
                         p: (off, plan.last_raw[p])
@@ -746,18 +942,90 @@ class Archiver:
                         break
                     self.stats.resets += 1
                     log.warning("archive: the log was reset under the archiver; new generation")
+                    old_epoch = self._state.epoch
+                    await watch.accept()
+                    self._lost(plan.generation, old_epoch, watch.epoch, self._archived_next)
+                    self._state = _LogState(watch.epoch, plan.generation)
             finally:
                 for seg in self._open.values():
                     seg.abort()
                 self._open.clear()
-                await consumer.stop()
+                if self._state_dirty:
+                    with contextlib.suppress(OSError):
+                        self._state.save(self.root)
+                await watch.stop()
+                with contextlib.suppress(Exception):  # a dead broker must not hold the exit
+                    await asyncio.wait_for(consumer.stop(), 3)
         return self.stats
+
+    async def _settled(self, stop: asyncio.Event, grace_s: float) -> None:
+        """Wait until the live log has an identity and no restore is writing into it.
+
+        A new log is planned against the archive only once ``agentstream up`` has restored
+        it (its marker says so): planning earlier would archive restored records again. A
+        log that gets no marker within ``grace_s`` (a broker restarted by hand) gets one
+        from the archiver.
+        """
+        watch = self.log_watch
+        assert watch is not None
+        give_up_at = time.monotonic() + grace_s
+        told = False
+        while not stop.is_set():
+            try:
+                marker = await watch.current()
+            except (KafkaError, OSError, TimeoutError) as err:
+                log.info("archive: cannot read the log's epoch yet (%r)", err)
+                marker = None
+            else:
+                if marker is not None and not marker.restoring:
+                    break
+                if marker is None and time.monotonic() >= give_up_at:
+                    try:
+                        await asyncio.wait_for(ensure_epoch(self.bootstrap), 15)
+                    except (KafkaError, OSError, TimeoutError, RuntimeError) as err:
+                        log.warning("archive: cannot give the log an epoch marker (%r)", err)
+                        break  # no marker on this cluster: archive by content checks alone
+                    continue
+            if not told:
+                told = True
+                what = "being restored" if marker is not None else "without an epoch marker yet"
+                log.info("archive: the log is %s; waiting before archiving it", what)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+        await watch.accept()
+
+    @property
+    def seen_highwater(self) -> dict[int, int]:
+        """Per partition, the highest high watermark of the current log confirmed so far."""
+        return dict(self._state.seen_hw)
+
+    def _loss_since_last_run(self, generation: int) -> None:
+        """At start: if the log this archive last read is gone, report what it lost."""
+        prev = self._state
+        assert self.log_watch is not None
+        if prev.epoch is None or prev.epoch == self.log_watch.epoch:
+            return  # first run, or the same log: nothing went away
+        archived = _archived_next_of(self.root, prev.generation)
+        self._lost(prev.generation, prev.epoch, self.log_watch.epoch, archived)
+        self._state = _LogState(self.log_watch.epoch, generation)
+
+    def _lost(
+        self, generation: int, old: str | None, new: str | None, archived: dict[int, int]
+    ) -> None:
+        ranges = lost_ranges(archived, self._state.seen_hw)
+        if ranges:
+            incident = LossIncident(int(time.time() * 1000), generation, old, new, ranges)
+            record_loss(self.root, incident, self.topic)
+            self.stats.lost += incident.records
 
     async def _loop(self, consumer: AIOKafkaConsumer, generation: int, stop: asyncio.Event) -> None:
         while not stop.is_set() and not self._reset:
             batches = await consumer.getmany(timeout_ms=self.poll_ms, max_records=20_000)
+            fetched = time.monotonic()
             for tp, records in sorted(batches.items()):
                 p = tp.partition
+                if records:
+                    self._fetched_at[p] = fetched
                 seg = self._open.get(p)
                 for rec in records:
                     if seg is None:
@@ -780,18 +1048,66 @@ class Archiver:
                 hw = consumer.highwater(tp)
                 if hw is not None and hw < self._next.get(tp.partition, 0):
                     self._reset = True  # the log is shorter than what we read: a new log
+                if hw is not None:
+                    self._pending_hw[tp.partition] = max(hw, self._pending_hw.get(tp.partition, 0))
+            await self._check_log(fetched, idle=not any(batches.values()))
             now = time.monotonic()
             for p, seg in list(self._open.items()):
                 if self._reset or now - seg.opened_at >= self.max_segment_age_s:
                     await self._close(consumer, p)
+        self._stopping = stop.is_set()
         for p in list(self._open):
             await self._close(consumer, p)
+
+    async def _check_log(self, fetched: float, idle: bool) -> None:
+        """Is the log still the one being archived? Confirm the high watermarks seen.
+
+        High watermarks count toward a possible loss only once the log's identity was
+        read after them: one read from a new log must not count as the old log's.
+        """
+        watch = self.log_watch
+        if watch is None:
+            return
+        positions = dict(self._next)
+        change = await watch.check(positions, dict(self._pending_hw), force=idle)
+        if change is not None:
+            self._reset = True
+            self._pending_hw.clear()
+            return
+        if watch.confirmed_at >= fetched and self._pending_hw:
+            seen = self._state.seen_hw
+            for p, hw in self._pending_hw.items():
+                if hw > seen.get(p, 0):
+                    seen[p] = hw
+                    self._state_dirty = True
+            self._pending_hw.clear()
+
+    def _same_log_proven(self, partition: int) -> bool:
+        """The log's epoch was read, unchanged, after this partition's last fetch."""
+        watch = self.log_watch
+        return (
+            watch is not None
+            and watch.marker is not None
+            and watch.confirmed_at >= self._fetched_at.get(partition, float("inf"))
+        )
 
     async def _close(self, consumer: AIOKafkaConsumer, partition: int) -> None:
         seg = self._open.pop(partition)
         if seg.first_offset is None or seg.last_offset is None:
             return
-        keep = await self._vouch(consumer, partition, seg)
+        broker_away = self.log_watch is not None and self.log_watch.failed
+        if self._same_log_proven(partition):
+            keep = True  # no fetches needed: the epoch marker vouches for the whole log
+        elif self._stopping and broker_away:
+            log.warning(
+                "archive: the broker does not answer; keeping p%d o%d..o%d as read",
+                partition,
+                seg.first_offset,
+                seg.last_offset,
+            )
+            keep = True  # stopping with the broker gone: keep everything read (SIGTERM)
+        else:
+            keep = await self._vouch(consumer, partition, seg)
         if not keep:
             seg.abort()
             self.stats.dropped += seg.records
@@ -807,10 +1123,18 @@ class Archiver:
         self.stats.segments += 1
         self.stats.files += len(files)
         self.stats.positions[partition] = seg.last_offset + 1
+        self._archived_next[partition] = seg.last_offset + 1
         self._anchors[partition] = (seg.last_offset, seg.last_raw)
+        if self._state_dirty:
+            self._state.save(self.root)
+            self._state_dirty = False
+        if broker_away:
+            return  # a commit would wait for a coordinator that is not there
         # durable first, then the commit (it only serves lag monitoring: files are the truth)
-        with contextlib.suppress(KafkaError):
-            await consumer.commit({TopicPartition(self.topic, partition): seg.last_offset + 1})
+        with contextlib.suppress(KafkaError, TimeoutError):
+            await asyncio.wait_for(
+                consumer.commit({TopicPartition(self.topic, partition): seg.last_offset + 1}), 5
+            )
 
     async def _vouch(self, consumer: AIOKafkaConsumer, partition: int, seg: SegmentWriter) -> bool:
         """May this segment be archived under its generation? Notes a log reset on the way.
@@ -863,6 +1187,15 @@ class Archiver:
             return True
         self._reset = True
         return not last_there
+
+
+def _archived_next_of(root: Path, generation: int) -> dict[int, int]:
+    """Per partition, the first offset of ``generation`` not in a complete segment."""
+    out: dict[int, int] = {}
+    for s in complete_segments(root):
+        if s.generation == generation:
+            out[s.partition] = max(out.get(s.partition, 0), s.last_offset + 1)
+    return out
 
 
 async def run_archiver(

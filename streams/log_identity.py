@@ -61,6 +61,7 @@ class EpochMarker:
     restored: bool = False  # filled from the archive by streams.restore
     restored_next: dict[int, int] = field(default_factory=dict)  # partition -> first new offset
     offsets_preserved: bool = True  # restored offsets equal the archived ones
+    restoring: bool = False  # a restore is still producing into this log
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -70,6 +71,7 @@ class EpochMarker:
                 "restored": self.restored,
                 "restored_next": {str(p): n for p, n in sorted(self.restored_next.items())},
                 "offsets_preserved": self.offsets_preserved,
+                "restoring": self.restoring,
             },
             separators=(",", ":"),
         ).encode()
@@ -85,13 +87,16 @@ class EpochMarker:
                 bool(d.get("restored", False)),
                 {int(p): int(n) for p, n in dict(d.get("restored_next") or {}).items()},
                 bool(d.get("offsets_preserved", True)),
+                bool(d.get("restoring", False)),
             )
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
 
 
 def new_marker(
-    restored_next: Mapping[int, int] | None = None, offsets_preserved: bool = True
+    restored_next: Mapping[int, int] | None = None,
+    offsets_preserved: bool = True,
+    restoring: bool = False,
 ) -> EpochMarker:
     return EpochMarker(
         uuid.uuid4().hex,
@@ -99,6 +104,7 @@ def new_marker(
         restored_next is not None,
         dict(restored_next or {}),
         offsets_preserved,
+        restoring,
     )
 
 
@@ -110,7 +116,7 @@ class LogChange:
     detail: str
     old_epoch: str | None
     new_epoch: str | None
-    behind: dict[int, tuple[int, int]] = field(default_factory=dict)  # p -> (position, hw)
+    behind: dict[Any, tuple[int, int]] = field(default_factory=dict)  # p -> (position, hw)
 
     def __str__(self) -> str:
         return f"the log was replaced ({self.reason}: {self.detail})"
@@ -119,8 +125,8 @@ class LogChange:
 def detect_change(
     known: str | None,
     current: str | None,
-    positions: Mapping[int, int],
-    highwater: Mapping[int, int | None],
+    positions: Mapping[Any, int],
+    highwater: Mapping[Any, int | None],
 ) -> LogChange | None:
     """Pure decision: is the log still the one with epoch ``known`` read up to ``positions``?
 
@@ -139,10 +145,16 @@ def detect_change(
     }
     if behind:
         shown = ", ".join(
-            f"p{p}: position {pos} > high watermark {hw}" for p, (pos, hw) in behind.items()
+            f"{_where(p)}: position {pos} > high watermark {hw}" for p, (pos, hw) in behind.items()
         )
         return LogChange("highwater", shown, known, current, behind)
     return None
+
+
+def _where(key: Any) -> str:
+    if isinstance(key, TopicPartition):
+        return f"{key.topic}[{key.partition}]"
+    return f"p{key}"
 
 
 # --- I/O -----------------------------------------------------------------------------------
@@ -156,8 +168,10 @@ async def _topic_exists(consumer: AIOKafkaConsumer, topic: str) -> bool:
 async def read_marker(
     consumer: AIOKafkaConsumer, topic: str = EPOCH_TOPIC, deadline_s: float = 2.0
 ) -> EpochMarker | None:
-    """The marker at offset 0 of ``topic`` (None: no topic, empty, or not a marker).
+    """The log's marker (None: no topic, empty, or not a marker).
 
+    The record at offset 0 names the epoch; later records of the same epoch update how
+    it was born (a restore writes "restoring" first and its outcome when done).
     ``consumer`` must be a group-less consumer used only for this (it is re-assigned).
     """
     if not await _topic_exists(consumer, topic):
@@ -166,13 +180,23 @@ async def read_marker(
     consumer.assign([tp])
     consumer.seek(tp, 0)
     stop_at = time.monotonic() + deadline_s
+    marker: EpochMarker | None = None
     while time.monotonic() < stop_at:
-        got = await consumer.getmany(tp, timeout_ms=100, max_records=1)
-        for rec in got.get(tp, []):
-            return EpochMarker.decode(rec.value)
+        got = await consumer.getmany(tp, timeout_ms=100, max_records=100)
+        recs = got.get(tp, [])
+        for rec in recs:
+            found = EpochMarker.decode(rec.value)
+            if rec.offset == 0:
+                if found is None:
+                    return None
+                marker = found
+            elif marker is not None and found is not None and found.epoch == marker.epoch:
+                marker = found
         hw = consumer.highwater(tp)
         if hw is not None and hw == 0:
             return None  # the topic exists and is empty
+        if hw is not None and marker is not None and (not recs or recs[-1].offset + 1 >= hw):
+            return marker
     raise TimeoutError(f"{topic}: no answer fetching the epoch marker in {deadline_s:g}s")
 
 
@@ -236,6 +260,17 @@ async def ensure_epoch(
         await consumer.stop()
 
 
+async def update_marker(bootstrap: str, marker: EpochMarker, topic: str = EPOCH_TOPIC) -> None:
+    """Append a later record for ``marker.epoch`` (e.g. a restore's outcome); readers merge
+    it over the record at offset 0."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, marker.encode(), partition=0)
+    finally:
+        await producer.stop()
+
+
 async def _read_after_create(consumer: AIOKafkaConsumer, topic: str) -> EpochMarker | None:
     """read_marker, waiting for metadata of a topic that was just created."""
     stop_at = time.monotonic() + 10.0
@@ -268,6 +303,8 @@ class LogWatch:
         self.interval_s = interval_s
         self.marker: EpochMarker | None = None
         self.changes = 0
+        self.confirmed_at = 0.0  # monotonic time the log was last read and found unchanged
+        self.failed = False  # the last attempt to read the marker failed (broker away?)
         self._consumer: AIOKafkaConsumer | None = None
         self._checked_at = 0.0
         self._current: EpochMarker | None = None
@@ -294,31 +331,39 @@ class LogWatch:
         """The marker the log holds now (raises on broker errors)."""
         if self._consumer is None:
             raise RuntimeError("LogWatch is not started")
-        self._current = await read_marker(self._consumer, self.topic)
+        self._current = await asyncio.wait_for(read_marker(self._consumer, self.topic), 3.0)
         self._checked_at = time.monotonic()
         return self._current
 
     async def check(
         self,
-        positions: Mapping[int, int] | None = None,
-        highwater: Mapping[int, int | None] | None = None,
+        positions: Mapping[Any, int] | None = None,
+        highwater: Mapping[Any, int | None] | None = None,
         *,
         force: bool = False,
     ) -> LogChange | None:
         """A :class:`LogChange` if the log is not the baseline one read up to ``positions``."""
         positions, highwater = positions or {}, highwater or {}
-        if force or time.monotonic() - self._checked_at >= self.interval_s:
+        started = time.monotonic()
+        failed = False
+        if force or started - self._checked_at >= self.interval_s:
             try:
                 current = await self.current()
             except (KafkaError, OSError, TimeoutError) as err:
                 log.debug("%s: epoch check failed (%r); retrying later", self.name, err)
                 current = self._current
+                failed = self.failed = True
                 self._checked_at = time.monotonic()
+            else:
+                self.failed = False
             if self.marker is None and current is not None:
                 self.marker = current  # the log got its first marker: same log
+        read_ok = self._checked_at >= started
         change = detect_change(
             self.epoch, self._current.epoch if self._current else None, positions, highwater
         )
+        if change is None and read_ok and not failed:
+            self.confirmed_at = started
         if change is not None:
             self.changes += 1
             LOG_CHANGES.labels(self.name, change.reason).inc()

@@ -690,18 +690,24 @@ class _Processor(ABC):
         forgotten and re-folded from the new log, and everything is re-emitted, since
         the derived topics of a new log start empty (outputs are idempotent by id).
         """
-        watch = self.log_watch
-        if watch is None:
-            return
         nxt = self.core.next_offset
         force = self._check_log_now or any(nxt.get(p) != off for p, off in firsts.items())
         self._check_log_now = False
-        change = await watch.check(dict(nxt), self._highwaters(), force=force)
-        if change is not None:
-            self._log_replaced(change)
-            await watch.accept()
-            # every partition of the new log re-emits from 0 when this worker first meets it
-            self._reemit = set(firsts) | set(await fetch_high_watermarks(self.bootstrap, EVENTS))
+        await self._same_log(force, firsts)
+
+    async def _same_log(self, force: bool = True, firsts: Iterable[int] = ()) -> bool:
+        """False (after forgetting every state) when the log is not the one being read."""
+        watch = self.log_watch
+        if watch is None:
+            return True
+        change = await watch.check(dict(self.core.next_offset), self._highwaters(), force=force)
+        if change is None:
+            return True
+        self._log_replaced(change)
+        await watch.accept()
+        # every partition of the new log re-emits from 0 when this worker first meets it
+        self._reemit = set(firsts) | set(await fetch_high_watermarks(self.bootstrap, EVENTS))
+        return False
 
     def _log_replaced(self, change: LogChange) -> None:
         core = self.core
@@ -727,6 +733,8 @@ class _Processor(ABC):
             except (KafkaError, OSError, TimeoutError) as err:
                 # not acked, not committed: retry until the broker takes it (backpressure)
                 delay = await self._publish_failed(out, err, delay)
+                if not await self._same_log():
+                    return  # outputs of the old log must not reach a new one
         self._count(out)
 
     async def _publish_failed(self, out: BatchOutput, err: BaseException, delay: float) -> float:
@@ -1026,6 +1034,8 @@ class KafkaProcessor(_Processor):
                 break
             except (KafkaError, OSError, TimeoutError) as err:
                 delay = await self._publish_failed(flight.out, err, delay)
+                if not await self._same_log():
+                    return  # the old log's batch: neither re-published nor committed
                 acks = await self._send(flight.out)
         self._count(flight.out)
         assert self._consumer is not None

@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,13 @@ from streams.archive import (
     fetch_high_watermarks,
     fetch_record,
 )
-from streams.log_identity import EPOCH_TOPIC, EpochMarker, ensure_epoch, new_marker
+from streams.log_identity import (
+    EPOCH_TOPIC,
+    EpochMarker,
+    ensure_epoch,
+    new_marker,
+    update_marker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -430,6 +436,45 @@ async def restore_log_async(
             f"the archive has partitions {missing} that {topic} lacks (it has {len(partitions)}): "
             "set AGENTSTREAM_PARTITIONS to the archive's count"
         )
+    # consumers that meet this log now learn a restore is under way (the archiver waits)
+    begun = await ensure_epoch(bootstrap, new_marker(restoring=True), topic=epoch_topic)
+    try:
+        parts = await _restore_partitions(
+            bootstrap, root, topic, plans, progress, max_batch_bytes, max_in_flight
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await update_marker(bootstrap, replace(begun, restoring=False), epoch_topic)
+        raise
+    preserved = all(p.offsets_preserved for p in parts.values())
+    done = EpochMarker(
+        begun.epoch,
+        int(time.time() * 1000),
+        True,
+        {p: r.records for p, r in parts.items()},
+        preserved,
+        False,
+    )
+    await update_marker(bootstrap, done, epoch_topic)
+    return RestoreReport(
+        topic,
+        str(root),
+        sum(r.records for r in parts.values()),
+        time.monotonic() - started,
+        parts,
+        begun.epoch,
+    )
+
+
+async def _restore_partitions(
+    bootstrap: str,
+    root: Path,
+    topic: str,
+    plans: dict[int, PartitionPlan],
+    progress: Progress | None,
+    max_batch_bytes: int,
+    max_in_flight: int,
+) -> dict[int, PartitionRestore]:
     counter = _Counter(sum(p.records for p in plans.values()), progress)
     if progress is not None:
         progress(0, counter.total)
@@ -476,20 +521,7 @@ async def restore_log_async(
             plan.offsets_preserved,
             plan.gaps,
         )
-    preserved = all(p.offsets_preserved for p in report_parts.values())
-    marker: EpochMarker = await ensure_epoch(
-        bootstrap,
-        new_marker({p: r.records for p, r in report_parts.items()}, preserved),
-        topic=epoch_topic,
-    )
-    return RestoreReport(
-        topic,
-        str(root),
-        sum(r.records for r in report_parts.values()),
-        time.monotonic() - started,
-        report_parts,
-        marker.epoch,
-    )
+    return report_parts
 
 
 def restore_log(

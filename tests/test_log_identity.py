@@ -86,6 +86,7 @@ async def test_worker_left_running_across_down_and_up_ends_exact(
     try:
         total = len(first) + len(tail)
         await wait_for(lambda: worker.stats.records >= total, 60, "first log processed")
+        await _wait_committed(kafka.bootstrap, total)  # `down`: nothing in flight
         assert fold(first + tail)[0] == {a: s for a, s in worker.core.states.items()}
 
         proc = await restart_and_restore(kafka, archive, tmp_path)
@@ -186,3 +187,80 @@ async def test_marker_survives_only_with_its_broker(kafka: Broker, tmp_path: Pat
 
 
 _ = (HOST, Event)
+
+
+# --- a projection ---------------------------------------------------------------------------
+
+
+class IdsProjection:
+    """A read model of event ids (pure, in memory): rows exact = ids equal the log's."""
+
+    name = "ids"
+    topics = ("agent-events",)
+
+    def __init__(self) -> None:
+        from schemas.codec import EventCodec
+
+        self.decoders = {"agent-events": EventCodec().decode}
+        self.ids: set[str] = set()
+        self.applied = 0
+
+    def setup(self) -> None:
+        pass
+
+    def apply(self, records) -> None:
+        self.applied += len(records)
+        self.ids.update(r.value.id for r in records)
+
+
+async def test_projection_left_running_across_down_and_up_is_exact_and_honest(
+    kafka: Broker, tmp_path: Path
+):
+    """Old code: stale positions and commits from the old log; ``caught_up`` said True on
+    offsets of the new log it never read."""
+    from projections.runner import ProjectionRunner, RunnerConfig
+
+    archive = tmp_path / "archive"
+    await restore_log_async(kafka.bootstrap, archive, partitions=TEST_PARTITIONS)
+    first, tail, second = sim(runs=10, seed=51), sim(runs=4, seed=52), sim(runs=2, seed=53)
+    await publish(kafka.bootstrap, first)
+    await archive_all(kafka.bootstrap, archive, len(first))
+    await publish(kafka.bootstrap, tail)  # never archived: lost with the broker
+    projection = IdsProjection()
+    runner = ProjectionRunner(
+        projection, kafka.bootstrap, config=RunnerConfig(max_batch=500, max_wait_ms=50)
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    proc: ManagedProcess | None = None
+    try:
+        await wait_for(runner.caught_up, 60, "first log applied")
+        proc = await restart_and_restore(kafka, archive, tmp_path)
+        restored = await fetch_high_watermarks(kafka.bootstrap, "agent-events")
+        # the first time it says caught up on the new log, it has read the new log
+        await wait_for(runner.caught_up, 60, "caught up on the restored log")
+        committed = {tp.partition: n for tp, n in runner.stats.committed.items() if n}
+        assert committed == {p: n for p, n in restored.items() if n}
+        assert {e.id for e in first} <= projection.ids
+        await publish(kafka.bootstrap, second)
+        hw = await fetch_high_watermarks(kafka.bootstrap, "agent-events")
+        want = {e.id for e in first + second}
+        # whenever it says caught up on the new log, it holds everything the new log holds
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if runner.caught_up() and all(
+                runner.stats.highwater.get(tp, -1) >= hw.get(tp.partition, 0)
+                for tp in runner.assigned
+            ):
+                break
+            await asyncio.sleep(0.05)
+        assert runner.caught_up()
+        assert want <= projection.ids, f"{len(want - projection.ids)} records never applied"
+        assert runner.stats.log_changes >= 1
+        committed = {tp.partition: n for tp, n in runner.stats.committed.items()}
+        assert committed == {p: n for p, n in hw.items() if n}
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        if proc is not None:
+            proc.stop()
