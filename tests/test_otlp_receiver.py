@@ -499,3 +499,39 @@ def test_a_span_with_an_event_over_the_size_limit_is_rejected_whole(
     assert "over the size limit" in resp.partial_success.error_message
     # neither half of the tool call is in the log: no orphan start
     assert [e.type for e in read_log(kafka.bootstrap)] == ["agent.think.thought.v1"]
+
+
+def test_graph_why_of_the_failed_tool_call_reaches_the_model_call(kafka: Broker, falkordb) -> None:
+    """The graph projection on FalkorDB over what the receiver wrote, twice (a retried export
+    after a receiver restart): `why` of the failed completion walks back to the model call
+    that chose the tool, and the duplicates change no count."""
+    from projections.graph import queries
+    from projections.graph.falkordb_store import FalkorDBStore
+    from projections.graph.projection import project
+
+    body = agent_run().SerializeToString()
+    for _ in range(2):
+        rt = ReceiverThread(kafka.bootstrap).start()
+        try:
+            assert post(rt, body).status_code == 200
+        finally:
+            rt.stop()
+    events = read_log(kafka.bootstrap)
+    unique = {e.id: e for e in events}
+    assert len(events) == 2 * len(unique)
+    store = FalkorDBStore(falkordb.host, falkordb.port, "otlp")
+    store.setup()
+    project(store, events[: len(events) // 2])
+    before = store.counts()
+    project(store, events)  # everything again, duplicates included
+    assert store.counts() == before
+    assert before.nodes["Event"] == len(unique)  # no placeholder: every cause is an event
+
+    failed = next(e for e in unique.values() if e.type == "agent.act.completed.v2")
+    first_call = min(
+        (e for e in unique.values() if e.type == "agent.think.thought.v1"), key=lambda e: e.time
+    )
+    result = queries.why(store, failed.id, depth=20)
+    ancestors = [n.id for n in result.ancestors()]
+    assert first_call.id in ancestors
+    assert result.distance[first_call.id] == 2  # completion <- start <- the model call
