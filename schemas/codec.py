@@ -44,6 +44,7 @@ _FIELD_RE = re.compile(r"field `(?P<field>[^`]*)`")
 _BOUND_RE = re.compile(r"^Expected `(int|float)` (>=|<=|>|<) ")
 _WIRE_RE = re.compile(r"(?P<name>.+)\.v(?P<version>0|[1-9][0-9]{0,8})")  # ASCII digits only
 _JSON_WS = b" \t\r\n"
+_SURROGATES = re.compile("[\udc80-\udcff]")  # undecodable bytes under "surrogateescape"
 
 _generic = msgspec.json.Decoder(dict[str, Any])
 
@@ -95,9 +96,12 @@ def _bad_utf8(raw: bytes, err: UnicodeError) -> InvalidEvent:
         raw.decode("utf-8")
     except UnicodeDecodeError as whole:
         bad = raw[whole.start : whole.end].hex(" ")
+        # where: the string holding the bytes, found by reading them as lone surrogates
+        path = strict_json.string_path(raw.decode("utf-8", "surrogateescape"), _SURROGATES)
         return InvalidEvent(
             RejectReason.INVALID_UTF8,
             f"not valid UTF-8 at byte {whole.start} ({bad}): {whole.reason}",
+            path,
         )
     return InvalidEvent(RejectReason.INVALID_UTF8, f"not valid UTF-8: {err}")
 

@@ -69,6 +69,7 @@ def _ignore(_text: str) -> None:
     return None
 
 
+_NUL = re.compile("\x00")
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")  # \u0000 not preceded by an odd \
 
 
@@ -80,27 +81,40 @@ def nul_path(raw: bytes) -> str | None:
     """
     if _NUL_ESCAPE.search(raw) is None:
         return None
+    return string_path(raw.decode("utf-8", "surrogateescape"), _NUL)
+
+
+def string_path(text: str, pattern: re.Pattern[str]) -> str | None:
+    """The JSON path of the first string or key (document order) that ``pattern`` finds
+    something in, or None (also when ``text`` is not JSON)."""
     try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=list, strict=False)
+        doc = json.loads(text, object_pairs_hook=list, strict=False)
     except (ValueError, RecursionError):
         return None
     todo: list[tuple[str, object]] = [("$", doc)]  # a stack: children pushed last-first
     while todo:
         path, node = todo.pop()
         if isinstance(node, str):
-            if "\x00" in node:
+            if pattern.search(node):
                 return path
         elif isinstance(node, list) and node and all(_is_pair(x) for x in node):
             children = []
             for key, value in node:
-                where = path + "." + key.replace("\x00", "\\u0000")
-                if "\x00" in key:
+                where = f"{path}.{_printable(key)}"
+                if pattern.search(key):
                     return where
                 children.append((where, value))
             todo.extend(reversed(children))
         elif isinstance(node, list):
             todo.extend(reversed([(f"{path}[{i}]", x) for i, x in enumerate(node)]))
     return None
+
+
+def _printable(key: str) -> str:
+    """A key as it can be shown in a path: control characters and lone surrogates escaped."""
+    return "".join(
+        c if c.isprintable() and not "\ud800" <= c <= "\udfff" else f"\\u{ord(c):04x}" for c in key
+    )
 
 
 def _is_pair(x: object) -> bool:

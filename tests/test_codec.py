@@ -348,6 +348,8 @@ def test_invalid_utf8_in_a_string_is_invalid_utf8():
     assert err.reason == RejectReason.INVALID_UTF8
     at = raw.index(b"\xff")
     assert f"byte {at}" in err.detail  # where, in the original bytes
+    assert err.path == "$.data.text"  # and in the document
+    assert reject(b'{"a": 1, \xff}').path is None  # not inside any string: no path
     old = raw_of(
         type="agent.act.completed.v1",
         data={"gen_ai.tool.call.id": "c", "gen_ai.tool.name": "t", "ok": True, "result": "XX"},
@@ -562,7 +564,7 @@ def test_an_upcaster_that_raises_anything_is_upcast_failed():
 # --- dead letters ------------------------------------------------------------------------
 
 # reasons that have no JSON path: the bytes are not (yet) a JSON document
-PATHLESS = {"not_json", "empty", "invalid_utf8", "too_large"}
+PATHLESS = {"not_json", "empty", "too_large"}
 
 
 def test_every_codec_rejection_has_a_path_when_one_exists():
