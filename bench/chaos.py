@@ -775,6 +775,7 @@ class ChaosConfig:
     engine: str = "aiokafka"
     projections: tuple[str, ...] = ("analytics", "graph")
     converge_timeout_s: float = 240.0
+    restart_deadline_s: float = 180.0  # a killed part must be running again within this
     only: tuple[str, ...] = ()
 
 
@@ -925,7 +926,8 @@ class Chaos:
     async def _pause(self) -> None:
         await asyncio.sleep(self.rng.uniform(0.4, 1.6))
 
-    async def _kill(self, flog: FaultLog, part: str, deadline_s: float = 90.0) -> None:
+    async def _kill(self, flog: FaultLog, part: str, deadline_s: float | None = None) -> None:
+        deadline_s = deadline_s or self.cfg.restart_deadline_s
         flog.count += 1
         flog.expected[part] += 1
         try:
@@ -946,7 +948,7 @@ class Chaos:
         async def run(flog: FaultLog) -> None:
             for _ in range(times):
                 await self._pause()
-                await self._kill(flog, "broker", 120.0)
+                await self._kill(flog, "broker")
                 if with_consumers:
                     for part in CONSUMER_PARTS:
                         await self._kill(flog, part)
@@ -1115,7 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
         kills=1 if args.quick else args.kills,
         broker_restarts=1 if args.quick else args.broker_restarts,
         events=min(args.events, 600) if args.quick else args.events,
-        rate=args.rate,
+        rate=min(args.rate, 100.0) if args.quick else args.rate,
         agents=args.agents,
         engine=args.engine,
         projections=tuple(p for p in args.projections.split(",") if p),
