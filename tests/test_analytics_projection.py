@@ -642,3 +642,34 @@ def test_run_rollups_left_short_are_rebuilt_from_events_and_violations(url):
         assert again.store.rows(snapshot) == before  # cost: float sums in another order
     finally:
         again.close()
+
+
+def test_a_version_2_store_is_upgraded_and_its_runs_backfilled(url, sample):
+    """A store from before the run model: migrations 3 and 4 add the run rollups and rename
+    the columns; the start-up check fills the new rollups from the events already held."""
+    events, counts = sample
+    with AnalyticsStore(url) as store:
+        assert schema.migrate(store, target=2) == [1, 2]
+        store.insert_arrow(store.table("events"), events_table(events))
+        store.command(
+            "INSERT INTO agent_state (agent_id, tenant, version, status, stopped, "
+            "open_actions, events_total, actions_ok, actions_failed, success_rate, "
+            "failures_in_a_row, input_tokens, output_tokens, cost_usd, lessons, counts, tools) "
+            "VALUES ('agent-000', 'default', 5, 'idle', false, 0, 5, 3, 2, 0.6, 0, 0, 0, 0, 0, "
+            "map(), '{}')"
+        )
+        assert store.scalar("SELECT sum(failures) FROM tool_minute") == counts.failed_actions
+    p = AnalyticsProjection(url)
+    try:
+        p.setup()
+        s = p.store
+        assert s.schema_version() == schema.SCHEMA_VERSION
+        assert s.scalar("SELECT sum(errors) FROM tool_minute") == counts.failed_actions
+        assert s.rows("SELECT count(), sum(events) FROM runs") == [(counts.runs, counts.total)]
+        assert s.rows(
+            "SELECT failed, recent_success_rate, actions, errors FROM agent_state FINAL"
+        ) == [(2, 0.6, 0, 0)]  # renamed; the new counters come with the agent's next state
+        p.apply(records(events))  # the views feed the upgraded tables, nothing twice
+        assert_exact(s, counts)
+    finally:
+        p.close()
