@@ -56,3 +56,12 @@ def test_token_by_bearer_or_login_cookie(tmp_path) -> None:
     assert ok.status_code == 303 and ok.headers["location"] == "/runs"
     assert "httponly" in ok.headers["set-cookie"].lower()
     assert c.get("/runs", headers={"Accept": "text/html"}).status_code == 200
+
+
+def test_links_for_other_commands(tmp_path) -> None:
+    from agentstream.ui.urls import debug_url, run_url, why_url
+
+    s = load_settings(data_dir=tmp_path, ui_host="0.0.0.0", ui_port=8123)
+    assert run_url(s, "run 1/x", "e1") == "http://127.0.0.1:8123/runs/run%201%2Fx?event=e1"
+    assert debug_url(s, "r") == "http://127.0.0.1:8123/runs/r/debug"
+    assert why_url(s, "e") == "http://127.0.0.1:8123/events/e?mode=why"
