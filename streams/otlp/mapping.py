@@ -542,18 +542,21 @@ class _Ctx:
     schema_problem: str | None
 
 
-def _valid_ids(span: Any) -> str | None:
-    if len(span.trace_id) != 16 or not any(span.trace_id):
+_ZERO16, _ZERO8 = bytes(16), bytes(8)
+
+
+def _valid_ids(tid: bytes, sid: bytes, psid: bytes, start: int, end: int) -> str | None:
+    if len(tid) != 16 or tid == _ZERO16:
         return "missing or invalid trace id (need 16 non-zero bytes)"
-    if len(span.span_id) != 8 or not any(span.span_id):
+    if len(sid) != 8 or sid == _ZERO8:
         return "missing or invalid span id (need 8 non-zero bytes)"
-    if span.parent_span_id and len(span.parent_span_id) != 8:
+    if psid and len(psid) != 8:
         return "invalid parent span id (need 8 bytes)"
-    if span.start_time_unix_nano == 0 or span.end_time_unix_nano == 0:
+    if start == 0 or end == 0:
         return "missing start or end time"
-    if span.end_time_unix_nano < span.start_time_unix_nano:
+    if end < start:
         return "span ends before it starts"
-    if span.end_time_unix_nano >= _MAX_NS:
+    if end >= _MAX_NS:
         return "time out of range (events must be before 2106-01-01)"
     return None
 
@@ -586,7 +589,9 @@ def map_request(
             ctx = _Ctx(service, res_tenant, f"/otlp/{service}/{scope}", res_agent, problem)
             for span in ss.spans:
                 batch.spans += 1
-                bad = _valid_ids(span)
+                tid, sid, psid = span.trace_id, span.span_id, span.parent_span_id
+                start, end = span.start_time_unix_nano, span.end_time_unix_nano
+                bad = _valid_ids(tid, sid, psid, start, end)
                 if bad is not None:
                     batch.rejected[bad] += 1
                     continue
@@ -594,16 +599,7 @@ def map_request(
                 kind, why = classify(a)
                 if kind is Kind.OTHER:
                     batch.skipped[why or _other_reason(span)] += 1
-                    memory.remember(
-                        span.trace_id,
-                        span.span_id,
-                        SpanNode(
-                            kind,
-                            span.parent_span_id,
-                            span.start_time_unix_nano,
-                            span.end_time_unix_nano,
-                        ),
-                    )
+                    memory.remember(tid, sid, SpanNode(kind, psid, start, end))
                     continue
                 if ctx.schema_problem is not None:
                     batch.rejected[ctx.schema_problem] += 1
@@ -614,9 +610,9 @@ def map_request(
                     kind = Kind.WORKFLOW  # no agent named: a workflow (the Agents SDK's root)
                 node = SpanNode(
                     kind,
-                    span.parent_span_id,
-                    span.start_time_unix_nano,
-                    span.end_time_unix_nano,
+                    psid,
+                    start,
+                    end,
                     agent=_agent_of(a, kind),
                     run=_str(_first(a, *_RUN_KEYS)),
                 )
@@ -625,7 +621,7 @@ def map_request(
                     view = _llm_view(a)
                     node.tool_call_ids = _tool_call_ids(view)
                     node.tools = _tool_definitions(a) or None
-                memory.remember(span.trace_id, span.span_id, node)
+                memory.remember(tid, sid, node)
                 if kind is Kind.STRUCTURAL:
                     batch.skipped["GenAI grouping span (nested chain or task): no event"] += 1
                     continue
@@ -633,15 +629,19 @@ def map_request(
     # pass 2: build the events
     # time order; at the same instant what ends (a thought, a completion) goes before what
     # starts (the tool call it led to), and a span's own events keep their order
-    keyed: list[tuple[int, int, int, int, Event]] = []
+    keyed: list[tuple[int, int, int, int, int]] = []
+    built: list[Event] = []
     for n, (span, a, kind, ctx, view) in enumerate(pending):
         start, end = span.start_time_unix_nano, span.end_time_unix_nano
         for rank, (is_start, event) in enumerate(_events(span, a, kind, ctx, memory, view)):
-            t_ns = start if is_start else end
-            keyed.append((t_ns, 1 if is_start or start == end else 0, n, rank, event))
+            keyed.append(
+                (start if is_start else end, 1 if is_start or start == end else 0, n, rank,
+                 len(built))
+            )  # fmt: skip
+            built.append(event)
         batch.mapped += 1
-    keyed.sort(key=lambda k: k[:4])
-    batch.events = [k[4] for k in keyed]
+    keyed.sort()  # (time, ends first, span, rank) is unique: no key function needed
+    batch.events = [built[k[4]] for k in keyed]
     batch.event_spans = [k[2] for k in keyed]
     return batch
 
