@@ -275,7 +275,6 @@
     const laneOf = useMemo(() => Object.fromEntries(lanes.map((a, i) => [a, i])), [tl]);
     const span = Math.max(1, tl.end - tl.start);
     if (view.current === null || view.current.tl !== tl) view.current = { tl, t0: tl.start - span * 0.01, t1: tl.end + span * 0.01 };
-    const byId = useMemo(() => Object.fromEntries(tl.events.map((e) => [e.id, e])), [tl]);
 
     const draw = useCallback(() => {
       const cv = canvasRef.current;
@@ -449,7 +448,11 @@
   function Inspector({ id, runId, inRun, onSelect }) {
     const res = useApi('/events/' + enc(id), {});
     const e = res.data;
-    const ref = (x) => (inRun(x) ? html`<a href=${href.run(runId, { event: x })} onClick=${(ev) => { ev.preventDefault(); onSelect(x); }} class="mono">${shortId(x)}</a>` : html`<${A} to=${href.event(x)} cls="mono">${shortId(x)}<//>`);
+    const ref = (x) => {
+      const o = inRun(x);
+      return o ? html`<a href=${href.run(runId, { event: x })} onClick=${(ev) => { ev.preventDefault(); onSelect(x); }} class="mono">${shortId(x)}</a> <span class="dim">${o.agent} · ${o.kind}${o.status ? ' · ' + o.status : ''}</span>`
+        : html`<${A} to=${href.event(x)} cls="mono">${shortId(x)}<//> <span class="dim">outside this run</span>`;
+    };
     return html`<aside class="panel inspector" data-event=${id}>
       ${res.error ? html`<${Err} error=${res.error} />` : null}
       ${!e ? html`<p class="loading">loading event…</p>` : html`
@@ -488,7 +491,7 @@
     const run = useApi('/runs/' + enc(runId), {});
     const tlRes = useApi('/runs/' + enc(runId) + '/timeline', {});
     const tl = tlRes.data;
-    const ids = useMemo(() => new Set(tl ? tl.events.map((e) => e.id) : []), [tl]);
+    const byId = useMemo(() => new Map(tl ? tl.events.map((e) => [e.id, e]) : []), [tl]);
     const select = (id) => setQuery({ event: id });
     const r = run.data;
     const counts = useMemo(() => {
@@ -522,7 +525,7 @@
           ${tl.violations.length ? html`<h2>Violations</h2><div class="panel"><table class="grid"><thead><tr><th>time</th><th>agent</th><th>category</th><th>detail</th><th>event</th></tr></thead>
             <tbody>${tl.violations.map((v) => html`<tr><td class="mono">${fmtTime(v.t)}</td><td>${v.agent}</td><td><span class="badge st-error">${v.category}</span></td><td class="wrap">${v.detail}</td>
             <td><a href=${href.run(runId, { event: v.detected_by })} onClick=${(e) => { e.preventDefault(); select(v.detected_by); }} class="mono">${shortId(v.detected_by)}</a></td></tr>`)}</tbody></table></div>` : null}`}</div>
-        ${selected ? html`<${Inspector} id=${selected} runId=${runId} inRun=${(x) => ids.has(x)} onSelect=${select} />` : null}
+        ${selected ? html`<${Inspector} id=${selected} runId=${runId} inRun=${(x) => byId.get(x)} onSelect=${select} />` : null}
       </div>`}
     </main>`;
   }
