@@ -265,13 +265,18 @@ def cli_s(args: list[str], env: dict[str, str], stdin: str | None = None) -> flo
     return time.perf_counter() - t0
 
 
-def browser_usable(url: str, run_id: str, bars: int, repeats: int) -> list[float]:
+def browser_usable(
+    url: str, run_id: str, bars: int, repeats: int
+) -> tuple[list[float], list[float]]:
+    """Seconds from navigation to usable (lanes labelled, every bar painted), per try; and
+    the canvas's own draw time (ms) for each of 10 wheel zooms after it."""
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium")
     if chromium is None:
         raise SystemExit("chromium is not installed (apt-get install chromium)")
-    out = []
+    out: list[float] = []
+    frames: list[float] = []
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=chromium)
         for _ in range(repeats):
@@ -282,9 +287,16 @@ def browser_usable(url: str, run_id: str, bars: int, repeats: int) -> list[float
             page.wait_for_selector(f'canvas[data-bars-painted="{bars}"]', timeout=60_000)
             page.wait_for_selector(".lane-label")
             out.append(time.perf_counter() - t0)
+            box = page.locator("canvas").bounding_box()
+            assert box is not None
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            for _ in range(10):
+                page.mouse.wheel(0, -120)
+                page.wait_for_timeout(50)
+                frames.append(float(page.get_attribute("canvas", "data-draw-ms") or "nan"))
             ctx.close()
         b.close()
-    return out
+    return out, frames
 
 
 def main() -> None:
@@ -417,7 +429,7 @@ def main() -> None:
         for size in (500, 5000):
             rid = BIG_RUNS[size]
             bars = json.loads(urllib.request.urlopen(url + f"/api/v1/runs/{rid}/timeline").read())
-            times = browser_usable(url, rid, len(bars["bars"]), 5)
+            times, frames = browser_usable(url, rid, len(bars["bars"]), 5)
             ev_sql = (
                 "SELECT time, agent_id, type, status, tool, call_id, summary FROM events "
                 f"WHERE run_id = '{rid}' ORDER BY time"
@@ -432,6 +444,7 @@ def main() -> None:
                     baseline_name="agentstream query of the run's events",
                 ),
                 Figure(f"run page usable, {size}-event run (worst of 5)", max(times), "s"),
+                Figure(f"timeline redraw on zoom, {size}-event run (p95)", pct(frames, 0.95), "ms"),
             ]
     finally:
         stack.stop()

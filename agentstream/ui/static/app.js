@@ -279,6 +279,7 @@
     const draw = useCallback(() => {
       const cv = canvasRef.current;
       if (!cv) return;
+      const started = performance.now();
       const dpr = window.devicePixelRatio || 1;
       const W = cv.clientWidth, H = AXIS_H + lanes.length * LANE_H;
       if (cv.width !== Math.round(W * dpr) || cv.height !== Math.round(H * dpr)) { cv.width = Math.round(W * dpr); cv.height = Math.round(H * dpr); }
@@ -353,6 +354,7 @@
       }
       hits.current = found;
       cv.dataset.barsPainted = String(painted);
+      cv.dataset.drawMs = (performance.now() - started).toFixed(1);  // read by bench/bench_ui.py
     }, [tl, selected]);
 
     useEffect(() => {
