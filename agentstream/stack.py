@@ -323,8 +323,15 @@ def _graph_argv(settings: Settings) -> list[str]:
 
 def _graph_client(settings: Settings, timeout_s: float = 2.0) -> Any:
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
-    return redis.Redis(host=settings.graph_host, port=settings.graph_port, socket_timeout=timeout_s)
+    return redis.Redis(
+        host=settings.graph_host,
+        port=settings.graph_port,
+        socket_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),  # the callers poll themselves
+    )
 
 
 def _graph_ping(settings: Settings) -> str:
@@ -383,43 +390,101 @@ def cpu_ticks(pid: int) -> int | None:
     return int(fields[11]) + int(fields[12])
 
 
+def aof_load_progress(pid: int, data_dir: Path) -> tuple[int, int] | None:
+    """(bytes loaded, total) of the append-only files a loading redis-server reads.
+
+    This FalkorDB build refuses connections until it has loaded its data, so ``INFO
+    persistence`` cannot be asked; the read position of the file it has open
+    (/proc/PID/fdinfo) can. Files load in manifest order (base, then increments)."""
+    aof_dir = data_dir / "appendonlydir"
+    try:
+        manifest = (aof_dir / "appendonly.aof.manifest").read_text().splitlines()
+    except OSError:
+        return None
+    names = [ln.split()[1] for ln in manifest if ln.startswith("file ")]
+    sizes = {}
+    for name in names:
+        with contextlib.suppress(OSError):
+            sizes[name] = (aof_dir / name).stat().st_size
+    total = sum(sizes.values())
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        fds = list(fd_dir.iterdir())
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        name = Path(target).name
+        if Path(target).parent != aof_dir or name not in sizes:
+            continue
+        try:
+            info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+        except OSError:
+            return None
+        pos = int(next(ln.split()[1] for ln in info.splitlines() if ln.startswith("pos:")))
+        before = sum(sizes[n] for n in names[: names.index(name)])
+        return min(total, before + pos), total
+    return None
+
+
 def _graph_wait_ready(
     settings: Settings, deadline_s: float, report: Report | None = None, pid: int | None = None
 ) -> None:
-    """Ready when it answers PING with the module. While it loads its data (AOF or RDB) it
-    keeps waiting as long as the load makes progress, with no fixed cliff for a big graph:
-    progress is the loaded byte count rising in ``INFO persistence``, or (replaying one
-    large graph write, redis answers nothing) the server's CPU time rising. It gives up
-    after ``deadline_s`` without either."""
-    last_change = time.monotonic()
+    """Ready when it answers PING with the module. While it loads its data it keeps waiting
+    as long as the load makes progress, with no fixed cliff for a big graph.
+
+    While redis replays its AOF it accepts connections but answers nothing until it is done
+    (FalkorDB's writes are few and large: redis serves clients only every 1,024 replayed
+    commands), so progress is read from outside: the read position in its append-only files
+    (``pid`` given), else the loaded bytes of ``INFO persistence``, or its CPU time rising.
+    It gives up after ``deadline_s`` without any of them."""
+    started = last_change = time.monotonic()
     last_loaded, last_cpu = -1.0, cpu_ticks(pid) if pid else None
     loading: dict[str, float] | None = None
+    log = f"see {_log(settings, 'graph')}"
     while True:
-        try:
-            _graph_ping(settings)
-            return
-        except StackError as err:
-            now = time.monotonic()
-            info = graph_loading(settings)
-            loading = info or loading
-            if info is not None and info["loaded_bytes"] > last_loaded:
-                last_loaded, last_change = info["loaded_bytes"], now
-            cpu = cpu_ticks(pid) if pid else None
-            if cpu is not None and last_cpu is not None and cpu > last_cpu:
-                last_cpu, last_change = cpu, now
-            if report is not None and loading is not None:
-                eta = f", about {loading['eta_s']:.0f}s left" if loading["eta_s"] >= 0 else ""
-                busy = "" if info is not None else " (replaying a large write)"
-                report(f"loading its data{eta}{busy}", loading["perc"], 100.0)
-            if now - last_change >= deadline_s:
-                if loading is not None:
-                    raise StackError(
-                        "graph",
-                        f"loading its data made no progress for {deadline_s:.0f}s "
-                        f"(at {loading['perc']:.0f}%)",
-                        f"see {_log(settings, 'graph')}",
-                    ) from None
-                raise err from None
+        now = time.monotonic()
+        info: dict[str, float] | None = None
+        done = aof_load_progress(pid, _graph_dir(settings)) if pid else None
+        if done is not None and done[1] > 0 and done[0] < done[1]:
+            rate = done[0] / max(now - started, 1e-3)
+            info = {
+                "perc": 100.0 * done[0] / done[1],
+                "loaded_bytes": float(done[0]),
+                "total_bytes": float(done[1]),
+                "eta_s": (done[1] - done[0]) / rate if rate > 0 else -1.0,
+            }
+        err = StackError("graph", "does not accept connections yet", log)
+        if info is None and port_open(settings.graph_host, settings.graph_port, timeout=0.5):
+            try:
+                _graph_ping(settings)
+                return
+            except StackError as ping_err:
+                err = ping_err
+            if pid is None:
+                info = graph_loading(settings)
+        loading = info or loading
+        if info is not None and info["loaded_bytes"] > last_loaded:
+            last_loaded, last_change = info["loaded_bytes"], now
+        cpu = cpu_ticks(pid) if pid else None
+        if cpu is not None and last_cpu is not None and cpu > last_cpu:
+            last_cpu, last_change = cpu, now
+        if report is not None and info is not None:
+            eta = f", about {info['eta_s']:.0f}s left" if 0 <= info["perc"] < 99 else ""
+            size = f"{info['loaded_bytes'] / 1e6:,.1f} of {info['total_bytes'] / 1e6:,.1f} MB"
+            report(f"loading its data: {size}{eta}", info["perc"], 100.0)
+        if now - last_change >= deadline_s:
+            if loading is not None:
+                raise StackError(
+                    "graph",
+                    f"loading its data made no progress for {deadline_s:.0f}s "
+                    f"(at {loading['perc']:.0f}%)",
+                    log,
+                )
+            raise err
         time.sleep(0.1)
 
 
