@@ -418,10 +418,11 @@ def _indexed(a: dict[str, Any], prefix: str) -> dict[int, dict[str, Any]]:
 
 @dataclass(slots=True)
 class _LlmView:
+    """What a model call said: its output text and the tool calls it chose. (The prompt
+    messages are not read: no event carries them, see docs/otel.md.)"""
+
     text: str
     tool_calls: list[dict[str, Any]]
-    input_messages: list[dict[str, Any]]
-    output_messages: list[dict[str, Any]]
 
 
 def _genai_messages(v: Any) -> list[dict[str, Any]]:
@@ -442,20 +443,16 @@ def _parts_text(msg: dict[str, Any]) -> str:
 
 
 def _llm_view(a: dict[str, Any]) -> _LlmView:
-    """Output text, tool calls chosen, and the messages, whichever convention carries them.
+    """Output text and tool calls chosen, whichever convention carries them.
 
     One convention per span (the latest GenAI attributes, else OpenInference's, else
     OpenLLMetry's), so each span's attributes are scanned once.
     """
     calls: list[dict[str, Any]] = []
     texts: list[str] = []
-    out_msgs: list[dict[str, Any]] = []
-    in_msgs: list[dict[str, Any]] = []
     raw_out = a.get("gen_ai.output.messages")
     if raw_out is not None:
-        out_msgs = _genai_messages(raw_out)
-        in_msgs = _genai_messages(a.get("gen_ai.input.messages"))
-        for m in out_msgs:
+        for m in _genai_messages(raw_out):
             texts.append(_parts_text(m))
             for pt in m.get("parts") or ():
                 if isinstance(pt, dict) and pt.get("type") == "tool_call":
@@ -477,19 +474,6 @@ def _llm_view(a: dict[str, Any]) -> _LlmView:
                         "arguments": _loads(tc.get("tool_call.function.arguments")),
                     }
                 )
-            out_msgs.append(
-                {
-                    "role": _str(m.get("message.role")) or "assistant",
-                    "content": _str(m.get("message.content")) or "",
-                }
-            )
-        for m in _indexed(a, "llm.input_messages.").values():
-            in_msgs.append(
-                {
-                    "role": _str(m.get("message.role")) or "user",
-                    "content": _str(m.get("message.content")) or "",
-                }
-            )
     else:
         for m in _indexed(a, "gen_ai.completion.").values():
             texts.append(_str(m.get("content")) or "")
@@ -501,19 +485,6 @@ def _llm_view(a: dict[str, Any]) -> _LlmView:
                         "arguments": _loads(tc.get("arguments")),
                     }
                 )
-            out_msgs.append(
-                {
-                    "role": _str(m.get("role")) or "assistant",
-                    "content": _str(m.get("content")) or "",
-                }
-            )
-        for m in _indexed(a, "gen_ai.prompt.").values():
-            in_msgs.append(
-                {
-                    "role": _str(m.get("role")) or "user",
-                    "content": _str(m.get("content")) or "",
-                }
-            )
     text = "\n".join(t for t in texts if t)
     if not text and calls:
         text = "calls " + ", ".join(
@@ -521,7 +492,7 @@ def _llm_view(a: dict[str, Any]) -> _LlmView:
         )
     if not text:
         text = _str(_first(a, "output.value", "traceloop.entity.output")) or ""
-    return _LlmView(text, calls, in_msgs, out_msgs)
+    return _LlmView(text, calls)
 
 
 def _tool_call_ids(view: _LlmView) -> tuple[str, ...]:
