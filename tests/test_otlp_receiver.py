@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -387,14 +388,37 @@ def test_reexporting_the_same_batch_changes_nothing(kafka: Broker) -> None:
 
 
 def test_full_buffer_gets_429_with_retry_after(kafka: Broker) -> None:
-    rt = ReceiverThread(kafka.bootstrap, buffer_events=4).start()
+    import signal
+    import threading
+
+    rt = ReceiverThread(kafka.bootstrap, buffer_events=8).start()
+    broker = kafka.process.proc
     try:
-        r = post(rt, agent_run().SerializeToString())  # 6 events > a buffer of 4
+        # a batch that can never fit the buffer is a 413, not an endless 429
+        r = post(rt, request(*[span(i, CHAT) for i in range(1, 10)]).SerializeToString())
+        assert r.status_code == 413 and "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in r.text, r.text
+        # the log is behind: the broker is paused, so a first export's events stay in flight
+        broker.send_signal(signal.SIGSTOP)
+        first: list[httpx.Response] = []
+        waiting = threading.Thread(
+            target=lambda: first.append(post(rt, agent_run().SerializeToString()))
+        )
+        waiting.start()
+        assert rt.receiver is not None
+        deadline = time.monotonic() + 20
+        while rt.receiver.producer.stats.in_flight < 7:
+            assert time.monotonic() < deadline, rt.receiver.producer.stats
+            time.sleep(0.01)
+        r = post(rt, agent_run(trace=b"\x02" * 16).SerializeToString())  # 7 more > 8 - 7
         assert r.status_code == 429, r.text
         assert r.headers["Retry-After"] == "2"
         assert "buffer" in r.text
-        assert_serving(rt)  # a batch that fits goes through
+        broker.send_signal(signal.SIGCONT)
+        waiting.join(30)
+        assert first and first[0].status_code == 200, first
+        assert_serving(rt)  # and the next batch that fits goes through
     finally:
+        broker.send_signal(signal.SIGCONT)
         rt.stop()
 
 

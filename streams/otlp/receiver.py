@@ -252,6 +252,13 @@ class OtlpReceiver:
         if task is not None and (not task.done() or self.producer_error is not None):
             raise Backpressure(503, f"the log is not reachable yet: {self.producer_error}")
         stats = producer.stats
+        if len(records) > producer.buffer_events:
+            raise BadRequest(
+                413,
+                f"{len(records)} events from one request can never fit the producer buffer "
+                f"({producer.buffer_events} events, AGENTSTREAM_PRODUCER_BUFFER_EVENTS): send "
+                "smaller batches (OTEL_BSP_MAX_EXPORT_BATCH_SIZE)",
+            )
         if stats.in_flight + len(records) > producer.buffer_events:
             raise Backpressure(
                 429,
