@@ -197,8 +197,9 @@ def _via_owner(
     if info is None:
         return False
     try:
+        wait_s = info.max_execution_s + 30  # the owner stops a statement at its limit
         status, headers, data = post(
-            info, "/query", json.dumps(request, default=str).encode(), 3600
+            info, "/query", json.dumps(request, default=str).encode(), wait_s
         )
     except OSError:
         return False  # the owner stopped since it was recorded: open the store directly

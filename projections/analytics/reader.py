@@ -351,7 +351,8 @@ class ServiceReader(AnalyticsReader):
 
     def __init__(self, info: ServiceInfo, timeout_s: float = 300.0) -> None:
         self.info = info
-        self.timeout_s = timeout_s
+        # never give up before the owner's own time limit has stopped the statement
+        self.timeout_s = max(timeout_s, info.max_execution_s + 30)
         self.via = f"{info.url} (process {info.pid}, which holds {info.store})"
 
     def _read(self, sql: str, params: dict[str, Any]) -> ReadResult:

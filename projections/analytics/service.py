@@ -62,6 +62,7 @@ class ServiceInfo:
     store: str  # the chDB directory
     database: str
     started_at: float
+    max_execution_s: float = 60.0  # its statements' time limit: how long a client may wait
 
 
 def pid_alive(pid: int) -> bool:
@@ -242,6 +243,7 @@ class QueryService:
             store=str(self.store.location.path),
             database=self.store.database,
             started_at=time.time(),
+            max_execution_s=self.limits.max_execution_s,
         )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
