@@ -209,7 +209,7 @@ def test_harmless_statements_and_settings_work(store):
         assert db.query("SHOW TABLES").num_rows > 3
         assert db.query("SELECT {a:String} AS a", {"a": "it's"}).to_pylist() == [{"a": "it's"}]
         stats = db.read("SELECT agent_id, count() FROM events GROUP BY agent_id").stats
-        assert stats.rows_read == N and stats.elapsed_s is not None
+        assert stats.rows_read == N and stats.result_rows == 3 and stats.elapsed_s is not None
 
 
 def test_the_engine_refuses_lifting_readonly_and_says_so(store):

@@ -209,20 +209,18 @@ def _via_owner(
         except ValueError:
             detail = {"kind": "query", "error": f"HTTP {status} from {info.url}"}
         _fail_query(str(detail.get("kind")), str(detail.get("error")))
+    stats = json.loads(headers.get(STATS_HEADER.lower(), "{}"))
     if request["format"] == "table":
         shown = json.loads(data)
         _print_rows(shown["columns"], shown["rows"], shown["total"], title)
     elif output is not None:
         output.write_bytes(data)
+        err_console.print(f"{stats.get('result_rows')} rows written to {output}", highlight=False)
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
-    if output is not None:
-        err_console.print(f"written to {output}", highlight=False)
     if timing:
-        _print_timing(
-            json.loads(headers.get(STATS_HEADER.lower(), "{}")), time.perf_counter() - started
-        )
+        _print_timing(stats, time.perf_counter() - started)
     return True
 
 

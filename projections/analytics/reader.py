@@ -141,6 +141,15 @@ def _check_ipc(data: bytes) -> bytes:
     return data
 
 
+def _ipc_rows(data: bytes) -> int:
+    """Rows in an Arrow IPC stream (reads the batch headers; no copy)."""
+    import pyarrow as pa
+
+    if not data:
+        return 0
+    return sum(batch.num_rows for batch in pa.ipc.open_stream(data))
+
+
 class ChdbEngine:
     """chDB through its own connection API: server-side parameters, the engine's statistics.
 
@@ -224,13 +233,14 @@ class ChdbEngine:
             except Exception as err:
                 message = _engine_message(err)
                 raise QueryError(message, classify_error(message)) from None
+        data = _check_ipc(res.bytes())
         stats = QueryStats(
             elapsed_s=res.elapsed(),
             rows_read=res.storage_rows_read(),
             bytes_read=res.storage_bytes_read(),
-            result_rows=res.rows_read(),
+            result_rows=_ipc_rows(data),
         )
-        return ReadResult(_check_ipc(res.bytes()), stats)
+        return ReadResult(data, stats)
 
     def kill(self, tag: str) -> None:
         self._ctl.query(f"KILL QUERY WHERE Settings['log_comment'] = '{tag}' ASYNC", "TabSeparated")
