@@ -93,6 +93,19 @@ class SpanNode:
 
 
 @dataclass(slots=True)
+class _S:
+    """A span's ids and times, read from the protobuf once (each read of a protobuf field
+    builds a new Python object); ``pb`` for the rest."""
+
+    pb: Any
+    tid: bytes
+    sid: bytes
+    psid: bytes
+    start: int
+    end: int
+
+
+@dataclass(slots=True)
 class _Trace:
     spans: dict[bytes, SpanNode] = field(default_factory=dict)
     llms: list[bytes] = field(default_factory=list)
@@ -545,7 +558,7 @@ def map_request(
     start before its end), so one agent's events are applied in the order they happened.
     """
     batch = MappedBatch()
-    pending: list[tuple[Any, dict[str, Any], Kind, _Ctx, _LlmView | None]] = []
+    pending: list[tuple[_S, dict[str, Any], Kind, _Ctx, _LlmView | None]] = []
     # pass 1: validate, classify and remember every span, so that spans of the same
     # batch can be linked whatever their order in the request
     for rs in request.resource_spans:
@@ -575,7 +588,7 @@ def map_request(
                 if ctx.schema_problem is not None:
                     batch.rejected[ctx.schema_problem] += 1
                     continue
-                if kind is Kind.STRUCTURAL and _is_root(memory, span):
+                if kind is Kind.STRUCTURAL and _is_root(memory, tid, psid):
                     kind = Kind.WORKFLOW  # a root chain is the run
                 elif kind is Kind.AGENT and _agent_of(a, kind) is None:
                     kind = Kind.WORKFLOW  # no agent named: a workflow (the Agents SDK's root)
@@ -596,15 +609,15 @@ def map_request(
                 if kind is Kind.STRUCTURAL:
                     batch.skipped["GenAI grouping span (nested chain or task): no event"] += 1
                     continue
-                pending.append((span, a, kind, ctx, view))
+                pending.append((_S(span, tid, sid, psid, start, end), a, kind, ctx, view))
     # pass 2: build the events
     # time order; at the same instant what ends (a thought, a completion) goes before what
     # starts (the tool call it led to), and a span's own events keep their order
     keyed: list[tuple[int, int, int, int, int]] = []
     built: list[Event] = []
-    for n, (span, a, kind, ctx, view) in enumerate(pending):
-        start, end = span.start_time_unix_nano, span.end_time_unix_nano
-        for rank, (is_start, event) in enumerate(_events(span, a, kind, ctx, memory, view)):
+    for n, (sv, a, kind, ctx, view) in enumerate(pending):
+        start, end = sv.start, sv.end
+        for rank, (is_start, event) in enumerate(_events(sv, a, kind, ctx, memory, view)):
             keyed.append(
                 (start if is_start else end, 1 if is_start or start == end else 0, n, rank,
                  len(built))
@@ -617,11 +630,11 @@ def map_request(
     return batch
 
 
-def _is_root(memory: TraceMemory, span: Any) -> bool:
+def _is_root(memory: TraceMemory, tid: bytes, psid: bytes) -> bool:
     """No parent, or a parent known not to be a GenAI span."""
-    if not span.parent_span_id:
+    if not psid:
         return True
-    node = memory.trace(span.trace_id).spans.get(span.parent_span_id)
+    node = memory.trace(tid).spans.get(psid)
     return node is not None and node.kind is Kind.OTHER
 
 
@@ -711,14 +724,14 @@ def _status(span: Any, a: dict[str, Any]) -> tuple[bool, str | None, str]:
 
 
 def _events(
-    span: Any,
+    sv: _S,
     a: dict[str, Any],
     kind: Kind,
     ctx: _Ctx,
     memory: TraceMemory,
     view: _LlmView | None = None,
 ) -> list[tuple[bool, Event]]:
-    trace_id, span_id = span.trace_id, span.span_id
+    trace_id, span_id, span = sv.tid, sv.sid, sv.pb
     t = memory.trace(trace_id)
     node = t.spans.get(span_id)
     if t.hex is None:
@@ -726,15 +739,15 @@ def _events(
     if node is None:  # the trace outgrew the memory: map without links
         node = SpanNode(
             kind,
-            span.parent_span_id,
-            span.start_time_unix_nano,
-            span.end_time_unix_nano,
+            sv.psid,
+            sv.start,
+            sv.end,
             _agent_of(a, kind),
             _str(_first(a, *_RUN_KEYS)),
         )
     trace_hex = t.hex
     agent, run, parent = _identity(t, node, ctx, trace_hex)
-    start_ns, end_ns = span.start_time_unix_nano, span.end_time_unix_nano
+    start_ns, end_ns = sv.start, sv.end
     start_ms, end_ms = start_ns // 1_000_000, end_ns // 1_000_000
     duration_ms = min(p.MAX_DURATION_MS, (end_ns - start_ns) / 1e6)
     flags = span.flags & 0xFF
