@@ -209,9 +209,18 @@ _BY_PAYLOAD: dict[type, tuple[type, str]] = {
 }
 
 
-def _build(
-    data: p.Payload, eid: str, at: datetime, causes: list[str], common: dict[str, Any]
-) -> Event:
+@dataclass(slots=True)
+class _Env:
+    """The envelope fields every event of one span shares."""
+
+    agentid: str
+    runid: str
+    tenant: str
+    traceparent: str
+    source: str
+
+
+def _build(data: p.Payload, eid: str, at: datetime, causes: list[str], env: _Env) -> Event:
     """What ``schemas.envelope.new_event`` does, with the per-type lookups precomputed
     (this runs for every event)."""
     cls, dataschema = _BY_PAYLOAD[type(data)]
@@ -222,12 +231,21 @@ def _build(
         causes=tuple(causes),
         dataschema=dataschema,
         data=data,
-        **common,
+        agentid=env.agentid,
+        runid=env.runid,
+        tenant=env.tenant,
+        traceparent=env.traceparent,
+        source=env.source,
     )
 
 
 def _time(ns: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=ns // 1000)
+    """Nanoseconds since the epoch as an aware datetime, truncated to the microsecond.
+
+    The float seconds carry an error below 0.5 µs for every time before 2106 (the
+    contract's limit), so rounding gives back the exact microsecond; fromtimestamp is the
+    fastest way to build the datetime (this runs for every event)."""
+    return datetime.fromtimestamp((ns // 1000) / 1e6, UTC)
 
 
 def _any(v: Any) -> Any:
@@ -751,16 +769,7 @@ def _events(
     start_ms, end_ms = start_ns // 1_000_000, end_ns // 1_000_000
     duration_ms = min(p.MAX_DURATION_MS, (end_ns - start_ns) / 1e6)
     flags = span.flags & 0xFF
-    common = {
-        "agentid": agent,
-        "runid": run,
-        "tenant": ctx.tenant,
-        "traceparent": f"00-{trace_hex}-{span_id.hex()}-{flags:02x}",
-        "source": ctx.source,
-    }
-
-    def eid(phase: str, ms: int) -> str:
-        return event_id(trace_id, span_id, phase, ms)
+    common = _Env(agent, run, ctx.tenant, f"00-{trace_hex}-{span_id.hex()}-{flags:02x}", ctx.source)
 
     parent_cause = [_ref(t, trace_id, parent)] if parent else []
 
@@ -803,7 +812,14 @@ def _events(
             latency_ms=duration_ms,
             cost_usd=_float(_first(a, "llm.cost.total", "gen_ai.usage.cost")),
         )
-        return [(False, _build(data, eid("open", end_ms), _time(end_ns), causes, common))]
+        return [
+            (
+                False,
+                _build(
+                    data, event_id(trace_id, span_id, "open", end_ms), _time(end_ns), causes, common
+                ),
+            )
+        ]
 
     if kind is Kind.TOOL:
         call_id = _str(_first(a, "gen_ai.tool.call.id", "tool_call.id", "tool.id")) or (
@@ -822,7 +838,7 @@ def _events(
                     _first(a, "gen_ai.tool.call.arguments", "input.value", "traceloop.entity.input")
                 ),
             ),
-            eid("open", start_ms),
+            event_id(trace_id, span_id, "open", start_ms),
             _time(start_ns),
             causes,
             common,
@@ -841,7 +857,7 @@ def _events(
                 error_type=err_type or ("error" if failed else None),
                 duration_ms=duration_ms,
             ),
-            eid("close", end_ms),
+            event_id(trace_id, span_id, "close", end_ms),
             _time(end_ns),
             [started.id],
             common,
@@ -853,7 +869,14 @@ def _events(
             (
                 True,
                 _agent_started(
-                    a, agent, eid("open", start_ms), start_ns, parent_cause, common, t, span_id
+                    a,
+                    agent,
+                    event_id(trace_id, span_id, "open", start_ms),
+                    start_ns,
+                    parent_cause,
+                    common,
+                    t,
+                    span_id,
                 ),
             )
         ]
@@ -863,7 +886,14 @@ def _events(
     run_causes = parent_cause
     if kind is Kind.AGENT:
         lifecycle = _agent_started(
-            a, agent, eid("agent", start_ms), start_ns, parent_cause, common, t, span_id
+            a,
+            agent,
+            event_id(trace_id, span_id, "agent", start_ms),
+            start_ns,
+            parent_cause,
+            common,
+            t,
+            span_id,
         )
         out.append((True, lifecycle))
         run_causes = [lifecycle.id]
@@ -871,13 +901,17 @@ def _events(
     if goal is None:
         goal = f"{span.name}" if span.name else f"agent {agent}"
     started = _build(
-        p.RunStarted(goal=goal), eid("open", start_ms), _time(start_ns), run_causes, common
+        p.RunStarted(goal=goal),
+        event_id(trace_id, span_id, "open", start_ms),
+        _time(start_ns),
+        run_causes,
+        common,
     )
     failed, err_type, message = _status(span, a)
     summary = _str(_first(a, "output.value", "traceloop.entity.output")) or message or ""
     finished = _build(
         p.RunFinished(status="failed" if failed else "succeeded", summary=summary),
-        eid("close", end_ms),
+        event_id(trace_id, span_id, "close", end_ms),
         _time(end_ns),
         [started.id],
         common,
@@ -892,7 +926,7 @@ def _agent_started(
     eid: str,
     start_ns: int,
     causes: list[str],
-    common: dict[str, Any],
+    common: _Env,
     t: _Trace,
     span_id: bytes,
 ) -> Event:
