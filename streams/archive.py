@@ -63,7 +63,7 @@ from schemas.codec import EventCodec
 from schemas.envelope import Event
 from schemas.errors import InvalidEvent
 from schemas.topics import EVENTS
-from streams.log_identity import EpochMarker, LogWatch, ensure_epoch
+from streams.log_identity import EpochMarker, LogWatch, close_consumer, ensure_epoch
 
 log = logging.getLogger(__name__)
 
@@ -866,6 +866,7 @@ class Archiver:
         verify_deadline_s: float = 5.0,
         max_partition_fetch_bytes: int = 4 << 20,
         marker_grace_s: float = 10.0,
+        log_check_s: float = 1.0,
     ) -> None:
         self.bootstrap, self.root, self.topic, self.group_id = bootstrap, root, topic, group_id
         self.max_segment_bytes = max_segment_bytes
@@ -876,6 +877,7 @@ class Archiver:
         self.verify_deadline_s = verify_deadline_s
         self.max_partition_fetch_bytes = max_partition_fetch_bytes
         self.marker_grace_s = marker_grace_s
+        self.log_check_s = log_check_s  # how often the log's identity is read while busy
         self.codec = EventCodec(max_event_bytes) if max_event_bytes else EventCodec()
         self.stats = ArchiverStats()
         self._open: dict[int, SegmentWriter] = {}
@@ -892,6 +894,7 @@ class Archiver:
         self._fetched_at: dict[int, float] = {}  # partition -> last fetch that gave records
         self._archived_next: dict[int, int] = {}  # partition -> first offset not archived
         self._stopping = False
+        self._idle = False
 
     async def run(self, stop: asyncio.Event) -> ArchiverStats:
         """Archive until ``stop`` is set; open segments are closed (made durable) on the way out."""
@@ -906,7 +909,9 @@ class Archiver:
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=self.max_partition_fetch_bytes,
             )
-            watch = self.log_watch = LogWatch(self.bootstrap, "archiver")
+            watch = self.log_watch = LogWatch(
+                self.bootstrap, "archiver", interval_s=self.log_check_s
+            )
             try:
                 await consumer.start()
                 await watch.start()
@@ -954,8 +959,7 @@ class Archiver:
                     with contextlib.suppress(OSError):
                         self._state.save(self.root)
                 await watch.stop()
-                with contextlib.suppress(Exception):  # a dead broker must not hold the exit
-                    await asyncio.wait_for(consumer.stop(), 3)
+                await close_consumer(consumer)  # a dead broker must not hold the exit
         return self.stats
 
     async def _settled(self, stop: asyncio.Event, grace_s: float) -> None:
@@ -1050,7 +1054,16 @@ class Archiver:
                     self._reset = True  # the log is shorter than what we read: a new log
                 if hw is not None:
                     self._pending_hw[tp.partition] = max(hw, self._pending_hw.get(tp.partition, 0))
-            await self._check_log(fetched, idle=not any(batches.values()))
+            idle = not any(batches.values())
+            await self._check_log(fetched, idle=idle)
+            if idle and not self._idle:
+                held = sum(seg.records for seg in self._open.values())
+                log.info(
+                    "archive: read everything in the log: %d records read, %d not yet written",
+                    self.stats.records,
+                    held,
+                )
+            self._idle = idle
             now = time.monotonic()
             for p, seg in list(self._open.items()):
                 if self._reset or now - seg.opened_at >= self.max_segment_age_s:

@@ -324,8 +324,7 @@ class LogWatch:
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
+            await close_consumer(consumer)
 
     async def current(self) -> EpochMarker | None:
         """The marker the log holds now (raises on broker errors)."""
@@ -376,6 +375,23 @@ class LogWatch:
             await self.current()
         self.marker = self._current
         return self.marker
+
+
+async def close_consumer(consumer: AIOKafkaConsumer, timeout_s: float = 3.0) -> None:
+    """Stop ``consumer`` within ``timeout_s``, even with the broker gone.
+
+    aiokafka 0.14's fetcher, closed while its broker is unreachable, lets the cancellation
+    of its own pending fetch escape ``stop()`` as a CancelledError: not ours to propagate
+    (a real cancellation of the calling task still is).
+    """
+    try:
+        await asyncio.wait_for(consumer.stop(), timeout_s)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    except Exception as err:  # closing must not fail the caller's shutdown
+        log.debug("closing a consumer failed: %r", err)
 
 
 def highwaters_of(consumer: AIOKafkaConsumer, topic: str) -> dict[int, int | None]:

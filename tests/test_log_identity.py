@@ -20,9 +20,11 @@ from test_restore import archive_all, archived_count, publish, sim, start_broker
 
 from agentstream.processes import ManagedProcess
 from schemas.envelope import Event
-from streams.archive import Archiver, archive_state, complete_segments
+from schemas.topics import EVENTS
+from streams.archive import Archiver, archive_state, complete_segments, read_loss_report
 from streams.log_identity import detect_change, fetch_marker
 from streams.processor import KafkaProcessor
+from streams.producer import EventProducer
 from streams.reducer import fold
 from streams.restore import restore_log_async
 from streams.state_reader import fetch_high_watermarks
@@ -264,3 +266,174 @@ async def test_projection_left_running_across_down_and_up_is_exact_and_honest(
         await asyncio.wait_for(task, 30)
         if proc is not None:
             proc.stop()
+
+
+def kill9(broker: Broker) -> None:
+    """kill -9 of the broker: its in-memory log is gone at once."""
+    import os
+    import signal
+
+    assert broker.process.proc is not None
+    os.killpg(broker.process.proc.pid, signal.SIGKILL)
+    broker.process.proc.wait(timeout=10)
+
+
+def gen_offsets(root: Path, generation: int) -> dict[int, list[int]]:
+    """partition -> every archived offset of ``generation`` (events and dlq), sorted."""
+    import pyarrow.parquet as pq
+
+    out: dict[int, list[int]] = {}
+    for seg in complete_segments(root):
+        if seg.generation != generation:
+            continue
+        for f in seg.files:
+            t = pq.read_table(root / f.relpath, columns=["log_offset"])
+            out.setdefault(seg.partition, []).extend(t["log_offset"].to_pylist())
+    return {p: sorted(v) for p, v in out.items()}
+
+
+async def test_archiver_keeps_what_it_held_at_a_broker_crash_and_archives_nothing_twice(
+    kafka: Broker, tmp_path: Path
+):
+    """Old code: the records it held went into generation 1, then the restored log was
+    archived again from offset 0 as generation 2 (duplicates)."""
+    archive = tmp_path / "archive"
+    await restore_log_async(kafka.bootstrap, archive, partitions=TEST_PARTITIONS)
+    first, held, second = sim(runs=8, seed=61), sim(runs=3, seed=62), sim(runs=4, seed=63)
+    await publish(kafka.bootstrap, first)
+    stop = asyncio.Event()
+    archiver = Archiver(kafka.bootstrap, archive, max_segment_age_s=0.3, verify_deadline_s=1)
+    task = asyncio.create_task(archiver.run(stop))
+    proc: ManagedProcess | None = None
+    try:
+        await wait_for(lambda: archived_count(archive) >= len(first), 60, "first log archived")
+        archiver.max_segment_age_s = 3600  # from now on it holds what it reads
+        await publish(kafka.bootstrap, held)
+        total = len(first) + len(held)
+        await wait_for(lambda: archiver.stats.records >= total, 60, "held records read")
+        kill9(kafka)
+        proc = await start_broker_on(kafka.port, tmp_path)
+        report = await restore_log_async(kafka.bootstrap, archive, partitions=TEST_PARTITIONS)
+        # what it held may be written before or after the restore read the archive
+        assert len(first) <= report.records <= len(first) + len(held)
+        archiver.max_segment_age_s = 0.3
+        await publish(kafka.bootstrap, second)
+        want = len(first) + len(held) + len(second)
+        await wait_for(lambda: _archived_ids_total(archive) >= want, 60, "everything archived")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        if proc is not None:
+            proc.stop()
+    ids = Counter(_archived_ids(archive))
+    assert ids == Counter(e.id for e in first + held + second), {
+        i: n for i, n in ids.items() if n > 1
+    }
+    assert read_loss_report(archive).records == 0  # it had read everything it saw
+
+
+async def test_acknowledged_records_the_archiver_never_read_are_reported_lost(
+    kafka: Broker, tmp_path: Path
+):
+    """Old code: the loss went unnoticed. Every record the old log held is now either in
+    the archive or in the loss report, never both, with partition and offsets."""
+    from prometheus_client import REGISTRY
+
+    def lost_metric() -> float:
+        v = REGISTRY.get_sample_value("agentstream_log_lost_records_total", {"topic": EVENTS})
+        return v or 0.0
+
+    archive = tmp_path / "archive"
+    await restore_log_async(kafka.bootstrap, archive, partitions=TEST_PARTITIONS)
+    events = sim(runs=120, seed=71)
+    # tiny producer batches and tiny fetches: the archiver sees the high watermarks long
+    # before it has read up to them
+    async with EventProducer(kafka.bootstrap, linger_ms=0, max_batch_bytes=1024) as producer:
+        await producer.send_many(events)
+    old_hw = await fetch_high_watermarks(kafka.bootstrap, EVENTS)
+    before = lost_metric()
+    stop = asyncio.Event()
+    # tiny fetches: it sees the high watermarks long before it has read up to them
+    archiver = Archiver(
+        kafka.bootstrap,
+        archive,
+        max_segment_age_s=0.3,
+        verify_deadline_s=1,
+        max_partition_fetch_bytes=512,
+        log_check_s=0.05,
+    )
+    task = asyncio.create_task(archiver.run(stop))
+    proc: ManagedProcess | None = None
+    try:
+        await wait_for(
+            lambda: archiver.seen_highwater == {p: n for p, n in old_hw.items() if n},
+            60,
+            "the archiver confirmed every high watermark",
+        )
+        assert archiver.stats.records < len(events), "read everything before the crash"
+        kill9(kafka)
+        proc = await start_broker_on(kafka.port, tmp_path)
+        await restore_log_async(kafka.bootstrap, archive, partitions=TEST_PARTITIONS)
+        await wait_for(lambda: read_loss_report(archive).records > 0, 60, "a loss report")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        if proc is not None:
+            proc.stop()
+    report = read_loss_report(archive)
+    [incident] = report.incidents
+    archived = gen_offsets(archive, 1)
+    for p, hw in old_hw.items():
+        kept = archived.get(p, [])
+        assert kept == list(range(len(kept))), f"p{p}: archive has holes"
+        lost = (
+            range(incident.ranges[p][0], incident.ranges[p][1] + 1) if p in incident.ranges else []
+        )
+        assert kept + list(lost) == list(range(hw)), f"p{p}: archived + lost != the old log"
+    assert report.records == sum(old_hw.values()) - sum(len(v) for v in archived.values())
+    assert lost_metric() - before == report.records
+    assert archiver.stats.lost == report.records
+
+
+async def test_archiver_stops_within_10s_on_sigterm_with_the_broker_gone_and_keeps_all(
+    kafka: Broker, tmp_path: Path
+):
+    """Old code: it waited for the dead broker (minutes); `down` then SIGKILLed it and what
+    it had read was lost."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    archive = tmp_path / "archive"
+    await restore_log_async(kafka.bootstrap, archive, partitions=TEST_PARTITIONS)
+    events = sim(runs=10, seed=81)
+    await publish(kafka.bootstrap, events)
+    env = {
+        **os.environ,
+        "AGENTSTREAM_KAFKA_URL": f"kafka://{kafka.bootstrap}",
+        "AGENTSTREAM_DATA_DIR": str(tmp_path / "data"),
+        "AGENTSTREAM_ARCHIVE_DIR": str(archive),
+    }
+    log_path = tmp_path / "archiver.log"
+    with open(log_path, "wb") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "agentstream.cli", "archive", "--max-segment-age", "3600"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        line = f"{len(events)} records read".encode()
+        await wait_for(lambda: line in log_path.read_bytes(), 60, "archiver read everything")
+        kill9(kafka)
+        started = time.monotonic()
+        child.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(child.wait, 30)
+        took = time.monotonic() - started
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert code == 0, log_path.read_text()[-2000:]
+    assert took < 10, f"took {took:.1f}s to stop"
+    assert Counter(_archived_ids(archive)) == Counter(e.id for e in events)
