@@ -1,0 +1,137 @@
+"""The CLI starts fast because heavy libraries load only in the commands that use them.
+
+Speed itself is measured in bench/bench_cli.py (never a timed assertion here); these tests
+check the cause: which modules an invocation imports (``python -X importtime``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentstream.cli import build_app, command_index
+
+# libraries that cost tens to hundreds of ms to import; none may load for --help
+HEAVY = {
+    "pandas", "numpy", "torch", "sentence_transformers", "chromadb", "faust", "mode",
+    "aiokafka", "chdb", "clickhouse_connect", "pyarrow", "pydantic_settings", "falkordb",
+    "fastapi", "starlette", "uvicorn", "grpc", "aiohttp", "opentelemetry", "msgspec",
+}  # fmt: skip
+
+
+def imported(*argv: str, env: dict[str, str] | None = None) -> set[str]:
+    """Top-level package names imported by ``agentstream ARGV``."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "agentstream.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = set()
+    for line in done.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    return names
+
+
+def _why(heavy: set[str]) -> str:
+    return (
+        f"imports {sorted(heavy)} at start-up: import them inside the command function "
+        "(a module-level import in agentstream/commands/*.py runs for every --help)"
+    )
+
+
+def test_top_level_help_imports_no_heavy_library():
+    heavy = imported("--help") & HEAVY
+    assert not heavy, _why(heavy)
+
+
+@pytest.mark.parametrize("command", sorted(command_index()))
+def test_each_command_help_imports_no_heavy_library(command):
+    heavy = imported(command, "--help") & HEAVY
+    assert not heavy, _why(heavy)
+
+
+def test_the_index_finds_every_command():
+    """Loading one module per command gives exactly the commands of the full app."""
+    full = build_app()
+    names = {c.name for c in full.registered_commands} | {g.name for g in full.registered_groups}
+    assert set(command_index()) == names
+    one = build_app(["query", "SELECT 1"])
+    assert [c.name for c in one.registered_commands] == ["query"]
+
+
+OWNER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from projections.analytics.projection import AnalyticsProjection
+    from projections.analytics.rows import events_table
+    from projections.analytics.sample import sample_events
+    p = AnalyticsProjection(sys.argv[1], serve_queries_in=Path(sys.argv[2]))
+    p.setup()
+    p.apply_table(events_table(list(sample_events(100, agents=2))))
+    print("ready", flush=True)
+    sys.stdin.read()
+    p.close()
+    """
+)
+
+
+@pytest.fixture
+def served(tmp_path) -> Iterator[dict[str, str]]:
+    url = f"chdb://{tmp_path / 'clickhouse'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OWNER, url, str(tmp_path / "run")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield {
+            **os.environ,
+            "AGENTSTREAM_DATA_DIR": str(tmp_path),
+            "AGENTSTREAM_CLICKHOUSE_URL": url,
+        }
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=60)
+
+
+def test_a_query_through_the_owner_loads_neither_engine_nor_arrow(served):
+    """Through the chDB owner's service the CLI needs no engine, no Arrow, no settings
+    model: the owner checks, runs and renders."""
+    for argv in (["query", "SELECT 1"], ["query", "-n", "agent_leaderboard", "-f", "csv"]):
+        assert not imported(*argv, env=served) & HEAVY, argv
+
+
+def test_the_cli_without_an_owner_still_answers(tmp_path):
+    """The direct route (the CLI opens chDB itself) loads what it needs on demand."""
+    url = f"chdb://{tmp_path / 'clickhouse'}"
+    env = {**os.environ, "AGENTSTREAM_DATA_DIR": str(tmp_path), "AGENTSTREAM_CLICKHOUSE_URL": url}
+    subprocess.run(
+        [sys.executable, "-c", OWNER.replace("sys.stdin.read()", ""), url, str(tmp_path / "x")],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "agentstream.cli", "query", "SELECT 41 + 1 AS n", "-f", "csv"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ['"n"', "42"]
+    assert Path(tmp_path / "clickhouse").is_dir()
