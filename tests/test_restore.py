@@ -217,3 +217,48 @@ def test_plan_reports_holes_and_several_generations(tmp_path: Path):
     assert plans[1].records == 7 and not plans[1].offsets_preserved
     assert [(g.first, g.last) for g in plans[1].gaps] == [(5, 7)]
     assert plans[2].records == 8 and not plans[2].offsets_preserved and not plans[2].gaps
+
+
+async def test_cli_restore_and_losses(kafka: Broker, tmp_path: Path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "archive"
+    events = sim(runs=3, seed=12)
+    await publish(kafka.bootstrap, events)
+    await archive_all(kafka.bootstrap, root, len(events))
+    kafka.process.stop()
+    proc = await start_broker_on(kafka.port, tmp_path)
+    env = {
+        **os.environ,
+        "AGENTSTREAM_KAFKA_URL": f"kafka://{kafka.bootstrap}",
+        "AGENTSTREAM_DATA_DIR": str(tmp_path / "data"),
+        "AGENTSTREAM_ARCHIVE_DIR": str(root),
+        "AGENTSTREAM_PARTITIONS": str(TEST_PARTITIONS),
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "agentstream.cli", "archive", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    try:
+        done = await asyncio.to_thread(cli, "--restore", "--json")
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["ok"] and report["records"] == len(events) and report["offsets_preserved"]
+        again = await asyncio.to_thread(cli, "--restore")
+        assert again.returncode == 0 and "restore skipped" in again.stdout
+        losses = await asyncio.to_thread(cli, "--losses", "--json")
+        assert losses.returncode == 0 and json.loads(losses.stdout) == {
+            "records": 0,
+            "incidents": [],
+        }
+    finally:
+        proc.stop()

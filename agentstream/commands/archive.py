@@ -1,4 +1,5 @@
-"""``agentstream archive``: run the Parquet archiver (or, with ``--info``, describe the archive).
+"""``agentstream archive``: run the Parquet archiver (``--info``: describe the archive;
+``--restore``: refill a fresh broker's log from it; ``--losses``: what a broker crash lost).
 
 The archiver itself is :mod:`streams.archive`; this module picks the broker and the archive
 directory from the settings, turns SIGTERM/SIGINT into a clean stop (open segments are
@@ -29,21 +30,46 @@ def archive(
         float, typer.Option("--max-segment-mb", min=0.001, help="roll a file after this many MB")
     ] = 64.0,
     max_segment_age: Annotated[
-        float,
-        typer.Option("--max-segment-age", min=0.1, help="roll a file after this many seconds"),
-    ] = 60.0,
+        float | None,
+        typer.Option(
+            "--max-segment-age",
+            min=0.1,
+            help="write what was read at least this often, in seconds (default: "
+            "AGENTSTREAM_ARCHIVE_FLUSH_S, 1): the most an embedded broker crash can lose",
+            show_default=False,
+        ),
+    ] = None,
     row_group_rows: Annotated[
         int, typer.Option("--row-group-rows", min=1, help="rows per Parquet row group")
     ] = 20_000,
     info: Annotated[
         bool, typer.Option("--info", help="describe what the archive holds and exit")
     ] = False,
+    restore: Annotated[
+        bool,
+        typer.Option(
+            "--restore",
+            help="refill a fresh (empty) broker's agent-events from the archive and exit "
+            "(`agentstream up` does this itself)",
+        ),
+    ] = False,
+    losses: Annotated[
+        bool,
+        typer.Option("--losses", help="list acknowledged records a broker crash lost, and exit"),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="with --restore/--losses: JSON")] = False,
 ) -> None:
     """Archive agent-events to hive-partitioned Parquet until stopped (SIGTERM / Ctrl-C)."""
     settings = settings_or_exit()
     root = (directory or settings.archive_location).resolve()
     if info:
         _info(root)
+        return
+    if losses:
+        _losses(root, as_json)
+        return
+    if restore:
+        _restore(settings, root, as_json)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
@@ -52,7 +78,7 @@ def archive(
             settings.bootstrap_servers,
             root,
             max_segment_bytes=int(max_segment_mb * (1 << 20)),
-            max_segment_age_s=max_segment_age,
+            max_segment_age_s=max_segment_age or settings.archive_flush_s,
             row_group_rows=row_group_rows,
             max_event_bytes=settings.max_event_bytes,
         )
@@ -111,6 +137,68 @@ def _info(root: Path) -> None:
     console.print(table)
     note = f"; {partial} files of an unfinished segment (rewritten on restart)" if partial else ""
     console.print(f"{len(segments)} segments{note}", highlight=False)
+
+
+def _restore(settings: Any, root: Path, as_json: bool) -> None:
+    import json
+
+    from aiokafka.errors import KafkaError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from agentstream.console import err_console
+    from streams.restore import RestoreError, restore_log
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    bar = Progress(
+        TextColumn("restore"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=as_json,
+    )
+    with bar:
+        task = bar.add_task("records", total=None)
+        try:
+            report = restore_log(
+                settings.bootstrap_servers,
+                root,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                partitions=settings.partitions,
+                replication_factor=settings.replication_factor,
+            )
+        except RestoreError as err:
+            fail(f"restore: {err}")
+        except (KafkaError, OSError, TimeoutError) as err:
+            fail(
+                f"restore: cannot reach the Kafka broker at {settings.bootstrap_servers} "
+                f"({type(err).__name__}) — start it with `agentstream up` or set "
+                "AGENTSTREAM_KAFKA_URL"
+            )
+    if as_json:
+        console.print_json(json.dumps(report.as_dict(), default=str))
+    else:
+        console.print(report.summary(), highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _losses(root: Path, as_json: bool) -> None:
+    import json
+
+    from streams.archive import read_loss_report
+
+    report = read_loss_report(root)
+    if as_json:
+        console.print_json(json.dumps(report.as_dict()))
+        return
+    if not report.incidents:
+        console.print(f"no loss recorded under {root}", highlight=False)
+        return
+    for inc in report.incidents:
+        console.print(inc.describe(), highlight=False, soft_wrap=True)
+    console.print(f"{report.records} acknowledged records lost in total", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
