@@ -384,14 +384,17 @@ def _is_read_root(kind: str) -> bool:
     return any(kind.startswith(r) for r in _READ_ROOTS)
 
 
-def _refused_function(name: str, table_functions: frozenset[str]) -> str | None:
-    """Why a function of this name may not appear anywhere, or None."""
+_FUNCTIONS_REFUSED_LOWER = frozenset(f.lower() for f in FUNCTIONS_REFUSED)
+
+
+def _refused_function(name: str, table_functions_lower: frozenset[str]) -> str | None:
+    """Why a function of this name may not appear anywhere, or None (names: any case)."""
     if name in TABLE_FUNCTIONS_ALLOWED:
         return None
     lowered = name.lower()
-    if name in table_functions or lowered in {t.lower() for t in table_functions}:
+    if lowered in table_functions_lower:
         return "it reads outside the analytics store"
-    if lowered in {f.lower() for f in FUNCTIONS_REFUSED}:
+    if lowered in _FUNCTIONS_REFUSED_LOWER:
         return "it reads or writes outside the analytics store"
     if lowered.startswith("dict"):
         return "a dictionary's source can be outside the analytics store"
@@ -435,7 +438,8 @@ def check_tree(roots: list[AstNode], table_functions: frozenset[str]) -> _Findin
     if len(roots) != 1:
         raise ReadOnlyError("one statement at a time")
     _check_statement(roots[0])
-    known = table_functions | TABLE_FUNCTIONS_KNOWN
+    known = frozenset(t.lower() for t in table_functions | TABLE_FUNCTIONS_KNOWN)
+    known -= {t.lower() for t in TABLE_FUNCTIONS_ALLOWED}
     found = _Findings()
     for node, parent in roots[0].walk():
         if node.kind == "Set":
