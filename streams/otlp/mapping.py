@@ -320,11 +320,24 @@ def _as_arguments(v: Any) -> dict[str, Any]:
     v = _loads(v)
     if v is None:
         return {}
-    if not _json_safe(v, 0):
+    if not (_plainly_safe(raw) or _json_safe(v, 0)):
         return {"input": raw if isinstance(raw, str) else _str(raw)}
     if isinstance(v, dict):
         return v
     return {"input": v}
+
+
+_LONG_NUMBER = re.compile(r"\d{19}")
+
+
+def _plainly_safe(raw: Any) -> bool:
+    """JSON text that cannot nest past 32 levels nor hold an integer past int64 (and JSON
+    has no NaN): the usual case, decided without walking the decoded value."""
+    return (
+        isinstance(raw, str)
+        and raw.count("{") + raw.count("[") <= 32
+        and _LONG_NUMBER.search(raw) is None
+    )
 
 
 def _json_safe(v: Any, depth: int) -> bool:
