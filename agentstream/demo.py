@@ -1,47 +1,46 @@
-"""``agentstream demo``: the whole pipeline on one machine, end to end, then a summary.
+"""``agentstream demo``: the whole pipeline on one machine, end to end, then what it shows.
 
 Steps (each one is a real part, nothing is mocked):
 
-1. the embedded stack comes up (broker + graph, :class:`agentstream.stack.Stack`);
-2. the stream processor runs as a child process (``agentstream worker``), unless the
-   stack already supervises one;
-3. the analytics projection runs in this process (it owns the chDB directory and serves
-   reads to ``agentstream query`` meanwhile), unless another process already owns the
-   store and serves it (then the demo only watches the counts arrive);
-4. the simulator publishes the workload; the demo waits until the processors and the
-   projection have caught up with everything published;
-5. the summary comes from the store: events by type, the agent leaderboard, violations by
-   category.
+1. the supervised stack comes up (:class:`agentstream.stack.Stack`): broker, graph,
+   archiver, the stream processor (``agentstream worker``) and the projections
+   (``agentstream project``: analytics, graph, memory), and the UI when installed;
+2. the simulator publishes the workload; the demo waits until the processor, the analytics
+   and graph projections and the archiver have caught up with everything published (their
+   consumer lag, from committed offsets against the fetch high watermarks);
+3. from the analytics store: events by type, the agent leaderboard, violations by category;
+4. one failed action of this run, explained: its causal chain from the graph (``why``), the
+   episodes memory recalls for its situation (memory embeds ~300 episodes/s, so it may
+   still be catching up: the demo says how many it holds instead of waiting for all), and
+   ``replay verify`` of that agent (the reducer re-run over the log reproduces every state
+   the processor published);
+5. the UI link of that run, when the UI part runs.
 
-Re-running reuses the data directory (the store keeps what earlier runs put there; each
-run draws a new seed unless ``--seed`` is given, so its events are new). A stack the demo
-started is stopped at the end (the embedded broker's log lives in memory, so the next run
-starts on a clean log); ``--keep-running`` leaves it up, and a stack that was already
-running is left alone. ``--reset`` stops the stack and deletes the data directory first.
+Re-running reuses the data directory (each run draws a new seed unless ``--seed`` is
+given). A stack the demo started is stopped at the end (``--keep-running`` leaves it up);
+a stack that was already running is used and left alone. ``--reset`` stops the stack and
+deletes the data directory first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentstream.processes import ManagedProcess, last_line
 from agentstream.settings import Settings
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-log = logging.getLogger(__name__)
-
-DEFAULT_EVENTS = 50_000
+DEFAULT_EVENTS = 10_000
+# the read models the demo shows; analytics is required, graph and memory are shown if run
+NEEDED = ("analytics", "graph", "memory")
 
 
 class DemoError(RuntimeError):
@@ -67,6 +66,26 @@ class Progress:
     produced: int = 0
     processed: int = 0
     projected: int = 0
+    graphed: int = 0
+
+
+@dataclass
+class Explanation:
+    """One failed action of the run, explained by every read model."""
+
+    event_id: str
+    agent_id: str
+    run_id: str | None
+    tool: str
+    summary: str
+    why: Any = None  # projections.graph.queries.WhyResult
+    why_note: str = ""
+    situation: str = ""
+    recalled: list[Any] = field(default_factory=list)  # RecalledEpisode
+    memory_note: str = ""
+    verify: Any = None  # agentstream.debug_replay.VerifyReport
+    verify_note: str = ""
+    ui_url: str | None = None
 
 
 @dataclass
@@ -81,9 +100,9 @@ class DemoResult:
     by_type: pa.Table | None = None
     leaderboard: pa.Table | None = None
     violations: pa.Table | None = None
-    projection_owner: str = "this process"
-    worker: str = "started by the demo"
+    explained: Explanation | None = None
     stack: str = "started by the demo, stopped again"
+    parts: str = ""
 
 
 def reset_data_dir(settings: Settings) -> None:
@@ -106,6 +125,19 @@ def _new_seed() -> int:
     return int(time.time() * 1000) % 1_000_000_007
 
 
+def demo_settings(settings: Settings) -> Settings:
+    """The stack the demo starts runs the processor and the projections it shows."""
+    names = list(dict.fromkeys([*settings.projections, *NEEDED]))
+    return settings.model_copy(
+        update={
+            "data_dir": settings.data_dir.expanduser().resolve(),
+            "worker_enabled": True,
+            "projections_enabled": True,
+            "projections": [n for n in names if n in NEEDED or n in settings.projections],
+        }
+    )
+
+
 async def run_demo(
     settings: Settings,
     config: DemoConfig,
@@ -113,11 +145,12 @@ async def run_demo(
     on_tick: Callable[[Progress], None] | None = None,
 ) -> DemoResult:
     """Run the demo; raises :class:`DemoError` with the fix when a part cannot work."""
+    from agentstream.processes import StackError
     from agentstream.stack import Stack
 
     progress = progress or Progress()
     tick = on_tick or (lambda _p: None)
-    settings = settings.model_copy(update={"data_dir": settings.data_dir.expanduser().resolve()})
+    settings = demo_settings(settings)
     data_dir = settings.data_dir
     state = "fresh"
     if config.reset and data_dir.exists():
@@ -131,24 +164,30 @@ async def run_demo(
     progress.phase = "starting the stack"
     tick(progress)
     t0 = time.monotonic()
-    from agentstream.processes import StackError
-
     stack = Stack(settings)
     try:
         ups = await asyncio.to_thread(stack.up)
     except StackError as err:
         raise DemoError(str(err)) from None
     timings["stack up"] = time.monotonic() - t0
-    started_here = all(u.action in ("started", "disabled", "external") for u in ups)
-
+    started_here = not any(u.action == "already running" for u in ups)
     result = DemoResult(data_dir, state, seed, 0, 0, 0, timings)
+    result.parts = ", ".join(u.part for u in ups if u.action in ("started", "already running"))
     try:
-        await _run_pipeline(settings, config, seed, result, progress, tick)
+        running = {u.part for u in ups if u.action in ("started", "already running")}
+        missing = [p for p in ("worker", "projections") if p not in running]
+        if missing:
+            raise DemoError(
+                f"the running stack has no {' and no '.join(missing)} — the demo needs them: run "
+                "`agentstream down`, then the demo starts a stack with them"
+            )
+        await _run_pipeline(settings, config, seed, result, progress, tick, "ui" in running)
     finally:
-        # The embedded broker keeps its log in memory only: a stack this demo started is
-        # stopped again, so the next run starts from a clean log (the analytics store,
-        # the graph and the archive on disk keep their data).
+        # The embedded broker keeps its log in memory (restored from the archive at the
+        # next start): a stack this demo started is stopped again.
         if started_here and not config.keep_running:
+            progress.phase = "stopping the stack"
+            tick(progress)
             await asyncio.to_thread(stack.down)
         else:
             result.stack = (
@@ -164,9 +203,22 @@ async def _run_pipeline(
     result: DemoResult,
     progress: Progress,
     tick: Callable[[Progress], None],
+    ui: bool,
 ) -> None:
+    from projections.analytics import AnalyticsError
+
     timings = result.seconds
-    async with _Pipeline(settings, result) as pipe:
+    warm = None
+    if "memory" in settings.projections:  # recall embeds the situation: load the model now
+        warm = asyncio.create_task(asyncio.to_thread(_load_embedder, settings))
+    try:
+        reader = await _wait_for_reader(settings, config.timeout_s)
+    except AnalyticsError as err:
+        raise DemoError(f"the analytics store does not answer: {err}") from None
+    try:
+        watch = _Watch(settings, reader)
+        await watch.start()
+        since = datetime.now(UTC)
         progress.phase = "simulating"
         progress.total = config.events
         tick(progress)
@@ -176,110 +228,82 @@ async def _run_pipeline(
 
         progress.phase = "processing"
         tick(progress)
-        await pipe.wait_caught_up(result.produced, progress, tick, config.timeout_s)
+        await watch.wait_caught_up(result.produced, progress, tick, config.timeout_s)
         timings["until caught up"] = time.monotonic() - t1
 
         progress.phase = "summarising"
         tick(progress)
-        await asyncio.to_thread(pipe.summarise, result)
+        await asyncio.to_thread(watch.summarise, result)
+        t2 = time.monotonic()
+        progress.phase = "explaining a failure"
+        tick(progress)
+        if warm is not None:
+            await warm
+        result.explained = await explain(settings, reader, since, ui)
+        timings["explain (why, recall, verify)"] = time.monotonic() - t2
+    finally:
+        reader.close()
 
 
-class _Pipeline:
-    """The worker child, the in-process projection (or a watcher of someone else's)."""
+def _load_embedder(settings: Settings) -> str | None:
+    """Load the embedding model in the background; recall reports a failure to load."""
+    from projections.memory.embedding import EmbeddingError, load_embedder
 
-    def __init__(self, settings: Settings, result: DemoResult) -> None:
-        self.settings = settings
-        self.result = result
-        self.worker: ManagedProcess | None = None
-        self.projection: Any = None
-        self.runner: Any = None
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._counter: Any = None  # a reader for counting what the store holds
-        self._before = 0
-        self._processed_at_start = 0
+    try:
+        load_embedder(
+            settings.embedding_model, settings.embedding_device, settings.embedding_threads
+        )
+    except EmbeddingError as err:
+        return str(err)
+    return None
 
-    async def __aenter__(self) -> _Pipeline:
+
+async def _wait_for_reader(settings: Settings, timeout_s: float) -> Any:
+    """The projections part owns the chDB store and serves reads once it has opened it."""
+    from projections.analytics import AnalyticsError, connect
+
+    deadline = time.monotonic() + timeout_s
+    while True:
         try:
-            await self._start_projection()
-            self._start_worker()
-            self._processed_at_start = await self._processed_total()
-        except BaseException:
-            await self.__aexit__()
-            raise
-        return self
+            reader = await asyncio.to_thread(connect, settings)
+            await asyncio.to_thread(reader.query, "SELECT count() AS n FROM events")
+            return reader
+        except AnalyticsError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
-    async def __aexit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._task, 60)
-        if self._counter is not None:
-            self._counter.close()
-        if self.projection is not None:
-            self.projection.close()
-        if self.worker is not None:
-            await asyncio.to_thread(self.worker.stop)
 
-    # --- the analytics projection --------------------------------------------------------
-    async def _start_projection(self) -> None:
-        from projections.analytics import AnalyticsError, AnalyticsProjection, connect
-        from projections.analytics.service import find_service
-        from projections.analytics.store import parse_url
-        from projections.runner import ProjectionRunner, RunnerConfig
+class _Watch:
+    """Counts what the processor and the read models have caught up with."""
 
-        settings = self.settings
-        location = parse_url(settings.analytics_url)
-        owner = None
-        if location.backend == "chdb":
-            owner = find_service(settings.data_dir / "run", location, "agentstream")
-        if owner is not None:  # someone else projects and serves: watch through them
-            self.result.projection_owner = f"process {owner.pid} (already running)"
-        else:
-            self.projection = AnalyticsProjection.from_settings(settings)
-            try:
-                await asyncio.to_thread(self.projection.setup)
-            except AnalyticsError as err:
-                raise DemoError(str(err)) from None
-            self.runner = ProjectionRunner(
-                self.projection,
-                settings.bootstrap_servers,
-                config=RunnerConfig(
-                    max_batch=20_000,
-                    max_wait_ms=250,
-                    session_timeout_ms=6000,
-                    fetch_max_wait_ms=100,
-                ),
-            )
-            self._task = asyncio.create_task(self.runner.run(self._stop))
-        self._counter = await asyncio.to_thread(connect, settings)
-        self._before = await asyncio.to_thread(self.events_in_store)
+    def __init__(self, settings: Settings, reader: Any) -> None:
+        from agentstream.stack import PROCESSOR_GROUP, PROJECTION_TOPICS
+        from schemas.topics import EVENTS
+
+        self.settings = settings
+        self.reader = reader
+        self.groups: dict[str, tuple[str, ...]] = {PROCESSOR_GROUP: (EVENTS,)}
+        for name in ("analytics", "graph"):
+            if name in settings.projections:
+                self.groups[f"agentstream-{name}"] = PROJECTION_TOPICS[name]
+        self._before = 0
+        self._processed_before = 0
 
     def events_in_store(self) -> int:
-        table = self._counter.query("SELECT count() AS n FROM events")
+        table = self.reader.query("SELECT count() AS n FROM events")
         return int(table.column("n")[0].as_py())
 
-    # --- the stream processor ------------------------------------------------------------
-    def _start_worker(self) -> None:
-        from agentstream.stack import Stack, settings_env
+    async def start(self) -> None:
+        self._before = await asyncio.to_thread(self.events_in_store)
+        self._processed_before = await self._processed()
 
-        running = {p.part for p in Stack(self.settings).status() if p.ok}
-        if "worker" in running:
-            self.result.worker = "the stack's worker"
-            return
-        log_path = self.settings.data_dir / "logs" / "demo-worker.log"
-        self.worker = ManagedProcess(
-            "worker", [sys.executable, "-m", "agentstream.cli", "worker"], log_path
-        )
-        self.worker.start(env=settings_env(self.settings))
-
-    async def _processed_total(self) -> int:
+    async def _processed(self) -> int:
         from streams.processor import processor_progress
 
         p = await processor_progress(self.settings.bootstrap_servers)
         return sum(p.committed.values())
 
-    # --- waiting -----------------------------------------------------------------------------
     async def wait_caught_up(
         self,
         produced: int,
@@ -287,69 +311,39 @@ class _Pipeline:
         tick: Callable[[Progress], None],
         timeout_s: float,
     ) -> None:
-        from streams.processor import processor_progress
+        from agentstream.stack import consumer_lag
 
         deadline = time.monotonic() + timeout_s
         bootstrap = self.settings.bootstrap_servers
         settled = 0
         while True:
-            self._check_alive()
-            p = await processor_progress(bootstrap)
-            progress.processed = min(produced, sum(p.committed.values()) - self._processed_at_start)
+            processed = await self._processed() - self._processed_before
+            progress.processed = min(produced, processed)
             in_store = await asyncio.to_thread(self.events_in_store)
             progress.projected = min(produced, in_store - self._before)
+            lags = await consumer_lag(bootstrap, self.groups)
+            graph_lag = lags.get("agentstream-graph")
+            if graph_lag is not None:
+                progress.graphed = max(0, produced - graph_lag) if processed >= produced else 0
             tick(progress)
-            processors_done = p.caught_up and progress.processed >= produced
-            if processors_done:
-                progress.phase = "projecting"
-            if processors_done and self._projection_done(in_store, produced, p.highwater):
-                settled += 1  # twice in a row: the runner has fetched the newest outputs
+            done = progress.processed >= produced and progress.projected >= produced
+            if done and not any(lags.values()):
+                settled += 1  # twice in a row: nothing in flight between the reads
                 if settled >= 2:
                     return
             else:
                 settled = 0
             if time.monotonic() > deadline:
-                lagging = "the stream processor" if not processors_done else "the projection"
-                where = (
-                    f"see {self.worker.log_path}"
-                    if not processors_done and self.worker
-                    else "see the log above"
-                )
+                behind = ", ".join(f"{g} {n:,}" for g, n in lags.items() if n) or "none"
                 raise DemoError(
-                    f"{lagging} did not catch up within {timeout_s:.0f}s — {where}, or give "
-                    "more time with --timeout"
+                    f"the pipeline did not catch up within {timeout_s:.0f}s (records behind: "
+                    f"{behind}) — see `agentstream status` and DATA_DIR/logs, or give more "
+                    "time with --timeout"
                 )
             await asyncio.sleep(0.5)
 
-    def _projection_done(self, in_store: int, produced: int, events_hw: dict[int, int]) -> bool:
-        if self.runner is not None:
-            if self._task is not None and self._task.done():
-                err = self._task.exception()
-                raise DemoError(f"the analytics projection stopped: {err!r} — see the log above")
-            from aiokafka import TopicPartition
-
-            from schemas.topics import EVENTS
-
-            committed = self.runner.stats.committed
-            events_done = all(
-                committed.get(TopicPartition(EVENTS, part), 0) >= hw
-                for part, hw in events_hw.items()
-            )
-            return events_done and self.runner.caught_up()
-        # someone else's projection: done when every new event is visible
-        return in_store - self._before >= produced
-
-    def _check_alive(self) -> None:
-        w = self.worker
-        if w is not None and w.proc is not None and w.proc.poll() is not None:
-            raise DemoError(
-                f"the stream processor exited with code {w.proc.returncode} — see "
-                f"{w.log_path}: {last_line(w.log_path)}"
-            )
-
-    # --- the summary ---------------------------------------------------------------------------
     def summarise(self, result: DemoResult) -> None:
-        db = self._counter
+        db = self.reader
         result.events_in_store = self.events_in_store()
         result.new_in_store = result.events_in_store - self._before
         result.by_type = db.query(
@@ -357,6 +351,117 @@ class _Pipeline:
         )
         result.leaderboard = db.named("agent_leaderboard", {"limit": 10})
         result.violations = db.named("violations_by_category")
+
+
+# --- one failure, explained by every read model ------------------------------------------------
+FAILURES_SQL = """
+SELECT toString(event_id) AS id, agent_id, run_id, ifNull(tool, '') AS tool, summary
+FROM events
+WHERE kind = 'agent.act.completed' AND status = 'error'
+  AND ingested_at >= toDateTime64({since:String}, 3, 'UTC')
+ORDER BY time DESC
+LIMIT 50
+"""
+EPISODE_SQL = """
+SELECT situation, ifNull(lesson, '') AS lesson
+FROM episodes FINAL
+WHERE has(event_ids, toUUID({id:String}))
+LIMIT 1
+"""
+
+
+async def explain(settings: Settings, reader: Any, since: datetime, ui: bool) -> Explanation | None:
+    """Pick a failed action of this run that has an episode, and explain it."""
+    when = since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    failures = reader.query(FAILURES_SQL, {"since": when}).to_pylist()
+    chosen: dict[str, Any] | None = None
+    situation = ""
+    for row in failures:
+        episode = reader.query(EPISODE_SQL, {"id": row["id"]}).to_pylist()
+        if episode:
+            chosen, situation = row, episode[0]["situation"]
+            break
+    if chosen is None and failures:
+        chosen = failures[0]
+    if chosen is None:
+        return None
+    out = Explanation(chosen["id"], chosen["agent_id"], chosen["run_id"], chosen["tool"], "")
+    out.summary = chosen["summary"]
+    out.situation = situation
+    await asyncio.gather(
+        asyncio.to_thread(_why, settings, out),
+        asyncio.to_thread(_recall, settings, reader, out),
+        _verify(settings, out),
+    )
+    if ui and out.run_id:
+        out.ui_url = f"http://{settings.ui_host}:{settings.ui_port}/runs/{out.run_id}"
+    return out
+
+
+def _why(settings: Settings, out: Explanation) -> None:
+    if "graph" not in settings.projections:
+        out.why_note = "the graph projection is not running (AGENTSTREAM_PROJECTIONS)"
+        return
+    from projections.graph import queries
+    from projections.graph.store import open_store
+
+    store = open_store(
+        settings.graph_url,
+        settings.graph_name,
+        user=settings.neo4j_user,
+        password=settings.neo4j_password,
+    )
+    try:
+        out.why = queries.why(store, out.event_id, 50)
+    except Exception as err:  # shown, not raised: the other read models still explain
+        out.why_note = f"why failed: {err}"
+    finally:
+        store.close()
+
+
+def _recall(settings: Settings, reader: Any, out: Explanation) -> None:
+    if "memory" not in settings.projections:
+        out.memory_note = "the memory projection is not running (AGENTSTREAM_PROJECTIONS)"
+        return
+    if not out.situation:
+        out.memory_note = "this failure has no episode yet"
+        return
+    from projections.memory.embedding import EmbeddingError
+    from projections.memory.recall import default_store, recall
+    from projections.memory.store import MemoryStoreError
+
+    total = int(reader.query("SELECT count() AS n FROM episodes FINAL").column("n")[0].as_py())
+    try:
+        store = default_store(settings)
+        held = store.count()
+        out.recalled = recall(out.situation, k=5, store=store)
+    except (MemoryStoreError, EmbeddingError) as err:
+        out.memory_note = f"memory is not ready yet: {err}"
+        return
+    if held < total:
+        out.memory_note = (
+            f"memory holds {held:,} of {total:,} episodes so far (embedding ~300/s is still "
+            "catching up; recall searches what it holds)"
+        )
+    else:
+        out.memory_note = f"memory holds all {held:,} episodes"
+
+
+async def _verify(settings: Settings, out: Explanation) -> None:
+    """``replay verify`` for the failed action's agent: re-fold its history from the log
+    and compare with every state the processor published for it."""
+    from agentstream.commands.replay import _recorded_states
+    from agentstream.debug_replay import read_history, verify
+
+    bootstrap = settings.bootstrap_servers
+    try:
+        history = await read_history(bootstrap, "kafka", None, agents={out.agent_id})
+        recorded = await _recorded_states(bootstrap)
+    except Exception as err:  # shown, not raised: the other read models still explain
+        out.verify_note = f"replay verify could not read the log: {err}"
+        return
+    mine = {out.agent_id: recorded.get(out.agent_id, [])}
+    out.verify = await asyncio.to_thread(verify, history, mine)
 
 
 async def _produce(

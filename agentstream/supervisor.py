@@ -129,6 +129,7 @@ class Part:
     log_offset: int = 0
     running_since: float | None = None
     held: bool = False  # stopped on purpose (its dependency restarts): not a crash
+    spawned_at: float = 0.0
 
     @classmethod
     def from_plan(cls, entry: dict[str, Any]) -> Part:
@@ -297,7 +298,11 @@ class Supervisor:
 
     # --- starting -----------------------------------------------------------------------
     def _deps_ready(self, part: Part) -> bool:
-        return all(self.parts[d].state == "running" for d in part.depends_on if d in self.parts)
+        return all(
+            self.parts[d].state in ("running", "not installed")
+            for d in part.depends_on
+            if d in self.parts
+        )
 
     def _report(self, part: Part) -> Report:
         def report(text: str, done: float | None, total: float | None) -> None:
@@ -310,6 +315,11 @@ class Supervisor:
 
     def _start(self, part: Part) -> None:
         """Start one part and wait until it is ready; raise StackError if it is not."""
+        self._spawn(part)
+        self._ready(part)
+
+    def _spawn(self, part: Part) -> None:
+        """Start the process (not yet ready: see :meth:`_ready`)."""
         svc = part.svc
         if svc is not None and svc.prepare is not None:
             svc.prepare(self.settings)
@@ -337,7 +347,14 @@ class Supervisor:
             start_ticks=start_ticks(pid) or 0,
             log=str(log_path),
         )
+        part.spawned_at = time.monotonic()
         self._dirty = True
+
+    def _ready(self, part: Part) -> None:
+        """Wait until a spawned part is ready, run its hooks; stop it if it fails."""
+        svc, proc = part.svc, part.proc
+        assert proc is not None and part.record is not None
+        pid = part.record.pid
         try:
             self._wait_started(part, proc)
             detail = ""
@@ -371,7 +388,7 @@ class Supervisor:
 
     def _wait_started(self, part: Part, proc: ManagedProcess) -> None:
         if part.host is not None and part.port is not None:
-            end = time.monotonic() + self.deadline_s
+            end = part.spawned_at + self.deadline_s
             while not port_open(part.host, part.port):
                 self._check_alive(part, proc, "while starting")
                 if time.monotonic() > end:
@@ -383,7 +400,7 @@ class Supervisor:
                 self._pump()
                 time.sleep(0.02)
             return
-        end = time.monotonic() + part.settle_s
+        end = part.spawned_at + part.settle_s
         while time.monotonic() < end:
             self._check_alive(part, proc, "while starting")
             self._pump()
@@ -438,21 +455,31 @@ class Supervisor:
         assert self.round is not None
         started: list[str] = []
         try:
+            todo: list[str] = []
             for name in self.order:
                 part = self.parts[name]
                 if part.not_installed:
                     self._set(part, "not installed", f"{part.not_installed}: skipped")
-                    continue
-                if part.record is not None and part.alive():
-                    continue
-                waiting = [d for d in part.depends_on if self.parts[d].state != "running"]
-                if waiting:
+                elif part.record is None or not part.alive():
+                    todo.append(name)
+            # in waves: every part whose dependencies run starts at once, then each is
+            # waited for (so their start-up times overlap); hooks keep the order that matters
+            while todo:
+                wave = [n for n in todo if self._deps_ready(self.parts[n])]
+                if not wave:
+                    name = todo[0]
+                    deps = self.parts[name].depends_on
+                    waiting = [d for d in deps if self.parts[d].state != "running"]
                     raise StackError(
                         name, f"cannot start: {', '.join(waiting)} not running", "see their logs"
                     )
-                self._start(part)
-                started.append(name)
-                self.round["started"] = started
+                for name in wave:
+                    self._spawn(self.parts[name])
+                    started.append(name)
+                for name in wave:
+                    self._ready(self.parts[name])
+                todo = [n for n in todo if n not in wave]
+                self.round["started"] = list(started)
             self.round["result"] = "ok"
         except Stopping:
             raise

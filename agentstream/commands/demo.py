@@ -13,12 +13,13 @@ from typing import Annotated, Any
 import typer
 
 from agentstream.console import console, err_console, fail
+from agentstream.demo import DEFAULT_EVENTS
 
 
 def demo(
     events: Annotated[
         int, typer.Option("--events", "-n", min=1, help="events to simulate")
-    ] = 50_000,
+    ] = DEFAULT_EVENTS,
     agents: Annotated[int, typer.Option("--agents", min=1, help="simulated agents")] = 12,
     seed: Annotated[
         int | None,
@@ -36,13 +37,15 @@ def demo(
         typer.Option("--keep-running", help="leave the stack the demo started running"),
     ] = False,
 ) -> None:
-    """Run the whole pipeline on simulated agents and summarise what the analytics hold."""
+    """Run the whole pipeline on simulated agents, then show what each read model holds and
+    explain one failed action (why, recall, replay verify)."""
     from pydantic import ValidationError
 
     from agentstream.demo import DemoConfig, DemoError
     from agentstream.settings import load_settings
 
-    for noisy in ("aiokafka", "faust", "mode", "projections.runner", "clickhouse_connect"):
+    noisy_loggers = ("aiokafka", "faust", "mode", "projections", "clickhouse_connect", "chromadb")
+    for noisy in (*noisy_loggers, "sentence_transformers", "streams"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         settings = load_settings()
@@ -63,6 +66,7 @@ def demo(
     except DemoError as err:
         fail(str(err))
     _summary(result)
+    _explained(result)
 
 
 async def _run_with_display(settings: Any, config: Any) -> Any:
@@ -84,6 +88,7 @@ async def _run_with_display(settings: Any, config: Any) -> Any:
         "produced": bar.add_task("simulate + publish", total=config.events),
         "processed": bar.add_task("stream processor", total=config.events),
         "projected": bar.add_task("analytics projection", total=config.events),
+        "graphed": bar.add_task("graph projection", total=config.events),
     }
     status = bar.add_task("starting", total=None)
 
@@ -123,8 +128,7 @@ def _summary(result: Any) -> None:
     )
     console.print(
         f"analytics store: {result.events_in_store} events ({result.new_in_store} new from this "
-        f"run); projection in {result.projection_owner}; processor: {result.worker}; "
-        f"stack: {result.stack}; {secs}",
+        f"run); stack ({result.parts}): {result.stack}; {secs}",
         highlight=False,
         soft_wrap=True,
     )
@@ -146,6 +150,77 @@ def _summary(result: Any) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _explained(result: Any) -> None:
+    """The failed action: its causal chain, what memory recalls for it, replay verify."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    ex = result.explained
+    if ex is None:
+        console.print("\nno failed action in this run to explain", highlight=False)
+        return
+    console.print(
+        f"\n[bold]one failed action, explained[/]: {escape(ex.tool)} by {escape(ex.agent_id)} "
+        f"in run {escape(ex.run_id or '-')} — event {ex.event_id}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if ex.summary:
+        console.print(f"  {escape(ex.summary[:200])}", highlight=False, soft_wrap=True)
+    console.print(
+        f"\n[bold]why[/] (the causal chain from the graph; `agentstream why {ex.event_id}`):"
+    )
+    if ex.why is not None:
+        from agentstream.commands.graph import why_tree
+
+        console.print(why_tree(ex.why))
+        roots = ex.why.roots()
+        console.print(
+            f"{len(ex.why.ancestors())} causes, {len(roots)} root cause(s)", highlight=False
+        )
+    else:
+        console.print(f"  {escape(ex.why_note)}", highlight=False)
+    console.print("\n[bold]recall[/] (episodes memory finds for this situation):")
+    if ex.situation:
+        console.print(f"  situation: {escape(ex.situation[:200])}", highlight=False)
+    if ex.recalled:
+        table = Table(show_header=True, box=None, padding=(0, 2))
+        for col in ("dist", "outcome", "tool / agent", "situation and lesson"):
+            table.add_column(col, overflow="fold")
+        for e in ex.recalled:
+            text = escape(e.situation[:160])
+            if e.lesson:
+                text += f"\n[green]lesson:[/] {escape(e.lesson[:160])}"
+            colour = "green" if e.outcome == "success" else "red"
+            table.add_row(
+                f"{e.distance:.3f}",
+                f"[{colour}]{e.outcome}[/]",
+                f"{escape(e.tool)} / {escape(e.agent_id)}",
+                text,
+            )
+        console.print(table)
+    console.print(f"  {escape(ex.memory_note)}", highlight=False)
+    console.print(f"\n[bold]replay verify[/] (agent {escape(ex.agent_id)}, from the log):")
+    v = ex.verify
+    if v is None:
+        console.print(f"  {escape(ex.verify_note)}", highlight=False)
+    elif v.ok:
+        console.print(
+            f"  [green]passed[/]: {v.events} events re-folded, {v.snapshots} recorded states "
+            "equal to the reducer's",
+            highlight=False,
+        )
+    else:
+        agents = ", ".join(escape(a) for a in v.divergences)
+        console.print(
+            f"  [bold red]FAILED[/]: {len(v.divergences)} agent(s) diverge ({agents}) — "
+            "`agentstream replay verify` shows where",
+            highlight=False,
+        )
+    if ex.ui_url:
+        console.print(f"\n[bold]open this run in the UI:[/] {ex.ui_url}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
