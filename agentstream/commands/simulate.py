@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -42,6 +44,18 @@ def simulate(
         typer.Option("--start", help="simulated start time, ISO 8601 with a zone"),
     ] = "2026-01-01T00:00:00+00:00",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar")] = True,
+    verify: Annotated[
+        bool | None,
+        typer.Option(
+            "--verify/--no-verify",
+            help="wait until the archive holds every acknowledged event; exit 1 if the log "
+            "lost some (default: on with the embedded, in-memory broker)",
+            show_default=False,
+        ),
+    ] = None,
+    verify_timeout: Annotated[
+        float, typer.Option("--verify-timeout", min=1, help="seconds to wait for the archive")
+    ] = 60.0,
 ) -> None:
     """Publish a deterministic, realistic multi-agent workload to the agent-events topic."""
     from pydantic import ValidationError
@@ -69,7 +83,14 @@ def simulate(
     config = SimulationConfig(
         agents=agents, runs=runs, seed=seed, max_events=events, start=start_at
     )
-    produced, seconds = asyncio.run(_publish(settings, config, rate, progress))
+    if verify is None:
+        verify = settings.kafka_embedded
+    ids: list[str] | None = [] if verify else None
+    started_unix = time.time()
+    epoch = asyncio.run(_epoch(settings.bootstrap_servers)) if verify else None
+    produced, seconds = asyncio.run(_publish(settings, config, rate, progress, ids))
+    if ids is not None:
+        _verify(settings, set(ids), started_unix, epoch, verify_timeout)
     per_s = produced / seconds if seconds > 0 else 0.0
     console.print(
         f"produced {produced} events ({per_s:,.0f} events/s; agents {agents}, "
@@ -80,8 +101,69 @@ def simulate(
     )
 
 
+async def _epoch(bootstrap: str) -> str | None:
+    from aiokafka.errors import KafkaError
+
+    from streams.log_identity import fetch_marker
+
+    try:
+        marker = await asyncio.wait_for(fetch_marker(bootstrap), 10)
+    except (KafkaError, OSError, TimeoutError):
+        return None  # the publish step below reports an unreachable broker
+    return marker.epoch if marker else None
+
+
+def _verify(
+    settings: Any, ids: set[str], since_unix: float, epoch: str | None, timeout_s: float
+) -> None:
+    """The embedded broker acknowledges from memory: confirm the events reached the archive."""
+    from streams.delivery_check import archiver_pid, wait_archived
+
+    if archiver_pid(settings.archive_location) is None:
+        err_console.print(
+            f"warning: not verified: no archiver is writing {settings.archive_location}, so "
+            "these events are only in the broker's memory — start it (`agentstream up`)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    with err_console.status(f"waiting until the archive holds all {len(ids):,} events"):
+        check = asyncio.run(
+            wait_archived(
+                settings.bootstrap_servers,
+                settings.archive_location,
+                ids,
+                since_unix=since_unix,
+                epoch=epoch,
+                timeout_s=timeout_s,
+                flush_grace_s=2 * settings.archive_flush_s + 1,
+            )
+        )
+    if check.lost:
+        sample = ", ".join(sorted(check.missing)[:5])
+        fail(
+            f"LOST: {check.lost:,} of {check.acknowledged:,} acknowledged events are in neither "
+            f"the log nor the archive ({check.detail}); e.g. {sample} — publish them again; "
+            f"`agentstream archive --losses` shows what the archiver saw lost"
+        )
+    if check.missing:
+        err_console.print(
+            f"warning: {len(check.missing):,} acknowledged events are in the log but not yet in "
+            f"the archive at {settings.archive_location} ({check.detail}) — is the archiver "
+            "running? (`agentstream status`)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    console.print(
+        f"verified: all {check.acknowledged:,} events are in the archive "
+        f"({check.seconds:.1f}s after the last acknowledgement)",
+        highlight=False,
+    )
+
+
 async def _publish(
-    settings: Any, config: Any, rate: float | None, progress: bool
+    settings: Any, config: Any, rate: float | None, progress: bool, ids: list[str] | None = None
 ) -> tuple[int, float]:
     from aiokafka.errors import KafkaError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -119,7 +201,7 @@ async def _publish(
             await producer.start()
             try:
                 result = await publish(
-                    generate(config),
+                    generate(config) if ids is None else _noting_ids(generate(config), ids),
                     producer,
                     rate=rate,
                     on_progress=lambda n: bar.update(task, completed=n),
@@ -132,6 +214,13 @@ async def _publish(
             " — check the broker (`agentstream status`)"
         )
     return result.events, result.seconds
+
+
+def _noting_ids(events: Iterator[Any], ids: list[str]) -> Iterator[Any]:
+    """Yield ``events``, noting each id once the producer has accepted it."""
+    for event in events:
+        yield event
+        ids.append(event.id)  # runs when the next event is asked for: this one was sent
 
 
 def register(app: typer.Typer) -> None:
