@@ -137,6 +137,7 @@ class Stack:
             data_dir=root / "data",
             kafka_url=f"kafka://{HOST}:{kport}",
             graph_url=f"falkordb://{HOST}:{gport}",
+            metrics_port_base=0,  # free ports for the parts' metrics, never the defaults
         )
         self.kport, self.gport = kport, gport
         self.procs: list[ManagedProcess] = []

@@ -148,6 +148,7 @@ def build(root: Path, timeout_s: float = 180.0) -> UIStack:
         graph_url=f"falkordb://{HOST}:{gport}",
         projections=["analytics", "graph"],
         ui_token=None,
+        metrics_port_base=0,  # free ports for the parts' metrics, never the defaults
     )
     stack = UIStack(root, settings, simulated() + hostile_run())
     try:
