@@ -450,3 +450,45 @@ def test_quick_store_matches_the_settings(tmp_path, monkeypatch, where):
         monkeypatch.setenv("AGENTSTREAM_CLICKHOUSE_URL", "chdb://store/../ch")
     s = load_settings()
     assert quick_store() == (s.data_dir.resolve() / "run", str(parse_url(s.analytics_url).path))
+
+
+def test_a_server_of_its_own_clients_can_cancel_a_read(owner):
+    """The web UI's route: read(..., client_gone=...) through the owner's service, and on a
+    store opened in process: the statement is killed when its client goes away."""
+    data_dir, url, _, _ = owner
+    with connect(url=url, run_dir=data_dir / "run") as db:
+        assert "process" in db.via
+        _cancel_while_running(db, data_dir, url, "2e11 + 1")
+
+
+def test_a_read_on_a_store_opened_in_process_can_be_cancelled(store):
+    data_dir, url, _ = store
+    with connect(url=url, run_dir=data_dir / "run") as db:
+        assert isinstance(db, DirectReader)
+        _cancel_while_running(db, data_dir, url, "2e11 + 2")
+
+
+def _cancel_while_running(db, data_dir: Path, url: str, marker: str) -> None:
+    gone = threading.Event()
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            db.read(f"SELECT sum(number) FROM numbers({marker})", client_gone=gone.is_set)
+        except BaseException as err:  # handed to the test thread
+            outcome.append(err)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while _running(data_dir, url, marker) == 0:
+        assert worker.is_alive() and time.monotonic() < deadline, outcome
+        time.sleep(0.05)
+    gone.set()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "the read did not return after its client went away"
+    assert isinstance(outcome[0], QueryError) and outcome[0].kind == "cancelled", outcome
+    deadline = time.monotonic() + 20
+    while _running(data_dir, url, marker):
+        assert time.monotonic() < deadline, "the statement kept running"
+        time.sleep(0.05)

@@ -22,7 +22,7 @@ import os
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,14 +84,26 @@ class AnalyticsReader(ABC):
             ) from None
         return self.query(q.sql, q.bind(params))
 
-    def read(self, sql: str, params: Mapping[str, Any] | None = None) -> ReadResult:
-        """Like :meth:`query`, with the engine's figures (``result.stats``)."""
-        result = self._read(sql, dict(params or {}))
+    def read(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        client_gone: Callable[[], bool] | None = None,
+    ) -> ReadResult:
+        """Like :meth:`query`, with the engine's figures (``result.stats``).
+
+        ``client_gone``: for a server that runs statements for its own clients (the web
+        UI); polled while the statement runs, and when it returns True the statement is
+        killed and this raises ``QueryError(kind="cancelled")``.
+        """
+        result = self._read(sql, dict(params or {}), client_gone)
         self.last_stats = result.stats
         return result
 
     @abstractmethod
-    def _read(self, sql: str, params: dict[str, Any]) -> ReadResult:
+    def _read(
+        self, sql: str, params: dict[str, Any], client_gone: Callable[[], bool] | None
+    ) -> ReadResult:
         """Check and run one statement on this reader's route."""
 
     def close(self) -> None:  # noqa: B027 (optional: readers without a connection keep it)
@@ -347,9 +359,13 @@ class DirectReader(AnalyticsReader):
         self.engine = open_engine(location, self.database, self.limits)
         self._model = model_lock(location, self.database)
 
-    def _read(self, sql: str, params: dict[str, Any]) -> ReadResult:
+    def _read(
+        self, sql: str, params: dict[str, Any], client_gone: Callable[[], bool] | None
+    ) -> ReadResult:
         with self._model.shared():
-            return run_readonly(self.engine, sql, params, limits=self.limits)
+            return run_readonly(
+                self.engine, sql, params, limits=self.limits, client_gone=client_gone
+            )
 
     def close(self) -> None:
         self.engine.close()
@@ -365,13 +381,15 @@ class ServiceReader(AnalyticsReader):
         self.timeout_s = max(timeout_s, info.max_execution_s + 30)
         self.via = f"{info.url} (process {info.pid}, which holds {info.store})"
 
-    def _read(self, sql: str, params: dict[str, Any]) -> ReadResult:
+    def _read(
+        self, sql: str, params: dict[str, Any], client_gone: Callable[[], bool] | None
+    ) -> ReadResult:
         import json
 
         from projections.analytics.service import STATS_HEADER, request
 
         body = json.dumps({"sql": sql, "params": params}, default=str).encode()
-        _, headers, data = request(self.info, body, self.timeout_s)
+        _, headers, data = request(self.info, body, self.timeout_s, client_gone)
         stats = json.loads(headers.get(STATS_HEADER.lower(), "{}"))
         return ReadResult(data, QueryStats(**stats))
 

@@ -32,6 +32,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,13 +96,26 @@ def recorded_service(run_dir: Path, store: str, database: str) -> ServiceInfo | 
     return info if pid_alive(info.pid) else None
 
 
+class Abandoned(OSError):
+    """The caller's own client went away, so the request was dropped (and its statement
+    killed by the endpoint, which sees the connection close)."""
+
+
 def post(
-    info: ServiceInfo, path: str, body: bytes | None, timeout: float, method: str = "POST"
+    info: ServiceInfo,
+    path: str,
+    body: bytes | None,
+    timeout: float,
+    method: str = "POST",
+    client_gone: Callable[[], bool] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """One request to the endpoint: (status, headers, body); raises OSError if unreachable.
 
     Plain HTTP/1.1 over a socket (``Connection: close``): the endpoint is ours and always
     sends ``Content-Length``; ``http.client`` would cost the CLI ~13 ms of imports.
+    ``client_gone`` (polled every 0.1 s while waiting): when it returns True the connection
+    is closed, which makes the endpoint kill the statement, and this raises
+    :class:`Abandoned`.
     """
     import socket
 
@@ -117,10 +131,30 @@ def post(
     request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
     address = (parts.hostname or "127.0.0.1", parts.port or 80)
     chunks: list[bytes] = []
+    done, dropped = threading.Event(), threading.Event()
     with socket.create_connection(address, timeout=timeout) as sock:
-        sock.sendall(request)
-        while chunk := sock.recv(1 << 16):
-            chunks.append(chunk)
+        if client_gone is not None:
+
+            def watch() -> None:
+                while not done.wait(0.1):
+                    if client_gone():
+                        dropped.set()
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(socket.SHUT_RDWR)
+                        return
+
+            threading.Thread(target=watch, name="read-client-watch", daemon=True).start()
+        try:
+            sock.sendall(request)
+            while chunk := sock.recv(1 << 16):
+                chunks.append(chunk)
+        except OSError:
+            if not dropped.is_set():
+                raise
+        finally:
+            done.set()
+    if dropped.is_set():
+        raise Abandoned(f"the request to {info.url} was dropped: its client went away")
     raw = b"".join(chunks)
     end = raw.find(b"\r\n\r\n")
     if end < 0:
@@ -413,13 +447,20 @@ def _make_handler(service: QueryService) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def request(info: ServiceInfo, body: bytes, timeout_s: float) -> tuple[int, dict[str, str], bytes]:
+def request(
+    info: ServiceInfo,
+    body: bytes,
+    timeout_s: float,
+    client_gone: Callable[[], bool] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     """POST /query; a refusal or failure raises the read path's own exception."""
     from projections.analytics.readonly import QueryError, ReadOnlyError
     from projections.analytics.store import AnalyticsError
 
     try:
-        status, headers, data = post(info, "/query", body, timeout_s)
+        status, headers, data = post(info, "/query", body, timeout_s, client_gone=client_gone)
+    except Abandoned as err:
+        raise QueryError(str(err), "cancelled") from None
     except OSError as err:
         raise AnalyticsError(
             f"the analytics query endpoint {info.url} (process {info.pid}) did not answer: {err}",
