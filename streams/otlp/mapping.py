@@ -269,7 +269,15 @@ def _any(v: Any) -> Any:
 
 
 def attributes(kvs: Iterable[Any]) -> dict[str, Any]:
-    return {kv.key: _any(kv.value) for kv in kvs}
+    """Span or resource attributes as a dict (strings, the common case, inline)."""
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        v = kv.value
+        if v.WhichOneof("value") == "string_value":
+            out[kv.key] = v.string_value
+        else:
+            out[kv.key] = _any(v)
+    return out
 
 
 def _str(v: Any) -> str | None:
