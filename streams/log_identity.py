@@ -122,6 +122,17 @@ class LogChange:
         return f"the log was replaced ({self.reason}: {self.detail})"
 
 
+class LogReplaced(RuntimeError):
+    """Raised by readers of a bounded range when the log changed under them mid-read."""
+
+    def __init__(self, change: LogChange) -> None:
+        super().__init__(
+            f"{change}: the records read so far came from a log that no longer exists — "
+            "read again (from the archive: --source archive)"
+        )
+        self.change = change
+
+
 def detect_change(
     known: str | None,
     current: str | None,

@@ -50,6 +50,7 @@ from streams.archive import (
     complete_segments,
     fetch_high_watermarks,
 )
+from streams.log_identity import LogChange, LogReplaced, LogWatch
 from streams.producer import partition_for_key
 
 _default_codec = EventCodec()
@@ -311,10 +312,15 @@ class KafkaLogSource:
             max_partition_fetch_bytes=4 << 20,
         )
         await consumer.start()
+        # a debug read must not mix two incarnations of the embedded log: the log's
+        # identity is checked while reading (streams/log_identity.py)
+        self._watch = LogWatch(self.bootstrap, "log-reader")
+        await self._watch.start()
         try:
             async for batch in self._read(consumer):
                 yield batch
         finally:
+            await self._watch.stop()
             await consumer.stop()
 
     async def _read(self, consumer: AIOKafkaConsumer) -> AsyncIterator[LogBatch]:
@@ -340,10 +346,28 @@ class KafkaLogSource:
         for p in active:
             consumer.seek(tps[p], start[p])
         last_progress = time.monotonic()
+        expect = dict(start)  # partition -> next offset this read expects
         while active:
             got = await consumer.getmany(
                 *[tps[p] for p in sorted(active)], timeout_ms=500, max_records=self.max_records
             )
+            change = await self._watch.check(
+                {p: expect[p] for p in active},
+                {p: consumer.highwater(tps[p]) for p in active},
+                force=not got,
+            )
+            rewound = sorted(
+                tp.partition
+                for tp, recs in got.items()
+                if recs and recs[0].offset < expect[tp.partition]
+            )
+            if change is None and rewound:
+                change = LogChange("rewind", f"partitions {rewound} started over", None, None)
+            if change is not None:
+                raise LogReplaced(change)
+            for tp, recs in got.items():
+                if recs:
+                    expect[tp.partition] = recs[-1].offset + 1
             if not got:
                 if time.monotonic() - last_progress > self.idle_timeout_s:
                     lagging = {p: (consumer.highwater(tps[p]), end[p]) for p in sorted(active)}

@@ -437,3 +437,41 @@ async def test_archiver_stops_within_10s_on_sigterm_with_the_broker_gone_and_kee
     assert code == 0, log_path.read_text()[-2000:]
     assert took < 10, f"took {took:.1f}s to stop"
     assert Counter(_archived_ids(archive)) == Counter(e.id for e in events)
+
+
+async def test_a_range_read_across_a_broker_restart_says_the_log_was_replaced(
+    kafka: Broker, tmp_path: Path
+):
+    """Old code: the reader kept waiting on the new log and either timed out or handed out
+    the new log's records as if they continued the old one."""
+    from streams.log_identity import LogReplaced
+    from streams.log_reader import KafkaLogSource
+
+    archive = tmp_path / "archive"
+    await restore_log_async(kafka.bootstrap, archive, partitions=TEST_PARTITIONS)
+    events = sim(runs=4, seed=91)
+    await publish(kafka.bootstrap, events)
+    hw = await fetch_high_watermarks(kafka.bootstrap, EVENTS)
+    # a range that ends beyond what the log holds: the reader waits for more
+    source = KafkaLogSource(
+        kafka.bootstrap, end_offsets={p: n + 50 for p, n in hw.items()}, idle_timeout_s=60
+    )
+    read: list[str] = []
+    proc: ManagedProcess | None = None
+
+    async def consume() -> None:
+        async for batch in source.batches():
+            read.extend(e.id for _, e in batch.events())
+
+    task = asyncio.create_task(consume())
+    try:
+        await wait_for(lambda: len(read) >= len(events), 30, "the old log read")
+        proc = await restart_and_restore(kafka, archive, tmp_path)
+        await publish(kafka.bootstrap, sim(runs=2, seed=92))
+        with pytest.raises(LogReplaced):
+            await asyncio.wait_for(task, 30)
+    finally:
+        task.cancel()
+        if proc is not None:
+            proc.stop()
+    assert sorted(read) == sorted(e.id for e in events)  # nothing of the new log mixed in
