@@ -6,10 +6,13 @@ Inputs come from the seeded mutator of the test suite (tests/codec_mutator.py) o
 committed corpus tests/data/codec_seeds.jsonl, in chunks (``--chunk``), so input ``i`` of a
 seed is always the same bytes. For each chunk:
 
-- every input is decoded once by ``EventCodec.decode``, timed alone: the outcome
-  (``InvalidEvent`` by reason, accepted, or anything else: must be 0) and the time it took.
-  An input over ``--cap-ms`` counts as a hang (must be 0; the maximum is reported). A
-  watchdog (``faulthandler``) ends the run with a traceback if one input never returns;
+- every input is decoded once by ``EventCodec.decode``, timed alone with the garbage
+  collector paused (it runs between chunks: a collection is not one input's cost): the
+  outcome (``InvalidEvent`` by reason, accepted, or anything else: must be 0) and the time.
+  An input over ``--cap-ms`` is timed again, best of 3: if it stays over, it is a hang
+  (must be 0); the first figure is what the loaded machine showed, the second is the
+  codec's. A watchdog (``faulthandler``) ends the run with a traceback if one input never
+  returns;
 - every distinct accepted input is checked against the committed JSON Schema and the
   stores' row builders, reducer and state rows (tests/fuzz_oracle.py): must be 0 problems;
 - throughput: the whole chunk decoded in a tight loop by ``EventCodec.decode`` and, as the
@@ -23,7 +26,9 @@ exceptions, the slowest inputs) and exits 1 when any must-be-0 count is not 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
+import gc
 import heapq
 import sys
 import time
@@ -71,6 +76,13 @@ def _codec_decode(chunk: list[bytes], codec: EventCodec) -> float:
     return time.perf_counter() - t0
 
 
+def _time_one(codec: EventCodec, raw: bytes) -> float:
+    t0 = time.perf_counter()
+    with contextlib.suppress(Exception):  # only the time matters: outcomes were counted
+        codec.decode(raw)
+    return time.perf_counter() - t0
+
+
 def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
@@ -92,7 +104,7 @@ def main() -> int:
     slow: list[tuple[float, str]] = []
     times = array("d")
     seen: set[int] = set()
-    accepted = distinct = schema_bad = store_bad = 0
+    accepted = distinct = schema_bad = store_bad = over_cap = 0
     problem_samples: list[str] = []
     t_codec = t_raw = t_gen = 0.0
     cap = args.cap_ms / 1000
@@ -114,6 +126,7 @@ def main() -> int:
             chunk = [mutator.next() for _ in range(n)]
             t_gen += time.perf_counter() - g0
             fresh = []
+            gc.disable()
             for raw in chunk:
                 t0 = time.perf_counter()
                 try:
@@ -126,6 +139,9 @@ def main() -> int:
                     if len(other_samples) < 20:
                         other_samples.append(f"{type(err).__name__}: {err!s:.200} <- {raw[:200]!r}")
                 dt = time.perf_counter() - t0
+                if dt > cap:  # the machine, or the input? time it again, best of 3
+                    over_cap += 1
+                    dt = min(_time_one(codec, raw) for _ in range(3))
                 times.append(dt)
                 if len(slow) < 10 or dt > slow[0][0]:  # the 10 slowest, in a min-heap
                     item = (dt, f"{outcome or 'accepted'}, {len(raw)} B: {raw[:80]!r}")
@@ -141,6 +157,8 @@ def main() -> int:
                     others[outcome[1:]] += 1
                 else:
                     reasons[outcome] += 1
+            gc.enable()
+            gc.collect()
             for i, (raw, event) in enumerate(fresh):
                 problems = oracle.problems(raw, event, union=i % 25 == 0)
                 if problems:
@@ -186,7 +204,8 @@ def main() -> int:
         Figure("other exceptions (must be 0)", sum(others.values()), "inputs"),
         Figure("accepted but schema-invalid (must be 0)", schema_bad, "inputs"),
         Figure("accepted but not held exactly (must be 0)", store_bad, "problems"),
-        Figure(f"hangs: over {args.cap_ms:g} ms (must be 0)", hangs, "inputs"),
+        Figure(f"over {args.cap_ms:g} ms once (machine load)", over_cap, "inputs"),
+        Figure(f"hangs: over {args.cap_ms:g} ms, best of 3 (must be 0)", hangs, "inputs"),
         Figure("slowest input", ordered[-1] * 1000, "ms"),
         Figure("p99.9 per input", _percentile(ordered, 0.999) * 1000, "ms"),
         Figure("median per input", _percentile(ordered, 0.5) * 1e6, "µs"),
