@@ -254,8 +254,12 @@ async def _restore_partition(
             await fut  # raises the broker's error: the caller turns it into RestoreError
             counter.add(n)
 
-    for seg in plan.segments:
-        table = await asyncio.to_thread(read_segment, root, seg)
+    segments = list(plan.segments)
+    reading = asyncio.ensure_future(asyncio.to_thread(read_segment, root, segments[0]))
+    for i in range(len(segments)):
+        table = await reading
+        if i + 1 < len(segments):  # read the next segment while this one is produced
+            reading = asyncio.ensure_future(asyncio.to_thread(read_segment, root, segments[i + 1]))
         batch = producer.create_batch()
         n = 0
         for offset, ts, key, raw in _rows(table):
@@ -358,7 +362,10 @@ async def _records_in(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
 
 
 async def _log_is_empty(bootstrap: str, topic: str) -> tuple[list[int], int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    # a short fetch wait: an empty partition answers only when the wait is over
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
+    )
     await consumer.start()
     try:
         await consumer.topics()  # all topics, without naming one (Tansu would create it)
@@ -380,7 +387,9 @@ async def _verify(
     """Per partition: the fetch high watermark, and whether the last record is the archived one."""
     if not expected:
         return {}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in expected]
