@@ -98,6 +98,7 @@ class _S:
     builds a new Python object); ``pb`` for the rest."""
 
     pb: Any
+    t: _Trace
     tid: bytes
     sid: bytes
     psid: bytes
@@ -134,8 +135,10 @@ class TraceMemory:
             self._traces.move_to_end(trace_id)
         return t
 
-    def remember(self, trace_id: bytes, span_id: bytes, node: SpanNode) -> None:
-        t = self.trace(trace_id)
+    def remember(
+        self, trace_id: bytes, span_id: bytes, node: SpanNode, t: _Trace | None = None
+    ) -> None:
+        t = t or self.trace(trace_id)
         if span_id in t.spans:
             t.spans[span_id] = node
             return
@@ -597,6 +600,8 @@ def map_request(
     start before its end), so one agent's events are applied in the order they happened.
     """
     batch = MappedBatch()
+    last_tid = b""
+    t = _Trace()
     pending: list[tuple[_S, dict[str, Any], Kind, _Ctx, _LlmView | None]] = []
     # pass 1: validate, classify and remember every span, so that spans of the same
     # batch can be linked whatever their order in the request
@@ -618,11 +623,13 @@ def map_request(
                 if bad is not None:
                     batch.rejected[bad] += 1
                     continue
+                if tid != last_tid:  # a request's spans come grouped by trace, mostly
+                    t, last_tid = memory.trace(tid), tid
                 a = attributes(span.attributes)
                 kind, why = classify(a)
                 if kind is Kind.OTHER:
                     batch.skipped[why or _other_reason(span)] += 1
-                    memory.remember(tid, sid, SpanNode(kind, psid, start, end))
+                    memory.remember(tid, sid, SpanNode(kind, psid, start, end), t)
                     continue
                 if ctx.schema_problem is not None:
                     batch.rejected[ctx.schema_problem] += 1
@@ -644,11 +651,11 @@ def map_request(
                     view = _llm_view(a)
                     node.tool_call_ids = _tool_call_ids(view)
                     node.tools = _tool_definitions(a) or None
-                memory.remember(tid, sid, node)
+                memory.remember(tid, sid, node, t)
                 if kind is Kind.STRUCTURAL:
                     batch.skipped["GenAI grouping span (nested chain or task): no event"] += 1
                     continue
-                pending.append((_S(span, tid, sid, psid, start, end), a, kind, ctx, view))
+                pending.append((_S(span, t, tid, sid, psid, start, end), a, kind, ctx, view))
     # pass 2: build the events
     # time order; at the same instant what ends (a thought, a completion) goes before what
     # starts (the tool call it led to), and a span's own events keep their order
@@ -770,8 +777,7 @@ def _events(
     memory: TraceMemory,
     view: _LlmView | None = None,
 ) -> list[tuple[bool, Event]]:
-    trace_id, span_id, span = sv.tid, sv.sid, sv.pb
-    t = memory.trace(trace_id)
+    trace_id, span_id, span, t = sv.tid, sv.sid, sv.pb, sv.t
     node = t.spans.get(span_id)
     if t.hex is None:
         t.hex = trace_id.hex()
