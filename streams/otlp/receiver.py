@@ -197,12 +197,12 @@ class OtlpReceiver:
         batch = map_request(request, self.memory, tenant=tenant)
         st = self.stats
         st.spans_received += batch.spans
-        st.spans_mapped += batch.mapped
         st.spans_skipped += batch.skipped_count
         for reason, n in batch.skipped.items():
             self.skipped[reason] = self.skipped.get(reason, 0) + n
         records, too_large = self._records(batch)
         rejected = batch.rejected_count + too_large
+        st.spans_mapped += batch.mapped - too_large
         st.spans_rejected += rejected
         SPANS.labels("mapped").inc(batch.mapped - too_large)
         SPANS.labels("skipped").inc(batch.skipped_count)
