@@ -18,6 +18,8 @@ about 1 KB of attributes per span, 12 events per 8 spans.
 - per CPU-second: the same throughput phase divided by the CPU time of the receiver's
   process (``/proc/<pid>/stat``), resp. of the publishing process for the SDK: what one
   process can do when it has a core to itself, which a shared machine's wall clock hides.
+- ``sdk+build`` (context): the same, but each event is built at send time the way the
+  emitter builds it (fresh UUIDv7, ``new_event``): what an SDK-instrumented agent pays.
 - latency: one exporter posting requests one after another (no queueing), round trip per
   request; the SDK's ``send`` + ``flush`` of the same events is the baseline, and the
   difference is what the receiver adds (HTTP, decoding, mapping).
@@ -52,6 +54,8 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from agentstream.processes import ManagedProcess, free_port, port_open, tansu_argv
+from schemas.envelope import Event, new_event
+from schemas.ids import Uuid7Generator
 from streams.admin import ensure_topics, wait_for_broker
 from streams.otlp.mapping import TraceMemory, map_request
 from streams.producer import EventProducer
@@ -263,22 +267,40 @@ def receiver_trial(
 
 
 def sdk_trial(
-    per_request: list[list], n_spans: int
+    per_request: list[list], n_spans: int, build: bool = False
 ) -> Callable[[str], Awaitable[dict[str, object]]]:
+    """``build``: also build each event as an SDK-instrumented agent would (the emitter's
+    work: a fresh UUIDv7 and ``new_event`` around the payload) before sending it."""
+
     async def run(bootstrap: str) -> dict[str, object]:
+        ids = Uuid7Generator()
+
+        def made(e: Event) -> Event:
+            return new_event(
+                e.data,
+                id=ids.new(),
+                time=e.time,
+                agentid=e.agentid,
+                runid=e.runid,
+                tenant=e.tenant,
+                causes=e.causes,
+                traceparent=e.traceparent,
+                source=e.source,
+            )
+
         async with EventProducer(bootstrap, acks="all", compression="none") as producer:
             half = len(per_request) // 2
             lat: list[float] = []
             for events in per_request[:half]:
                 t = time.perf_counter()
                 for e in events:
-                    await producer.send(e)
+                    await producer.send(made(e) if build else e)
                 await producer.flush()
                 lat.append((time.perf_counter() - t) * 1000)
             t0, cpu0 = time.perf_counter(), time.process_time()
             for events in per_request[half:]:
                 for e in events:
-                    await producer.send(e)
+                    await producer.send(made(e) if build else e)
             await producer.flush()
             dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         n_tp = n_spans * (len(per_request) - half) // len(per_request)
@@ -319,13 +341,14 @@ def main() -> None:
         f"mean body {statistics.mean(len(b) for b in bodies) / 1024:.0f} KiB",
         flush=True,
     )
-    samples: dict[str, list[dict[str, object]]] = {"receiver": [], "sdk": []}
+    samples: dict[str, list[dict[str, object]]] = {"receiver": [], "sdk": [], "sdk+build": []}
     with tempfile.TemporaryDirectory() as tmp:
         log_dir = Path(tmp)
         for rep in range(args.repeats):
             for name, trial in (
                 ("receiver", receiver_trial(bodies, n_spans, args.concurrency, log_dir)),
                 ("sdk", sdk_trial(per_request, n_spans)),
+                ("sdk+build", sdk_trial(per_request, n_spans, build=True)),
             ):
                 res = asyncio.run(with_broker(log_dir, trial))
                 assert isinstance(res, dict)
@@ -333,7 +356,7 @@ def main() -> None:
                 lat = res["latency_ms"]
                 assert isinstance(lat, list)
                 print(
-                    f"  repeat {rep + 1}: {name:9s} {res['rate']:>10,.0f} spans/s "
+                    f"  repeat {rep + 1}: {name:10s} {res['rate']:>10,.0f} spans/s "
                     f"({res['cpu_rate']:>8,.0f} per cpu-s)  "
                     f"p50 {pct(lat, 0.5):6.1f} ms  p99 {pct(lat, 0.99):6.1f} ms",
                     flush=True,
@@ -356,6 +379,11 @@ def main() -> None:
             goal_ratio=0.4,
         ),
         Figure("SDK EventProducer (baseline)", float(sdk["rate"]), "spans/s"),  # type: ignore[arg-type]
+        Figure(
+            "context: SDK building + publishing the same events",
+            float(best("sdk+build")["rate"]),  # type: ignore[arg-type]
+            "spans/s",
+        ),
         Figure(
             "receiver: spans per CPU-second of its process",
             max(float(r["cpu_rate"]) for r in samples["receiver"]),  # type: ignore[arg-type]
