@@ -384,21 +384,23 @@ async def dump_topic(bootstrap: str, topic: str) -> list[Any]:
         max_partition_fetch_bytes=8 << 20,
     )
     await consumer.start()
-    out: list[Any] = []
+    out: dict[tuple[int, int], Any] = {}  # by position: a fetch may repeat records (Tansu)
     try:
         consumer.assign(list(todo))
         await consumer.seek_to_beginning(*todo)
         deadline = time.monotonic() + 120
         while todo and time.monotonic() < deadline:
             for tp, msgs in (await consumer.getmany(*todo, timeout_ms=300)).items():
-                out.extend(m for m in msgs if m.offset < todo.get(tp, 0))
+                for m in msgs:
+                    if m.offset < todo.get(tp, 0):
+                        out[(m.partition, m.offset)] = m
             for tp in [tp for tp, end in todo.items() if await consumer.position(tp) >= end]:
                 del todo[tp]
         if todo:
             raise TimeoutError(f"could not read {topic} to its end: {todo}")
     finally:
         await consumer.stop()
-    return out
+    return [out[k] for k in sorted(out)]
 
 
 def read_archive(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

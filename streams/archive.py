@@ -1032,6 +1032,8 @@ class Archiver:
                     self._fetched_at[p] = fetched
                 seg = self._open.get(p)
                 for rec in records:
+                    if rec.offset < self._next.get(p, 0):
+                        continue  # a fetch that repeats records (Tansu, after a restore)
                     if seg is None:
                         seg = SegmentWriter(self.root, generation, p, self.row_group_rows)
                         self._open[p] = seg
