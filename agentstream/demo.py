@@ -211,10 +211,12 @@ async def _run_pipeline(
     warm = None
     if "memory" in settings.projections:  # recall embeds the situation: load the model now
         warm = asyncio.create_task(asyncio.to_thread(_load_embedder, settings))
+    t0 = time.monotonic()
     try:
         reader = await _wait_for_reader(settings, config.timeout_s)
     except AnalyticsError as err:
         raise DemoError(f"the analytics store does not answer: {err}") from None
+    timings["read models serving"] = time.monotonic() - t0
     try:
         watch = _Watch(settings, reader)
         await watch.start()
@@ -259,19 +261,29 @@ def _load_embedder(settings: Settings) -> str | None:
 
 
 async def _wait_for_reader(settings: Settings, timeout_s: float) -> Any:
-    """The projections part owns the chDB store and serves reads once it has opened it."""
-    from projections.analytics import AnalyticsError, connect
+    """A reader through the projections part, which owns the chDB store and serves reads
+    once it has opened it. Never opens the store itself: chDB allows one process per
+    directory, and taking it would lock the projections part out."""
+    from projections.analytics import connect
+    from projections.analytics.service import ServiceReader, find_service
+    from projections.analytics.store import DEFAULT_DATABASE, parse_url
 
+    location = parse_url(settings.analytics_url)
+    if location.backend != "chdb":  # a ClickHouse server: readers connect directly
+        return await asyncio.to_thread(connect, settings)
+    database = location.database or DEFAULT_DATABASE
+    run_dir = settings.data_dir / "run"
     deadline = time.monotonic() + timeout_s
     while True:
-        try:
-            reader = await asyncio.to_thread(connect, settings)
-            await asyncio.to_thread(reader.query, "SELECT count() AS n FROM events")
-            return reader
-        except AnalyticsError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)
+        info = await asyncio.to_thread(find_service, run_dir, location, database)
+        if info is not None:
+            return ServiceReader(info, timeout_s=settings.query_max_execution_s)
+        if time.monotonic() > deadline:
+            raise DemoError(
+                f"the projections part does not serve the analytics store after {timeout_s:.0f}s "
+                f"— see {settings.data_dir / 'logs' / 'projections.log'} and `agentstream status`"
+            )
+        await asyncio.sleep(0.5)
 
 
 class _Watch:

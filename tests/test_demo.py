@@ -1,11 +1,15 @@
-"""End to end: `agentstream demo` runs simulator -> broker -> processors + analytics
-projection, then `agentstream query` returns exactly what was produced (per type, per
-agent) and exactly the violations the reducer derives from those events."""
+"""End to end: `agentstream demo` runs the simulator into the supervised stack (broker,
+graph, archiver, worker, projections, UI), then `agentstream query` returns exactly what was
+produced (per type, per agent) and exactly the violations the reducer derives from those
+events; the demo explains one failed action with its causal chain (exactly the ancestors
+the simulator created), the memory recall and a passing replay verify, and links its run in
+the UI."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -26,12 +30,18 @@ AGENTS = 6
 
 
 def _env(data_dir: Path) -> dict[str, str]:
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
     return {
         **os.environ,
         "AGENTSTREAM_DATA_DIR": str(data_dir),
         "AGENTSTREAM_KAFKA_URL": f"kafka://127.0.0.1:{free_port()}",
         "AGENTSTREAM_GRAPH_URL": f"falkordb://127.0.0.1:{free_port()}",
         "AGENTSTREAM_PRODUCER_COMPRESSION": "gzip",
+        "AGENTSTREAM_UI_PORT": str(free_port()),
+        "AGENTSTREAM_OTLP_ENABLED": "false",
+        "AGENTSTREAM_METRICS_PORT_BASE": "0",
+        "AGENTSTREAM_CONFIG": str(data_dir.parent / "no-such-config.toml"),
+        "COLUMNS": "250",  # event ids on one line each
     }
 
 
@@ -41,6 +51,9 @@ def _stack(env: dict[str, str]) -> Stack:
             data_dir=Path(env["AGENTSTREAM_DATA_DIR"]),
             kafka_url=env["AGENTSTREAM_KAFKA_URL"],
             graph_url=env["AGENTSTREAM_GRAPH_URL"],
+            ui_port=int(env["AGENTSTREAM_UI_PORT"]),
+            otlp_enabled=False,
+            metrics_port_base=0,
         )
     )
 
@@ -71,6 +84,40 @@ def _expected(seed: int, n: int) -> tuple[Counter, Counter, Counter]:
     return Counter(e.type for e in events), Counter(e.agentid for e in events), categories
 
 
+def _ancestors(seed: int, n: int, event_id: str) -> set[str]:
+    events = {
+        e.id: e
+        for e in generate(SimulationConfig(agents=AGENTS, runs=None, seed=seed, max_events=n))
+    }
+    found: set[str] = set()
+    todo = list(events[event_id].causes)
+    while todo:
+        eid = todo.pop()
+        if eid not in found:
+            found.add(eid)
+            todo.extend(events[eid].causes if eid in events else ())
+    return found
+
+
+def _check_explained(out: str, seed: int, n: int, ui_port: str) -> None:
+    m = re.search(r"one failed action, explained: (\S+) by (\S+) in run (\S+) — event (\S+)", out)
+    assert m, out[-3000:]
+    _tool, agent, run, event_id = m.groups()
+    # why: exactly the causal ancestors the simulator created, each shown once or more
+    why = out[out.index("why (the causal chain") : out.index("recall (episodes")]
+    shown = set(re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", why))
+    assert shown - {event_id} == _ancestors(seed, n, event_id)
+    assert f"{len(shown) - 1} causes" in why
+    # recall: the situation and what memory holds (it may still be embedding)
+    recall = out[out.index("recall (episodes") : out.index("replay verify")]
+    assert "situation:" in recall
+    assert re.search(r"memory holds (all [\d,]+|[\d,]+ of [\d,]+) episodes", recall), recall
+    # replay verify of that agent passes
+    assert re.search(rf"replay verify \(agent {re.escape(agent)}, from the log\):\s+passed:", out)
+    assert f"open this run in the UI: http://127.0.0.1:{ui_port}/runs/{run}" in out
+
+
+@pytest.mark.timeout(1200)  # two demos on a busy machine; every wait has its own deadline
 def test_demo_end_to_end_exact_counts_and_rerun(tmp_path):
     env = _env(tmp_path / "data")
     try:
@@ -82,6 +129,7 @@ def test_demo_end_to_end_exact_counts_and_rerun(tmp_path):
         for title in ("events by type", "agent leaderboard", "violations by category"):
             assert title in out
         assert "agentstream query --list" in out
+        _check_explained(out, 11, 3000, env["AGENTSTREAM_UI_PORT"])
 
         by_type, by_agent, categories = _expected(11, 3000)
         got_types = _query(env, "SELECT type, count() AS n FROM events GROUP BY type")
@@ -95,7 +143,7 @@ def test_demo_end_to_end_exact_counts_and_rerun(tmp_path):
         assert sum(categories.values()) > 0
 
         # the stack the demo started is down again; re-running reuses the data directory
-        assert not any(p.ok for p in _stack(env).status())
+        assert {p.state for p in _stack(env).status()} <= {"stopped", "disabled"}
         again = _cli(env, "demo", "--events", "500", "--agents", str(AGENTS), "--seed", "12")
         assert again.returncode == 0, again.stderr[-3000:]
         assert "into the existing data directory" in again.stdout
