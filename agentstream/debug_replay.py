@@ -21,7 +21,7 @@ import os
 import select
 import sys
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -123,11 +123,15 @@ async def read_history(
     archive_root: Path | None,
     agent: str | None = None,
     agents: Collection[str] | None = None,
+    bounds: Mapping[int, tuple[int, int]] | None = None,
 ) -> list[tuple[LogRecord, Event]]:
     """Every valid event of ``source`` (``kafka`` or ``archive``) with its record, merged
     by :func:`merge_partitions`. ``agent`` reads only the Kafka partition its key maps to.
     ``agents`` keeps only those agents' events, skipping the others before decoding: an
     agent's state depends on its own events only, so their steps are the same.
+    ``bounds`` (Kafka only) reads partition -> [first, end) offsets and no other partition:
+    from the first event of the agents asked about to just after the last event needed,
+    the same steps for a fraction of the log.
     """
     import pyarrow.compute as pc
 
@@ -139,7 +143,16 @@ async def read_history(
         only = agent.encode() if agent else None
         if only is None and keys is not None and len(keys) == 1:
             only = next(iter(keys))
-        sources: list[Any] = [KafkaLogSource(bootstrap, only_key=only)]
+        if bounds is not None:
+            sources: list[Any] = [
+                KafkaLogSource(
+                    bootstrap,
+                    start_offsets={p: lo for p, (lo, _) in bounds.items()},
+                    end_offsets={p: hi for p, (_, hi) in bounds.items()},
+                )
+            ]
+        else:
+            sources = [KafkaLogSource(bootstrap, only_key=only)]
     else:
         opts = RebuildOptions(bootstrap, source, archive_root, switch=False)  # type: ignore[arg-type]
         sources = await open_sources(opts)

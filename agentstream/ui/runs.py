@@ -107,12 +107,23 @@ def list_runs(backends: Backends, flt: RunFilter) -> dict[str, Any]:
     limit = max(1, min(flt.limit, MAX_PAGE))
     where, params = flt.where()
     order = f"{SORTS[flt.sort]} {'DESC' if flt.desc else 'ASC'}, run_id"
+    # one statement: the page and the number of matching runs (a window over the filtered
+    # rows, computed before LIMIT), so the view is merged once per request
     rows = backends.query(
-        _SELECT.format(src=RUNS_FROM, where=where)
+        _SELECT.format(src=RUNS_FROM, where=where).replace(
+            "SELECT run_id,", "SELECT count() OVER () AS total_matching, run_id,", 1
+        )
         + f" ORDER BY {order} LIMIT {limit} OFFSET {max(0, flt.offset)}",
         params,
     )
-    total = backends.query(f"SELECT count() AS n FROM {RUNS_FROM}{where}", params)[0]["n"]
+    if rows:
+        total = rows[0]["total_matching"]
+    elif flt.offset > 0:  # past the end: count separately
+        total = backends.query(f"SELECT count() AS n FROM {RUNS_FROM}{where}", params)[0]["n"]
+    else:
+        total = 0
+    for r in rows:
+        del r["total_matching"]
     return {
         "runs": [_row(r) for r in rows],
         "total": int(total),

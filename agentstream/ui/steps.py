@@ -73,7 +73,7 @@ class StepCache:
         return built
 
     async def _build(self, run_id: str, source: str) -> Built:
-        agents = await asyncio.to_thread(self._run_agents, run_id)
+        agents, bounds = await asyncio.to_thread(self._plan, run_id)
         root = self.backends.archive_root
         if source == "archive" and not root.is_dir():
             raise Unavailable(
@@ -81,7 +81,13 @@ class StepCache:
             )
         t0 = time.monotonic()
         try:
-            history = await read_history(self.backends.bootstrap, source, root, agents=agents)
+            history = await read_history(
+                self.backends.bootstrap,
+                source,
+                root,
+                agents=agents,
+                bounds=bounds if source == "kafka" else None,
+            )
         except (OSError, RuntimeError, TimeoutError) as err:
             raise Unavailable(
                 f"cannot read {source} at {self.backends.bootstrap}: {err} — check "
@@ -92,17 +98,38 @@ class StepCache:
             raise NotFound(f"no events of run {run_id!r} in {source}")
         return Built(timeline, source, agents, time.monotonic() - t0, time.time())
 
-    def _run_agents(self, run_id: str) -> list[str] | None:
-        """The run's agents, so only their history is folded; None (fold everyone) when
-        analytics cannot say."""
+    def _plan(self, run_id: str) -> tuple[list[str] | None, dict[int, tuple[int, int]] | None]:
+        """The run's agents (only their history is folded) and, per partition, the offsets
+        from their first event to just after the run's last: nothing outside is needed for
+        the run's steps. (None, None) when analytics cannot say: then everything is read."""
         try:
-            rows = self.backends.query(
-                "SELECT DISTINCT agent_id AS a FROM events WHERE run_id = {run:String}",
+            agents = sorted(
+                r["a"]
+                for r in self.backends.query(
+                    "SELECT DISTINCT agent_id AS a FROM events WHERE run_id = {run:String}",
+                    {"run": run_id},
+                )
+            )
+            if not agents:
+                return None, None
+            ends = self.backends.query(
+                "SELECT log_partition AS p, max(log_offset) AS hi, countIf(log_offset IS NULL) "
+                "AS unknown FROM events WHERE run_id = {run:String} GROUP BY p",
                 {"run": run_id},
             )
+            starts = self.backends.query(
+                "SELECT log_partition AS p, min(log_offset) AS lo FROM events "
+                "WHERE agent_id IN {agents:Array(String)} AND log_partition IS NOT NULL "
+                "GROUP BY p",
+                {"agents": agents},
+            )
         except Unavailable:
-            return None
-        return sorted(r["a"] for r in rows) or None
+            return None, None
+        if any(r["p"] is None or r["unknown"] for r in ends):
+            return agents, None  # positions not recorded: read the whole log
+        lo = {int(r["p"]): int(r["lo"]) for r in starts}
+        bounds = {int(r["p"]): (lo.get(int(r["p"]), 0), int(r["hi"]) + 1) for r in ends}
+        return agents, bounds
 
 
 def summary(built: Built) -> dict[str, Any]:

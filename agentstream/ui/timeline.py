@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from agentstream.ui.backends import Backends, NotFound
@@ -23,8 +24,7 @@ SELECT toString(event_id) AS id, type, category, toUnixTimestamp64Micro(time) AS
        arrayMap(x -> toString(x), causes) AS causes,
        if(category = 'act', JSONExtractString(payload, 'expected'), '') AS expected,
        if(category = 'act', JSONExtractString(payload, 'actual'), '') AS actual,
-       if(type LIKE 'agent.act.message.%', JSONExtractString(payload, 'to_agent'), '') AS to,
-       input_tokens + output_tokens AS tokens, cost_usd
+       if(type LIKE 'agent.act.message.%', JSONExtractString(payload, 'to_agent'), '') AS to
 FROM events
 WHERE run_id = {run:String}
 ORDER BY time, event_id
@@ -129,14 +129,16 @@ def shape(events: Sequence[dict[str, Any]], violations: Sequence[dict[str, Any]]
 
 
 def run_timeline(backends: Backends, run_id: str, limit: int = MAX_EVENTS) -> dict[str, Any]:
-    events = backends.query(_EVENTS_SQL, {"run": run_id, "limit": limit + 1})
+    with ThreadPoolExecutor(2) as pool:  # two statements at once (the owner has a pool)
+        found = pool.submit(backends.query, _EVENTS_SQL, {"run": run_id, "limit": limit + 1})
+        flagged = pool.submit(
+            backends.query, _VIOLATIONS_SQL.format(cond="run_id = {run:String}"), {"run": run_id}
+        )
+        events, violations = found.result(), flagged.result()
     if not events:
         raise NotFound(f"no events of run {run_id!r} in analytics")
     truncated = len(events) > limit
     events = events[:limit]
-    violations = backends.query(
-        _VIOLATIONS_SQL.format(cond="run_id = {run:String}"), {"run": run_id}
-    )
     out = shape(events, violations)
     out["run_id"] = run_id
     out["truncated"] = truncated
