@@ -14,6 +14,8 @@ runs the baseline and each case once, in turn, so machine load hits them alike):
   store (the CLI opens chDB itself: no goal, reported);
 - a named query (``agent_leaderboard``) through the service;
 - the engine's own time for ``SELECT 1`` (``--timing``);
+- for scale, the imports every command pays whatever it does: typer, the pydantic
+  coercion typer 0.29 builds for each non-flag parameter, rich's console;
 - for every case also the child's CPU time (user + system, from ``wait4``), which load
   from other work on the machine disturbs less than wall time.
 
@@ -41,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from _common import Figure, write_results
 
+FLOOR = "python -c 'import typer, typer._adapters, rich.console' (framework floor)"
 HELP_GOAL_S = 0.2
 QUERY_GOAL_S = 0.25
 
@@ -146,7 +149,9 @@ def main() -> None:
         helps[" ".join(cmd) + " --help"] = [*base, *cmd, "--help"]
 
     samples: dict[str, list[tuple[float, float]]] = {"python -c pass": []}
-    cases: dict[str, list[str]] = dict(helps)
+    # what the CLI framework alone costs: typer, its pydantic coercion, rich's console
+    floor = [sys.executable, "-c", "import typer, typer._adapters, rich.console"]
+    cases: dict[str, list[str]] = {FLOOR: floor, **helps}
 
     # nobody holds the store: the CLI opens chDB itself
     direct = {'query "SELECT 1" (CLI opens chDB)': [*base, "query", "SELECT 1"]}

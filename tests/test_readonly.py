@@ -156,6 +156,8 @@ def attacks(o: Outside) -> list[str]:
         "SELECT dictGet('d', 'a', toUInt64(1))",
         "SELECT * FROM `file`('/etc/passwd')",
         "SELECT * FROM numbers(3) INTO OUTFILE 'stolen.csv'",
+        f"INSERT INTO events FROM INFILE '{f}' FORMAT TSV",
+        "SELECT 1; SELECT * FROM file('/etc/passwd')",
         "SELECT 1 FORMAT CSV",
         "EXPLAIN INSERT INTO events SELECT * FROM events",
         "SELECT 1 SETTINGS max_execution_time = 100000",
