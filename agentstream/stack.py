@@ -476,6 +476,8 @@ def _graph_wait_ready(
             eta = f", about {info['eta_s']:.0f}s left" if 0 <= info["perc"] < 99 else ""
             size = f"{info['loaded_bytes'] / 1e6:,.1f} of {info['total_bytes'] / 1e6:,.1f} MB"
             report(f"loading its data: {size}{eta}", info["perc"], 100.0)
+        elif report is not None and loading is not None:  # read it all, still applying it
+            report("loading its data: applying the last writes", loading["perc"], 100.0)
         if now - last_change >= deadline_s:
             if loading is not None:
                 raise StackError(
@@ -1335,7 +1337,13 @@ class Stack:
             return None
         if owned(rec):
             return PartStatus(
-                "supervisor", "running", rec.pid, None, time.time() - rec.started_unix, "watching"
+                "supervisor",
+                "running",
+                rec.pid,
+                None,
+                time.time() - rec.started_unix,
+                "watching the parts",
+                metrics_url=_metrics_urls(self.settings).get("supervisor"),
             )
         return PartStatus(
             "supervisor",

@@ -210,6 +210,7 @@ class Supervisor:
         self.deadline_s = 30.0
         self._stop = False
         self._reload = False
+        self._metrics: Any = None  # agentstream.telemetry.MetricsEndpoint, when available
         self._dirty = True
         self._last_write = 0.0
         self._record = Record(
@@ -590,6 +591,7 @@ class Supervisor:
                 try:
                     if not part.held:
                         part.restarts += 1
+                        self._count_restart(part.name)
                     part.held = False
                     self._start(part)
                     if looping:
@@ -621,6 +623,32 @@ class Supervisor:
         write_json_atomic(self.down_path, {"parts": rows})
         self.state_path.unlink(missing_ok=True)
 
+    # --- metrics -----------------------------------------------------------------------------
+    def _serve_metrics(self) -> None:
+        """``/metrics`` (restarts per part) and ``/healthz`` for the daemon itself."""
+        try:
+            from agentstream.telemetry import serve_part_metrics
+        except ImportError:
+            return
+        try:
+            self._metrics = serve_part_metrics("supervisor", self.settings)
+        except OSError as err:
+            log.warning("supervisor: no metrics endpoint: %s", err)
+            return
+        self._metrics.health.set_ready(True, "supervising")
+
+    def _count_restart(self, name: str) -> None:
+        with contextlib.suppress(ImportError):
+            from agentstream.telemetry import PART_RESTARTS
+
+            PART_RESTARTS.labels(name).inc()
+
+    def _beat(self) -> None:
+        if self._metrics is not None:
+            looping = [p.name for p in self.parts.values() if p.state == "crash-loop"]
+            detail = f"crash loop: {', '.join(looping)}" if looping else "supervising"
+            self._metrics.health.set_ready(not looping, detail)
+
     # --- main ------------------------------------------------------------------------------
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_term)
@@ -629,6 +657,7 @@ class Supervisor:
         self._load_plan()
         self._adopt()
         self.write(force=True)
+        self._serve_metrics()
         try:
             self.run_round()
             nothing_runs = not any(p.record is not None for p in self.parts.values())
@@ -641,9 +670,13 @@ class Supervisor:
                     self.run_round()
                 self._tick()
                 self.write()
+                self._beat()
                 time.sleep(POLL_S)
         except Stopping:
             pass
+        finally:
+            if self._metrics is not None:
+                self._metrics.stop()
         self.shutdown()
         return 0
 
