@@ -60,6 +60,13 @@ def test_each_command_help_imports_no_heavy_library(command):
     assert not heavy, _why(heavy)
 
 
+def test_the_demo_default_matches_without_importing_the_demo():
+    import agentstream.commands.demo as command
+    import agentstream.demo as demo
+
+    assert command.DEFAULT_EVENTS == demo.DEFAULT_EVENTS == demo.DemoConfig().events
+
+
 def test_the_index_finds_every_command():
     """Loading one module per command gives exactly the commands of the full app."""
     full = build_app()

@@ -13,7 +13,10 @@ from typing import Annotated, Any
 import typer
 
 from agentstream.console import console, err_console, fail
-from agentstream.demo import DEFAULT_EVENTS
+
+# = agentstream.demo.DEFAULT_EVENTS (a test checks): importing agentstream.demo here would
+# load the settings model and the codec for every `agentstream --help`
+DEFAULT_EVENTS = 10_000
 
 
 def demo(
