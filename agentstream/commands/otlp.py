@@ -9,6 +9,7 @@ and health, and reports what it did in one line at the end.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from typing import Annotated, Any
@@ -73,6 +74,13 @@ async def _run(settings: Any, config: Any) -> Any:
     from streams.otlp.receiver import OtlpReceiver
     from streams.producer import EventProducer
 
+    # An export allocates ~100k short-lived objects (protobuf wrappers, dicts, events); with
+    # the default gen0 threshold (700) the collector runs hundreds of times per export and
+    # promotes in-flight objects, and the older generations' scans then walk the link
+    # memory and the remembered ids. Freezing what startup built and a larger gen0 measured
+    # ~7% less CPU per span (in-process, 16k spans, 3 alternating trials each).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     producer = EventProducer.from_settings(settings, delivery_timeout_ms=8000)
     receiver = OtlpReceiver(producer, config)
     stop = asyncio.Event()
