@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -60,12 +61,26 @@ def test_command_serves_health_exports_and_stops(kafka: Broker, tmp_path: Path) 
             timeout=30,
         )
         assert r.status_code == 200, r.text
+        r = httpx.post(  # an HTTP span: skipped, and counted
+            f"{base}/v1/traces",
+            content=request(span(2, {"http.request.method": "GET"})).SerializeToString(),
+            headers={"Content-Type": "application/x-protobuf"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        recorded = json.loads((tmp_path / "data" / "run" / "metrics" / "otlp.json").read_text())
+        metrics = httpx.get(f"{recorded['url']}/metrics", timeout=5).text
+        assert 'agentstream_otlp_spans_total{outcome="mapped"} 1.0' in metrics
+        assert 'agentstream_otlp_spans_total{outcome="skipped"} 1.0' in metrics
+        assert 'agentstream_otlp_spans_skipped_total{part="otlp"} 1.0' in metrics
+        types = [line for line in metrics.splitlines() if line.startswith("# TYPE")]
+        assert len(types) == len(set(types)), "a metric family is exported twice"
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert f"OTLP/gRPC on 127.0.0.1:{grpc}" in out
-    assert "1 spans: 1 mapped" in out and "1 events published" in out, out
+    assert "2 spans: 1 mapped, 1 skipped" in out and "1 events published" in out, out
     assert [e.type for e in read_log(kafka.bootstrap)] == ["agent.think.thought.v1"]
 
 

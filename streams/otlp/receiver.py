@@ -63,7 +63,7 @@ SPANS = Counter(
     "agentstream_otlp_spans", "Spans received by the OTLP receiver, by outcome", ["outcome"]
 )
 REQUESTS = Counter(
-    "agentstream_otlp_requests",
+    "agentstream_otlp_exports",
     "OTLP export requests, by protocol and answer",
     ["protocol", "code"],
 )
