@@ -1377,8 +1377,10 @@ class Stack:
                 + ("accepts connections" if reachable else "does not accept connections"),
             )
         sup_state = entry.get("state")
-        if sup_state == "not installed":
-            return PartStatus(svc.name, "not installed", None, port, None, entry.get("detail", ""))
+        missing = svc.available() if svc.available is not None and not entry else None
+        if sup_state == "not installed" or missing:
+            why = entry.get("detail") or f"{missing}: skipped"
+            return PartStatus(svc.name, "not installed", None, port, None, why)
         rec = state.record(svc.name)
         if supervised and sup_state in (
             "backoff",
