@@ -307,6 +307,15 @@ def _float(v: Any, cap: float = p.MAX_COST_USD) -> float:
     return min(cap, f) if f > 0 else 0.0  # NaN compares False: 0.0
 
 
+def _sfirst(a: dict[str, Any], names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` that is set, as text (the common case: one dict lookup hit)."""
+    for n in names:
+        v = a.get(n)
+        if v is not None and v != "":
+            return v if isinstance(v, str) else _str(v)
+    return None
+
+
 def _first(a: dict[str, Any], *names: str) -> Any:
     for n in names:
         v = a.get(n)
@@ -452,10 +461,10 @@ _RUN_KEYS = ("gen_ai.conversation.id", "session.id")
 
 
 def _agent_of(a: dict[str, Any], kind: Kind) -> str | None:
-    v = _first(a, *_AGENT_NAMES)
+    v = _sfirst(a, _AGENT_NAMES)
     if v is None and kind in (Kind.AGENT, Kind.WORKFLOW):
-        v = _first(a, "traceloop.entity.name", "traceloop.workflow.name")
-    return _str(v)
+        v = _sfirst(a, ("traceloop.entity.name", "traceloop.workflow.name"))
+    return v
 
 
 def _indexed(a: dict[str, Any], prefix: str) -> dict[int, dict[str, Any]]:
@@ -546,7 +555,7 @@ def _llm_view(a: dict[str, Any]) -> _LlmView:
             f"{c.get('name') or '?'}({_str(c.get('arguments')) or ''})" for c in calls
         )
     if not text:
-        text = _str(_first(a, "output.value", "traceloop.entity.output")) or ""
+        text = _sfirst(a, ("output.value", "traceloop.entity.output")) or ""
     return _LlmView(text, calls)
 
 
@@ -609,7 +618,7 @@ def map_request(
         ra = attributes(rs.resource.attributes)
         service = _str(ra.get("service.name")) or "unknown_service"
         res_tenant = tenant or _str(ra.get("agentstream.tenant")) or "default"
-        res_agent = _str(_first(ra, *_AGENT_NAMES))
+        res_agent = _sfirst(ra, _AGENT_NAMES)
         res_problem = _unsupported_schema(rs.schema_url)
         for ss in rs.scope_spans:
             scope = ss.scope.name or "unknown-scope"
@@ -644,7 +653,7 @@ def map_request(
                     start,
                     end,
                     agent=_agent_of(a, kind),
-                    run=_str(_first(a, *_RUN_KEYS)),
+                    run=_sfirst(a, _RUN_KEYS),
                 )
                 view = None
                 if kind is Kind.LLM:
@@ -788,7 +797,7 @@ def _events(
             sv.start,
             sv.end,
             _agent_of(a, kind),
-            _str(_first(a, *_RUN_KEYS)),
+            _sfirst(a, _RUN_KEYS),
         )
     trace_hex = t.hex
     agent, run, parent = _identity(t, node, ctx, trace_hex)
@@ -807,18 +816,18 @@ def _events(
         ] or parent_cause
         data = p.Thought(
             text=view.text,
-            model=_str(
-                _first(
-                    a,
+            model=_sfirst(
+                a,
+                (
                     "gen_ai.response.model",
                     "gen_ai.request.model",
                     "llm.model_name",
                     "llm.request.model_name",
-                )
+                ),
             )
             or "unknown",
-            provider=_str(
-                _first(a, "gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
+            provider=_sfirst(
+                a, ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
             ),
             input_tokens=_int(
                 _first(
@@ -849,10 +858,10 @@ def _events(
         ]
 
     if kind is Kind.TOOL:
-        call_id = _str(_first(a, "gen_ai.tool.call.id", "tool_call.id", "tool.id")) or (
+        call_id = _sfirst(a, ("gen_ai.tool.call.id", "tool_call.id", "tool.id")) or (
             f"span-{span_id.hex()}"
         )
-        tool = _str(_first(a, "gen_ai.tool.name", "tool.name", "traceloop.entity.name")) or (
+        tool = _sfirst(a, ("gen_ai.tool.name", "tool.name", "traceloop.entity.name")) or (
             span.name or "tool"
         )
         chooser = _chooser(t, start_ns, call_id)
@@ -872,8 +881,7 @@ def _events(
         )
         failed, err_type, message = _status(span, a)
         result = (
-            _str(_first(a, "gen_ai.tool.call.result", "output.value", "traceloop.entity.output"))
-            or ""
+            _sfirst(a, ("gen_ai.tool.call.result", "output.value", "traceloop.entity.output")) or ""
         )
         completed = _build(
             p.ActionCompleted(
@@ -924,7 +932,7 @@ def _events(
         )
         out.append((True, lifecycle))
         run_causes = [lifecycle.id]
-    goal = _str(_first(a, "input.value", "traceloop.entity.input", "gen_ai.agent.description"))
+    goal = _sfirst(a, ("input.value", "traceloop.entity.input", "gen_ai.agent.description"))
     if goal is None:
         goal = f"{span.name}" if span.name else f"agent {agent}"
     started = _build(
@@ -935,7 +943,7 @@ def _events(
         common,
     )
     failed, err_type, message = _status(span, a)
-    summary = _str(_first(a, "output.value", "traceloop.entity.output")) or message or ""
+    summary = _sfirst(a, ("output.value", "traceloop.entity.output")) or message or ""
     finished = _build(
         p.RunFinished(status="failed" if failed else "succeeded", summary=summary),
         event_id(trace_id, span_id, "close", end_ms),
@@ -967,9 +975,9 @@ def _agent_started(
                 tools = n.tools
                 break
     data = p.AgentStarted(
-        name=_str(_first(a, *_AGENT_NAMES)) or agent,
+        name=_sfirst(a, _AGENT_NAMES) or agent,
         role=_str(a.get("gen_ai.agent.description")),
-        model=_str(_first(a, "gen_ai.request.model", "llm.model_name")),
+        model=_sfirst(a, ("gen_ai.request.model", "llm.model_name")),
         instructions=_instructions(a),
         tools=tools,
     )

@@ -45,6 +45,7 @@ from prometheus_client import Counter
 
 from schemas import payloads as p
 from schemas.envelope import Event
+from schemas.errors import InvalidEvent
 from streams.otlp.decode import (
     JSON,
     PROTOBUF,
@@ -268,7 +269,10 @@ class OtlpReceiver:
         failed_before = stats.failed
         try:
             for event in records:
-                await producer.send(event)
+                try:
+                    await producer.send(event)
+                except InvalidEvent as err:  # the size checks above make this unreachable
+                    raise BadRequest(400, f"an event is over the size limit: {err}") from None
             await asyncio.wait_for(producer.flush(), timeout=self.config.export_timeout_s)
         except TimeoutError:
             raise Backpressure(
