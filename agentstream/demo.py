@@ -17,9 +17,10 @@ Steps (each one is a real part, nothing is mocked):
 5. the UI link of that run, when the UI part runs.
 
 Re-running reuses the data directory (each run draws a new seed unless ``--seed`` is
-given). A stack the demo started is stopped at the end (``--keep-running`` leaves it up);
-a stack that was already running is used and left alone. ``--reset`` stops the stack and
-deletes the data directory first.
+given). The stack is left running afterwards, so the UI link works and the CLI tour can
+follow (``agentstream down`` stops it; the log is restored from the archive at the next
+start); ``--stop`` stops a stack the demo started. A stack that was already running is used
+and left alone. ``--reset`` stops the stack and deletes the data directory first.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class DemoConfig:
     seed: int | None = None  # None: a new one per run
     reset: bool = False
     timeout_s: float = 600.0
-    keep_running: bool = False  # leave a stack the demo started running afterwards
+    keep_running: bool = True  # False: stop a stack the demo started when done
 
 
 @dataclass
@@ -101,7 +102,7 @@ class DemoResult:
     leaderboard: pa.Table | None = None
     violations: pa.Table | None = None
     explained: Explanation | None = None
-    stack: str = "started by the demo, stopped again"
+    stack: str = "started by the demo, left running (`agentstream down` stops it)"
     parts: str = ""
 
 
@@ -183,16 +184,13 @@ async def run_demo(
             )
         await _run_pipeline(settings, config, seed, result, progress, tick, "ui" in running)
     finally:
-        # The embedded broker keeps its log in memory (restored from the archive at the
-        # next start): a stack this demo started is stopped again.
         if started_here and not config.keep_running:
             progress.phase = "stopping the stack"
             tick(progress)
             await asyncio.to_thread(stack.down)
-        else:
-            result.stack = (
-                "left running (--keep-running)" if started_here else "was already running"
-            )
+            result.stack = "started by the demo, stopped again (--stop)"
+        elif not started_here:
+            result.stack = "was already running, left running"
     return result
 
 

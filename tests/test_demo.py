@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def _ancestors(seed: int, n: int, event_id: str) -> set[str]:
     return found
 
 
-def _check_explained(out: str, seed: int, n: int, ui_port: str) -> None:
+def _check_explained(out: str, seed: int, n: int, ui_port: str, live: bool) -> str:
     m = re.search(r"one failed action, explained: (\S+) by (\S+) in run (\S+) — event (\S+)", out)
     assert m, out[-3000:]
     _tool, agent, run, event_id = m.groups()
@@ -114,14 +115,21 @@ def _check_explained(out: str, seed: int, n: int, ui_port: str) -> None:
     assert re.search(r"memory holds (all [\d,]+|[\d,]+ of [\d,]+) episodes", recall), recall
     # replay verify of that agent passes
     assert re.search(rf"replay verify \(agent {re.escape(agent)}, from the log\):\s+passed:", out)
-    assert f"open this run in the UI: http://127.0.0.1:{ui_port}/runs/{run}" in out
+    url = f"http://127.0.0.1:{ui_port}/runs/{run}"
+    if live:
+        assert f"open this run in the UI: {url}" in out
+    else:
+        assert f"this run in the UI (after `agentstream up`): {url}" in out
+    return url
 
 
 @pytest.mark.timeout(1200)  # two demos on a busy machine; every wait has its own deadline
 def test_demo_end_to_end_exact_counts_and_rerun(tmp_path):
     env = _env(tmp_path / "data")
     try:
-        done = _cli(env, "demo", "--events", "3000", "--agents", str(AGENTS), "--seed", "11")
+        done = _cli(
+            env, "demo", "--events", "3000", "--agents", str(AGENTS), "--seed", "11", "--stop"
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         out = done.stdout
         assert "demo done: 3000 events simulated (seed 11) into a fresh data directory" in out
@@ -129,7 +137,7 @@ def test_demo_end_to_end_exact_counts_and_rerun(tmp_path):
         for title in ("events by type", "agent leaderboard", "violations by category"):
             assert title in out
         assert "agentstream query --list" in out
-        _check_explained(out, 11, 3000, env["AGENTSTREAM_UI_PORT"])
+        _check_explained(out, 11, 3000, env["AGENTSTREAM_UI_PORT"], live=False)
 
         by_type, by_agent, categories = _expected(11, 3000)
         got_types = _query(env, "SELECT type, count() AS n FROM events GROUP BY type")
@@ -142,12 +150,17 @@ def test_demo_end_to_end_exact_counts_and_rerun(tmp_path):
         assert {r["category"]: r["n"] for r in got_violations} == dict(categories)
         assert sum(categories.values()) > 0
 
-        # the stack the demo started is down again; re-running reuses the data directory
+        # --stop: the stack the demo started is down again; re-running reuses the data
+        # directory (the log comes back from the archive) and leaves the stack running
         assert {p.state for p in _stack(env).status()} <= {"stopped", "disabled"}
         again = _cli(env, "demo", "--events", "500", "--agents", str(AGENTS), "--seed", "12")
         assert again.returncode == 0, again.stderr[-3000:]
         assert "into the existing data directory" in again.stdout
         assert "3500 events (500 new from this run)" in again.stdout
+        url = _check_explained(again.stdout, 12, 500, env["AGENTSTREAM_UI_PORT"], live=True)
+        assert all(p.ok for p in _stack(env).status(lag=False))
+        with urllib.request.urlopen(url, timeout=30) as page:  # the UI serves that run
+            assert page.status == 200
         more_types, _, _ = _expected(12, 500)
         total = _query(env, "SELECT count() AS n FROM events")
         assert total == [{"n": 3500}]

@@ -37,8 +37,12 @@ def demo(
     ] = 600.0,
     keep_running: Annotated[
         bool,
-        typer.Option("--keep-running", help="leave the stack the demo started running"),
-    ] = False,
+        typer.Option(
+            "--keep-running/--stop",
+            help="leave the stack running afterwards (the UI link stays live; "
+            "`agentstream down` stops it), or stop a stack the demo started",
+        ),
+    ] = True,
 ) -> None:
     """Run the whole pipeline on simulated agents, then show what each read model holds and
     explain one failed action (why, recall, replay verify)."""
@@ -222,7 +226,11 @@ def _explained(result: Any) -> None:
             "`agentstream replay verify` shows where",
             highlight=False,
         )
-    if ex.ui_url:
+    if ex.ui_url and "stopped again" in result.stack:
+        console.print(
+            f"\nthis run in the UI (after `agentstream up`): {ex.ui_url}", highlight=False
+        )
+    elif ex.ui_url:
         console.print(f"\n[bold]open this run in the UI:[/] {ex.ui_url}", highlight=False)
 
 
