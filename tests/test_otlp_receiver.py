@@ -559,3 +559,37 @@ def test_graph_why_of_the_failed_tool_call_reaches_the_model_call(kafka: Broker,
     ancestors = [n.id for n in result.ancestors()]
     assert first_call.id in ancestors
     assert result.distance[first_call.id] == 2  # completion <- start <- the model call
+
+
+def test_analytics_count_a_retried_export_once(kafka: Broker, tmp_path) -> None:
+    """The analytics projection (chDB) over the log of an export retried after a receiver
+    restart: every event counted once, in the raw table and in every rollup."""
+    from collections import Counter
+
+    from projections.analytics import schema
+    from projections.analytics.projection import AnalyticsProjection
+    from projections.runner import Record
+    from schemas.topics import EVENTS
+
+    body = agent_run().SerializeToString()
+    for _ in range(2):
+        rt = ReceiverThread(kafka.bootstrap).start()
+        try:
+            assert post(rt, body).status_code == 200
+        finally:
+            rt.stop()
+    events = read_log(kafka.bootstrap)
+    unique = {e.id: e for e in events}
+    assert len(events) == 2 * len(unique)
+    projection = AnalyticsProjection(f"chdb://{tmp_path / 'ch'}")
+    projection.setup()
+    try:
+        records = [Record(EVENTS, 0, i, e.agentid.encode(), e, 0) for i, e in enumerate(events)]
+        projection.apply(records[: len(unique)])
+        projection.apply(records)  # the retry's copies, and the first copies again
+        store = projection.store
+        by_type = dict(store.rows("SELECT type, count() FROM events GROUP BY type"))
+        assert by_type == dict(Counter(e.type for e in unique.values()))
+        assert projection.verify_rollups() == {r.table: [] for r in schema.ROLLUPS}
+    finally:
+        projection.close()
