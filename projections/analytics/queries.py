@@ -173,29 +173,53 @@ RUN_AGENT_COSTS = NamedQuery(
     "run_agent_costs",
     "Each agent's share of a run: cost, tokens, actions and its own reported status",
     f"""
+WITH shares AS
+(
+    SELECT
+        a.tenant AS tenant,
+        a.run_id AS run_id,
+        a.agent_id AS agent_id,
+        {RUN_STATUS_SQL.format(f="a.finish")} AS agent_status,
+        a.cost_usd AS cost,
+        a.input_tokens AS input_tokens,
+        a.output_tokens AS output_tokens,
+        a.events AS events,
+        a.actions AS actions,
+        a.errors AS errors,
+        a.mismatches AS mismatches,
+        a.violations AS violations,
+        a.first_time AS first_time,
+        a.last_time AS last_time
+    FROM run_agent AS a FINAL
+    WHERE {{run_id:String}} = '' OR a.run_id = {{run_id:String}}
+    ORDER BY cost DESC, run_id, agent_id
+    LIMIT {{limit:UInt32}}
+)
 SELECT
-    a.tenant AS tenant,
-    a.run_id AS run_id,
-    a.agent_id AS agent_id,
-    {RUN_STATUS_SQL.format(f="max(a.finish)")} AS agent_status,
-    round(sum(a.cost_usd), 6) AS cost_usd,
-    round(sum(a.cost_usd) / nullIf(sum(sum(a.cost_usd)) OVER (PARTITION BY a.tenant, a.run_id), 0),
-        4) AS cost_share,
-    sum(a.input_tokens) AS input_tokens,
-    sum(a.output_tokens) AS output_tokens,
-    sum(a.events) AS events,
-    sum(a.actions) AS actions,
-    sum(a.errors) AS errors,
-    sum(a.mismatches) AS mismatches,
-    sum(a.errors) + sum(a.mismatches) AS failed,
-    sum(a.violations) AS violations,
-    min(a.first_time) AS first_time,
-    max(a.last_time) AS last_time
-FROM run_agent AS a
-WHERE {{run_id:String}} = '' OR a.run_id = {{run_id:String}}
-GROUP BY a.tenant, a.run_id, a.agent_id
+    s.tenant AS tenant,
+    s.run_id AS run_id,
+    s.agent_id AS agent_id,
+    s.agent_status AS agent_status,
+    round(s.cost, 6) AS cost_usd,
+    round(s.cost / nullIf(x.run_cost, 0), 4) AS cost_share,
+    toUInt64(s.input_tokens) AS input_tokens,
+    toUInt64(s.output_tokens) AS output_tokens,
+    toUInt64(s.events) AS events,
+    toUInt64(s.actions) AS actions,
+    toUInt64(s.errors) AS errors,
+    toUInt64(s.mismatches) AS mismatches,
+    toUInt64(s.errors + s.mismatches) AS failed,
+    toUInt64(s.violations) AS violations,
+    s.first_time AS first_time,
+    s.last_time AS last_time
+FROM shares AS s
+LEFT JOIN
+(
+    SELECT r.tenant AS tenant, r.run_id AS run_id, toFloat64(r.cost_usd) AS run_cost
+    FROM run_totals AS r FINAL
+    WHERE (r.tenant, r.run_id) IN (SELECT tenant, run_id FROM shares)
+) AS x ON x.tenant = s.tenant AND x.run_id = s.run_id
 ORDER BY cost_usd DESC, run_id, agent_id
-LIMIT {{limit:UInt32}}
 """,
     {
         "run_id": Param("String", "", "only this run ('' = every run)"),
