@@ -47,6 +47,25 @@ PINNED: list[tuple[str, str, dict[str, str]]] = [
     ),
     ("@dagrejs/dagre", "3.1.4", {"LICENSE": "dagre.LICENSE"}),
     ("@dagrejs/graphlib", "4.0.8", {"LICENSE": "graphlib.LICENSE"}),
+    (
+        "uplot",  # charts of the dashboards and the SQL workspace
+        "1.6.32",
+        {
+            "dist/uPlot.iife.min.js": "uplot-1.6.32.iife.min.js",
+            "dist/uPlot.min.css": "uplot-1.6.32.min.css",
+            "LICENSE": "uplot.LICENSE",
+        },
+    ),
+    (
+        "codemirror",  # the SQL editor: version 5 is one plain script, no bundler (docs/ui.md)
+        "5.65.21",
+        {
+            "lib/codemirror.js": "codemirror-5.65.21.js",
+            "lib/codemirror.css": "codemirror-5.65.21.css",
+            "mode/sql/sql.js": "codemirror-5.65.21-sql.js",
+            "LICENSE": "codemirror.LICENSE",
+        },
+    ),
 ]
 
 
