@@ -72,8 +72,9 @@ def falkordb_argv(
 ) -> list[str]:
     """redis-server + FalkorDB. With ``rdb_preamble`` an AOF rewrite writes a snapshot, so a
     restart loads it instead of replaying every graph write (38 s for 8k events); rewrites
-    happen automatically once the appended writes reach the snapshot's size (8 MB at least)
-    and at ``down`` (the stack's ``before_stop`` hook). ``rdb_preamble=False`` is the plain
+    happen automatically once the appended writes reach a quarter of the snapshot's size
+    (4 MB at least), bounding the replay after a crash, and at ``down`` (the stack's
+    ``before_stop`` hook). ``rdb_preamble=False`` is the plain
     replay, kept for the benchmark's baseline."""
     server, module = falkordb_binaries()
     return [
@@ -89,9 +90,9 @@ def falkordb_argv(
         "--aof-use-rdb-preamble",
         "yes" if rdb_preamble else "no",
         "--auto-aof-rewrite-percentage",
-        "100" if rdb_preamble else "0",
+        "25" if rdb_preamble else "0",
         "--auto-aof-rewrite-min-size",
-        "8mb",
+        "4mb",
         "--save",
         "60 1000",
         "--protected-mode",
