@@ -38,6 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
 
 from schemas.admission import admit, processing_error
 from schemas.codec import DEFAULT_MAX_EVENT_BYTES, EventCodec
@@ -47,7 +48,7 @@ from schemas.envelope import Event
 from schemas.errors import InvalidEvent
 from schemas.state import AgentState, encode_state
 from schemas.topics import DLQ, EPISODES, EVENTS, STATE, VIOLATIONS
-from streams.log_identity import LogChange, LogWatch
+from streams.log_identity import LogChange, LogReplaced, LogWatch, fetch_marker
 from streams.producer import compression_available, partition_for_key
 from streams.reducer import (
     DEFAULT_CONFIG,
@@ -441,10 +442,26 @@ async def fill_gaps(
     return n
 
 
+EPOCH_TAG = "epoch="  # commit metadata: the log epoch the committed offsets belong to
+
+
+def commit_tag(epoch: str | None) -> str:
+    """Commit metadata naming the log the offsets were read from (streams/log_identity.py)."""
+    return f"{EPOCH_TAG}{epoch}" if epoch else ""
+
+
 async def committed_offsets(
-    bootstrap: str, group_id: str, topic: str, partitions: Iterable[int]
+    bootstrap: str,
+    group_id: str,
+    topic: str,
+    partitions: Iterable[int],
+    epoch: str | None = None,
 ) -> dict[int, int]:
-    """The group's committed offsets for ``partitions`` (absent when nothing is committed)."""
+    """The group's committed offsets for ``partitions`` (absent when nothing is committed).
+
+    With ``epoch``, an offset committed for another log (its metadata names another epoch:
+    a worker that had not yet noticed the broker was replaced) is left out as well.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
     await admin.start()
     try:
@@ -454,7 +471,16 @@ async def committed_offsets(
         )
     finally:
         await admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+    return {
+        tp.partition: meta.offset
+        for tp, meta in offsets.items()
+        if meta.offset >= 0
+        and not (
+            epoch
+            and (meta.metadata or "").startswith(EPOCH_TAG)
+            and meta.metadata != commit_tag(epoch)
+        )
+    }
 
 
 # --- publishing --------------------------------------------------------------------------
@@ -648,7 +674,8 @@ class _Processor(ABC):
             self.stats.gap_records += sum(e - s for s, e in gaps.values())
             self._gaps.extend((p, s, e) for p, (s, e) in gaps.items())
         if fresh:
-            committed = await committed_offsets(self.bootstrap, self.group_id, EVENTS, fresh)
+            epoch = self.log_watch.epoch if self.log_watch else None
+            committed = await committed_offsets(self.bootstrap, self.group_id, EVENTS, fresh, epoch)
             emit_from = {p: min(committed.get(p, 0), end) for p, end in fresh.items()}
             for p in self._reemit.intersection(fresh):  # a new log: its derived topics are new
                 emit_from[p] = 0
@@ -915,6 +942,13 @@ class StreamProcessor(_Processor):
             for agent, state in out.changed.items():
                 self.table[agent.encode()] = encode_state(state)
 
+    def _log_replaced(self, change: LogChange) -> None:
+        """faust creates its changelog topic and group only when the app starts: on a new
+        log it cannot go on. Stop with the reason; a fresh start (the supervisor restarts
+        the worker) re-folds every partition from the new log."""
+        super()._log_replaced(change)
+        raise LogReplaced(change)
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set (or the app crashes: then raise its reason)."""
         stop = stop or asyncio.Event()
@@ -1039,8 +1073,12 @@ class KafkaProcessor(_Processor):
                 acks = await self._send(flight.out)
         self._count(flight.out)
         assert self._consumer is not None
+        tag = commit_tag(self.log_watch.epoch if self.log_watch else None)
+        offsets: dict[TopicPartition, Any] = dict(flight.offsets)
+        if tag:  # which log these positions are in: a fresh worker trusts only its own log's
+            offsets = {tp: OffsetAndMetadata(off, tag) for tp, off in offsets.items()}
         try:
-            await self._consumer.commit(flight.offsets)
+            await self._consumer.commit(offsets)
         except CommitFailedError as err:
             # the partitions were taken away meanwhile: their next owner redoes the batch
             # (outputs are idempotent), nothing is lost
@@ -1168,7 +1206,13 @@ class Progress:
 async def processor_progress(
     bootstrap: str, group_id: str = DEFAULT_GROUP, topic: str = EVENTS
 ) -> Progress:
-    """Where the processor group stands. Uses fetch high watermarks (Tansu's end offsets lie)."""
+    """Where the processor group stands. Uses fetch high watermarks (Tansu's end offsets lie).
+
+    Offsets committed for another incarnation of the log (a worker that had not noticed a
+    broker restart yet) do not count: they are not positions in this log.
+    """
     highwater = await fetch_high_watermarks(bootstrap, topic)
-    committed = await committed_offsets(bootstrap, group_id, topic, highwater)
+    marker = await fetch_marker(bootstrap)
+    epoch = marker.epoch if marker else None
+    committed = await committed_offsets(bootstrap, group_id, topic, highwater, epoch)
     return Progress(committed, highwater)
