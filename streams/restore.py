@@ -443,7 +443,9 @@ async def restore_log_async(
     if missing:
         raise RestoreError(
             f"the archive has partitions {missing} that {topic} lacks (it has {len(partitions)}): "
-            "set AGENTSTREAM_PARTITIONS to the archive's count"
+            "set AGENTSTREAM_PARTITIONS to the archive's count (a client left running across "
+            "a broker restart can also have auto-created the topic with 4 partitions: pass "
+            "partitions= to re-create it empty)"
         )
     # consumers that meet this log now learn a restore is under way (the archiver waits)
     begun = await ensure_epoch(bootstrap, new_marker(restoring=True), topic=epoch_topic)
