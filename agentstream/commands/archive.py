@@ -8,7 +8,6 @@ closed durably on the way out) and reports errors in one line.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 from pathlib import Path
@@ -60,6 +59,8 @@ def archive(
     as_json: Annotated[bool, typer.Option("--json", help="with --restore/--losses: JSON")] = False,
 ) -> None:
     """Archive agent-events to hive-partitioned Parquet until stopped (SIGTERM / Ctrl-C)."""
+    import asyncio
+
     settings = settings_or_exit()
     root = (directory or settings.archive_location).resolve()
     if info:
@@ -92,6 +93,8 @@ def archive(
 
 
 async def _run(bootstrap: str, root: Path, **options: Any) -> Any:
+    import asyncio
+
     from aiokafka.errors import KafkaConnectionError, KafkaError
 
     from streams.archive import ArchiveLocked, Archiver
@@ -137,6 +140,15 @@ def _info(root: Path) -> None:
     console.print(table)
     note = f"; {partial} files of an unfinished segment (rewritten on restart)" if partial else ""
     console.print(f"{len(segments)} segments{note}", highlight=False)
+    from streams.archive import read_loss_report
+
+    lost = read_loss_report(root)
+    if lost.incidents:
+        console.print(
+            f"[red]{lost.records} acknowledged records were lost with a broker before they "
+            f"were archived[/red] (`agentstream archive --losses`)",
+            highlight=False,
+        )
 
 
 def _restore(settings: Any, root: Path, as_json: bool) -> None:
