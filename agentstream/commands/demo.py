@@ -6,7 +6,6 @@ summary, and turns failures into one-line errors.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Annotated, Any
 
@@ -46,6 +45,8 @@ def demo(
 ) -> None:
     """Run the whole pipeline on simulated agents, then show what each read model holds and
     explain one failed action (why, recall, replay verify)."""
+    import asyncio
+
     from pydantic import ValidationError
 
     from agentstream.demo import DemoConfig, DemoError
@@ -77,6 +78,8 @@ def demo(
 
 
 async def _run_with_display(settings: Any, config: Any) -> Any:
+    import asyncio
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from agentstream.demo import Progress as DemoProgress

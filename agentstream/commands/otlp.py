@@ -8,7 +8,6 @@ and health, and reports what it did in one line at the end.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import signal
@@ -34,6 +33,8 @@ def otlp(
 ) -> None:
     """Receive OpenTelemetry traces (GenAI, OpenInference, OpenLLMetry) and publish them as
     agent events; point OTEL_EXPORTER_OTLP_ENDPOINT at it."""
+    import asyncio
+
     overrides: dict[str, object] = {}
     if host is not None:
         overrides["otlp_host"] = host
@@ -71,6 +72,8 @@ def otlp(
 
 
 async def _run(settings: Any, config: Any) -> Any:
+    import asyncio
+
     from streams.otlp.receiver import OtlpReceiver
     from streams.producer import EventProducer
 

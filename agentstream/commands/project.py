@@ -7,7 +7,6 @@ serves reads for ``agentstream query`` while it owns the store.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 from typing import Annotated, Any
@@ -31,6 +30,8 @@ def project(
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING")] = "INFO",
 ) -> None:
     """Run projections (agent-events and derived topics -> read models) until stopped."""
+    import asyncio
+
     from agentstream.wiring import PROJECTIONS
 
     chosen = list(PROJECTIONS) if all_ or not names or names == ["all"] else names
@@ -54,6 +55,8 @@ def project(
 
 
 async def _run(settings: Any, names: list[str], report_every: float) -> list[Any]:
+    import asyncio
+
     from aiokafka.errors import KafkaConnectionError
 
     from agentstream.wiring import BUILDERS, runner_config

@@ -8,7 +8,6 @@ inside the commands so ``agentstream --help`` stays fast.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import signal
@@ -125,6 +124,8 @@ def memory_run(
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING")] = "INFO",
 ) -> None:
     """Run the memory projection until stopped: agent-episodes -> Chroma, with lag reports."""
+    import asyncio
+
     settings = settings_or_exit()
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -143,6 +144,7 @@ def memory_run(
 
 
 async def _run_projection(settings: Any, store: Any, group: str, max_batch: int) -> Any:
+    import asyncio
     from dataclasses import replace
 
     from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -188,6 +190,8 @@ def memory_status(
     """Where the memory stands: store, model, episode count, and the projection's lag.
 
     Exits 1 if the store or the broker cannot be read."""
+    import asyncio
+
     from projections.memory.embedding import EmbeddingError
     from projections.memory.recall import default_store
     from projections.memory.store import MemoryStoreError
@@ -224,6 +228,8 @@ def memory_status(
 
 async def _group_offsets(bootstrap: str, group: str) -> tuple[dict[int, int], dict[int, int]]:
     """Committed offsets of ``group`` and fetch high watermarks of agent-episodes."""
+    import asyncio
+
     from aiokafka import TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -93,6 +92,8 @@ def rebuild_cmd(
     ] = True,
 ) -> None:
     """Rebuild read models from the log into fresh targets, then switch over atomically."""
+    import asyncio
+
     from agentstream.rebuild import RebuildError, RebuildOptions
 
     settings = settings_or_exit()
@@ -346,6 +347,8 @@ def debug_cmd(
 
 
 def _read_or_fail(settings: Any, source: str, root: Path | None, agent: str | None) -> Any:
+    import asyncio
+
     from aiokafka.errors import KafkaConnectionError, KafkaError
 
     try:
@@ -371,6 +374,8 @@ def verify_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Re-run the current reducer over history; compare with the states on agent-state."""
+    import asyncio
+
     from agentstream.debug_replay import divergence_json, verify
 
     settings = settings_or_exit()

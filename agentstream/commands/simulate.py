@@ -7,7 +7,6 @@ with the exact number of events produced.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -58,6 +57,8 @@ def simulate(
     ] = 60.0,
 ) -> None:
     """Publish a deterministic, realistic multi-agent workload to the agent-events topic."""
+    import asyncio
+
     from pydantic import ValidationError
 
     from agentstream.settings import load_settings
@@ -102,6 +103,8 @@ def simulate(
 
 
 async def _epoch(bootstrap: str) -> str | None:
+    import asyncio
+
     from aiokafka.errors import KafkaError
 
     from streams.log_identity import fetch_marker
@@ -117,6 +120,8 @@ def _verify(
     settings: Any, ids: set[str], since_unix: float, epoch: str | None, timeout_s: float
 ) -> None:
     """The embedded broker acknowledges from memory: confirm the events reached the archive."""
+    import asyncio
+
     from streams.delivery_check import archiver_pid, wait_archived
 
     if archiver_pid(settings.archive_location) is None:
@@ -165,6 +170,8 @@ def _verify(
 async def _publish(
     settings: Any, config: Any, rate: float | None, progress: bool, ids: list[str] | None = None
 ) -> tuple[int, float]:
+    import asyncio
+
     from aiokafka.errors import KafkaError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -6,7 +6,6 @@ docker-compose stack, a cluster) run this once, with the partition count you wan
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import typer
@@ -25,6 +24,8 @@ def create(
     timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for the broker")] = 60.0,
 ) -> None:
     """Create missing topics (existing ones are left as they are) and show partition counts."""
+    import asyncio
+
     from aiokafka.errors import KafkaError
 
     from schemas.topics import TOPICS

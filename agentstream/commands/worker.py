@@ -7,7 +7,6 @@ one line. ``state`` reads the latest published state of one agent from ``agent-s
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 from typing import Annotated, Any
@@ -47,6 +46,8 @@ def worker(
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING")] = "INFO",
 ) -> None:
     """Run the stream processor until stopped: agent state, violations, episodes, DLQ."""
+    import asyncio
+
     if engine not in ("faust", "aiokafka"):
         fail(f"worker: unknown engine {engine!r} — use --engine faust or --engine aiokafka")
     settings = settings_or_exit()
@@ -74,6 +75,7 @@ async def _run(
     action_timeout: float,
     engine: Any,
 ) -> Any:
+    import asyncio
     from datetime import timedelta
 
     from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -119,6 +121,8 @@ def state(
     as_json: Annotated[bool, typer.Option("--json", help="print the raw state as JSON")] = False,
 ) -> None:
     """Print an agent's current state (the latest record on agent-state)."""
+    import asyncio
+
     settings = settings_or_exit()
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     bootstrap = settings.bootstrap_servers
