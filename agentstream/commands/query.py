@@ -140,26 +140,31 @@ def quick_store() -> tuple[Path, str] | None:
     return data_dir.resolve() / "run", str(store)
 
 
-def _fail_query(kind: str, message: str) -> NoReturn:
-    """The one-line error for each way the read path says no."""
+def error_line(kind: str, message: str) -> str:
+    """The one-line error for each way the read path says no (the CLI prints it; the web
+    UI's SQL workspace shows the same text)."""
     if kind == "readonly":
-        fail(f"refused: {message}")
+        return f"refused: {message}"
     if kind == "engine_readonly":
-        fail(
+        return (
             f"refused by the engine's read-only mode: {message} — the analyst path cannot "
             "write or lift read-only mode"
         )
     if kind == "limit":
-        fail(
+        return (
             f"stopped by a limit of the read path: {message} — narrow the query (LIMIT, a "
             "time range) or raise query_max_execution_s / query_max_result_rows / "
             "query_max_result_bytes in the settings"
         )
     if kind == "cancelled":
-        fail(f"cancelled: {message}")
+        return f"cancelled: {message}"
     if kind == "named":
-        fail(f"{message} — see agentstream query --list")
-    fail(f"query failed: {message} — fix the SQL (tables: {TABLES})")
+        return f"{message} — see agentstream query --list"
+    return f"query failed: {message} — fix the SQL (tables: {TABLES})"
+
+
+def _fail_query(kind: str, message: str) -> NoReturn:
+    fail(error_line(kind, message))
 
 
 def _print_timing(stats: dict[str, Any] | QueryStats | None, wall_s: float) -> None:

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from agentstream.ui import api, pages
+from agentstream.ui import api, api2, pages
 from agentstream.ui.backends import Backends, NotFound, Unavailable
 from agentstream.ui.deadletters import DeadLetterCache
 from agentstream.ui.metrics import RequestMetrics
@@ -39,6 +39,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        await api2.shutdown(_app)
         backends.close()
 
     app = FastAPI(
@@ -78,6 +79,7 @@ def create_app(
         return {"ok": True, "part": "ui"}
 
     app.include_router(api.router)
+    api2.install(app)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=str(pages.STATIC)), name="static")
     return app

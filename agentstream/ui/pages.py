@@ -29,6 +29,11 @@ PAGES = (
     "/path",
     "/agents/{agent_id}",
     "/deadletters",
+    "/live",
+    "/dashboards",
+    "/dashboards/{which}",
+    "/sql",
+    "/memory",
 )
 
 
@@ -61,7 +66,7 @@ for _page in PAGES:
 
 @router.get("/")
 def home(request: Request) -> Response:
-    return RedirectResponse(request.scope.get("root_path", "") + "/runs", status_code=307)
+    return RedirectResponse(request.scope.get("root_path", "") + "/live", status_code=307)
 
 
 def _safe_next(value: str) -> str:

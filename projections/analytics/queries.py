@@ -324,3 +324,13 @@ NAMED_QUERIES: dict[str, NamedQuery] = {
         FAILED_RUNS,
     )
 }
+
+# the web UI's dashboards (defined in dashboards.py; same text in the UI and the CLI)
+from projections.analytics.dashboards import DASHBOARD_QUERIES  # noqa: E402
+
+NAMED_QUERIES.update(
+    {
+        q.name: NamedQuery(q.name, q.title, q.sql, {k: Param(*v) for k, v in q.params.items()})
+        for q in DASHBOARD_QUERIES
+    }
+)

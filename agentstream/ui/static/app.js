@@ -104,6 +104,12 @@
   const Err = ({ error }) => html`<p class="error">${error.message || String(error)}</p>`;
   const isUuid = (s) => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(s);
 
+  // --- pages of other scripts (live.js, dashboards.js, sql.js, memory.js), loaded before this
+  // one: each pushed a factory that gets these helpers and returns {nav, route(seg)} ---------
+  const kit = { h, html, useState, useEffect, useRef, useMemo, useCallback, A, api, useApi, href, qs, navigate, query,
+    setQuery: (patch, replace) => setQuery(patch, replace), ApiError, fmtTime, fmtDur, fmtInt, fmtCost, pct, shortId, Badge, Err, ROOT, enc };
+  const extraPages = (window.AgentStreamPages || []).map((make) => make(kit));
+
   // --- a JSON value as a tree of text (payloads, states) ---------------------------------------
   function Scalar({ v }) {
     if (v === null || v === undefined) return html`<span class="z">null</span>`;
@@ -192,8 +198,10 @@
     return html`<header class="top">
       <${A} to=${href.runs()} cls="brand">AgentStream<//>
       <nav>
+        ${extraPages.filter((p) => p.nav && p.nav.first).map((p) => html`<${A} to=${ROOT + p.nav.path} cls=${page === p.nav.key ? 'active' : ''}>${p.nav.label}<//>`)}
         <${A} to=${href.runs()} cls=${page === 'runs' ? 'active' : ''}>Runs<//>
         <${A} to=${href.dlq()} cls=${page === 'dlq' ? 'active' : ''}>Dead letters<//>
+        ${extraPages.filter((p) => p.nav && !p.nav.first).map((p) => html`<${A} to=${ROOT + p.nav.path} cls=${page === p.nav.key ? 'active' : ''}>${p.nav.label}<//>`)}
         <a href=${ROOT + '/api/v1/docs'}>API</a>
       </nav>
       <form onSubmit=${go}><input placeholder="Go to a run id, event id or agent id" value=${q} onInput=${(e) => setQ(e.target.value)} aria-label="go to id" /></form>
@@ -853,6 +861,7 @@
     if (seg[0] === 'path') return ['runs', html`<${PathPage} key=${location.search} />`];
     if (seg[0] === 'agents' && seg.length === 2) return ['agents', html`<${AgentPage} key=${seg[1]} agentId=${seg[1]} />`];
     if (seg[0] === 'deadletters') return ['dlq', html`<${DlqPage} />`];
+    for (const x of extraPages) { const found = x.route(seg); if (found) return found; }
     return ['', html`<main><h1>Not found</h1><p>No page at <code>${location.pathname}</code>. <${A} to=${href.runs()}>Runs<//></p></main>`];
   }
   function App() {

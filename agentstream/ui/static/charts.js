@@ -1,0 +1,70 @@
+/* Charts for the live view, dashboards and SQL workspace: uPlot (vendored), loaded on first
+ * use. window.AgentStreamCharts(kit) returns { Chart, pivot, loadScripts }. */
+(function () {
+  'use strict';
+  const COLORS = ['#2563eb', '#ea8a1a', '#16a34a', '#dc2626', '#7c3aed', '#0891b2', '#ca8a04', '#db2777', '#4b5563', '#65a30d'];
+  const loaded = {};
+  function loadScripts(srcs) {
+    const key = srcs.join(' ');
+    if (!loaded[key]) {
+      loaded[key] = srcs.reduce((p, src) => p.then(() => new Promise((ok, bad) => {
+        const s = document.createElement('script'); s.src = src; s.onload = ok; s.onerror = () => bad(new Error('cannot load ' + src)); document.head.appendChild(s);
+      })), Promise.resolve());
+    }
+    return loaded[key];
+  }
+  const chartJs = () => (document.body.dataset.chartJs || '').split(' ').filter(Boolean);
+
+  /* rows [{k: .., x: .., v: ..}] -> {x: sorted unique xs, series: [{label, values}]} */
+  function pivot(rows, xKey, seriesKey, valueKey, fill) {
+    const xs = Array.from(new Set(rows.map((r) => r[xKey]))).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const at = new Map(xs.map((x, i) => [x, i]));
+    const by = new Map();
+    for (const r of rows) {
+      const k = seriesKey ? String(r[seriesKey]) : valueKey;
+      if (!by.has(k)) by.set(k, xs.map(() => (fill === undefined ? null : fill)));
+      by.get(k)[at.get(r[xKey])] = r[valueKey] === null || r[valueKey] === undefined ? null : Number(r[valueKey]);
+    }
+    return { x: xs, series: Array.from(by.entries()).sort((a, b) => (a[0] < b[0] ? -1 : 1)).map(([label, values]) => ({ label, values })) };
+  }
+
+  window.AgentStreamCharts = function (kit) {
+    const { html, useEffect, useRef } = kit;
+    /* x: numbers (epoch seconds when time), series: [{label, values}], kind: line|bar */
+    function Chart({ x, series, kind, height, time, label, name }) {
+      const box = useRef(null);
+      const plot = useRef(null);
+      const shape = JSON.stringify([series.map((s) => s.label), kind, time, height]);
+      useEffect(() => {
+        let alive = true;
+        loadScripts(chartJs()).then(() => {
+          if (!alive || !box.current) return;
+          const uPlot = window.uPlot;
+          const opts = {
+            width: Math.max(300, box.current.clientWidth || 600),
+            height: height || 220,
+            scales: { x: { time: !!time } },
+            legend: { live: false },
+            series: [{ label: time ? 'time' : 'x' }].concat(series.map((s, i) => ({
+              label: s.label,
+              stroke: COLORS[i % COLORS.length],
+              width: kind === 'bar' ? 1 : 2,
+              fill: kind === 'bar' ? COLORS[i % COLORS.length] + '88' : undefined,
+              paths: kind === 'bar' ? uPlot.paths.bars({ size: [0.8 / Math.max(1, series.length), 40], align: 0 }) : undefined,
+              points: { show: x.length <= 60 },
+            }))),
+            axes: [{}, { label: label || '', size: 60 }],
+          };
+          if (plot.current) plot.current.destroy();
+          plot.current = new uPlot(opts, [x].concat(series.map((s) => s.values)), box.current);
+        });
+        return () => { alive = false; if (plot.current) { plot.current.destroy(); plot.current = null; } };
+      }, [shape]);
+      useEffect(() => {  // new data, same shape: update in place (live view: once a second)
+        if (plot.current) plot.current.setData([x].concat(series.map((s) => s.values)));
+      }, [JSON.stringify([x, series.map((s) => s.values)])]);
+      return html`<div class="chart" ref=${box} data-chart=${name || ''} data-series=${series.length} data-points=${x.length}></div>`;
+    }
+    return { Chart, pivot, loadScripts, COLORS };
+  };
+})();
