@@ -196,7 +196,8 @@ def queries(url: str, rows: int, agents: int) -> tuple[list[Figure], dict]:
         load_s = time.perf_counter() - t0
         store.command("OPTIMIZE TABLE bench_10m.agent_minute FINAL")
         store.command("OPTIMIZE TABLE bench_10m.tool_minute FINAL")
-        store.command("OPTIMIZE TABLE bench_10m.run_summary FINAL")
+        store.command("OPTIMIZE TABLE bench_10m.run_agent FINAL")
+        store.command("OPTIMIZE TABLE bench_10m.run_totals FINAL")
     assert store.scalar("SELECT count() FROM bench_10m.events") == rows
     assert store.scalar("SELECT sum(events) FROM bench_10m.agent_minute") == rows
 
@@ -233,7 +234,7 @@ def queries(url: str, rows: int, agents: int) -> tuple[list[Figure], dict]:
     )
     rollup_rows = {
         t: store.scalar(f"SELECT count() FROM bench_10m.{t}")
-        for t in ("agent_minute", "tool_minute", "run_summary")
+        for t in ("agent_minute", "tool_minute", "run_agent", "run_totals")
     }
     reader.close()
     proj.close()

@@ -100,7 +100,7 @@ def main() -> None:
     t0 = time.perf_counter()
     if store.scalar(f"SELECT count() FROM {db}.events") != events:
         store.command(f"TRUNCATE TABLE {db}.events")
-        for t in ("agent_minute", "tool_minute", "run_summary", "run_agent", "run_totals"):
+        for t in ("agent_minute", "tool_minute", "run_agent", "run_totals"):
             store.command(f"TRUNCATE TABLE {db}.{t}")
         chunk = 1_000_000
         for start in range(0, events, chunk):

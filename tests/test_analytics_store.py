@@ -112,7 +112,8 @@ def test_rollups_are_fed_by_their_views(store):
     completed = sum(1 for e in events if e.type.startswith("agent.act.completed."))
     assert store.scalar("SELECT sum(calls) FROM tool_minute") == completed
     with_run = sum(1 for e in events if e.runid is not None)
-    assert store.scalar("SELECT sum(events) FROM run_summary") == with_run
+    assert store.scalar("SELECT sum(events) FROM run_agent") == with_run
+    assert store.scalar("SELECT sum(events) FROM runs") == with_run
 
 
 def test_replace_live_with_swaps_every_table_and_views_keep_feeding(backend):

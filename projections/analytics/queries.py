@@ -1,8 +1,9 @@
 """The named-query library: the questions analysts ask most, as reviewed SQL.
 
-Each query reads the rollups where it can (fast on any history size; ``run_summary`` is
-read with ``FINAL``, which merges its rows per run in key order, cheaper than a hash
-``GROUP BY`` over a quarter million runs) and takes
+Each query reads the rollups where it can (fast on any history size; the run queries read
+the view ``runs``, i.e. ``run_totals`` with ``FINAL``, which merges its rows per run in key
+order, cheaper than a hash ``GROUP BY`` over a quarter million runs, and pick the rows
+they return before computing them) and takes
 ClickHouse query parameters (``{name:Type}``) with defaults. docs/analytics.md shows each
 one's SQL; ``agentstream query --list`` lists them, ``--named NAME --param k=v`` runs one.
 """

@@ -422,15 +422,6 @@ ROLLUPS: tuple[Rollup, ...] = (
         rollup_count="sum(calls)",
     ),
     Rollup(
-        table="run_summary",
-        view="run_summary_mv",
-        month_column=None,  # a run's rows may span months: one partition, small anyway
-        select=_RUN_SUMMARY_SELECT,
-        source_count="count()",
-        source_filter="run_id IS NOT NULL",
-        rollup_count="sum(events)",
-    ),
-    Rollup(
         table="run_agent",
         view="run_agent_mv",
         month_column=None,  # a run may span months: one partition
@@ -469,6 +460,18 @@ ROLLUPS: tuple[Rollup, ...] = (
         source="violations",
     ),
 )
+RUN_SUMMARY_V1 = Rollup(
+    table="run_summary",
+    view="run_summary_mv",
+    month_column=None,
+    select=_RUN_SUMMARY_SELECT,
+    source_count="count()",
+    source_filter="run_id IS NOT NULL",
+    rollup_count="sum(events)",
+)
+"""Per agent and run, created by migration 1 and dropped by migration 5 (superseded by
+``run_agent`` and ``runs``: it was one row per agent, not per run)."""
+
 ROLLUP_TABLES: tuple[str, ...] = tuple(dict.fromkeys(r.table for r in ROLLUPS))
 ROLLUPS_BY_TABLE: dict[str, tuple[Rollup, ...]] = {
     t: tuple(r for r in ROLLUPS if r.table == t) for t in ROLLUP_TABLES
@@ -651,12 +654,8 @@ def _views(db: str, tables: Sequence[str]) -> list[str]:
 
 def _views_v1(db: str) -> list[str]:
     """The views of migration 1 as they were then (``tool_minute`` counted ``failures``)."""
-    old = {"tool_minute": replace(ROLLUP_BY_VIEW["tool_minute_mv"], select=_TOOL_MINUTE_SELECT_V1)}
-    return [
-        _view(old.get(r.table, r), db)
-        for r in ROLLUPS
-        if r.table in ("agent_minute", "tool_minute", "run_summary")
-    ]
+    tool_minute = replace(ROLLUP_BY_VIEW["tool_minute_mv"], select=_TOOL_MINUTE_SELECT_V1)
+    return [_view(r, db) for r in (ROLLUP_BY_VIEW["agent_minute_mv"], tool_minute, RUN_SUMMARY_V1)]
 
 
 def _vocabulary(db: str) -> list[str]:
@@ -718,6 +717,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         "one vocabulary: agent_state actions/errors/mismatches/failed/recent_success_rate, "
         "tool_minute.errors",
         _vocabulary,
+    ),
+    Migration(
+        5,
+        "drop run_summary (one row per agent and run; superseded by run_agent and runs)",
+        lambda db: [
+            f"DROP VIEW IF EXISTS {db}.run_summary_mv",
+            f"DROP TABLE IF EXISTS {db}.run_summary SYNC",
+        ],
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
