@@ -72,6 +72,14 @@ def test_settings_are_read_from_clickhouse_formatting():
         check_settings([[("log_comment", "'x'")]], [], limits)
     with pytest.raises(ReadOnlyError, match="EXPLAIN option"):
         check_settings([], [("nope", "1")], limits)
+    # a value the reader cannot take apart must not hide the settings after it
+    for hidden in (
+        "SELECT 1 SETTINGS max_threads = 1, additional_table_filters = {'t': 'x'}, "
+        "max_execution_time = 99999",
+        "SELECT 1 SETTINGS max_threads = f(1), max_execution_time = 99999",
+    ):
+        with pytest.raises(ReadOnlyError, match="could not read"):
+            settings_in(hidden)
 
 
 # --- a store, a file outside it, a URL that counts requests ---------------------------------
@@ -165,6 +173,8 @@ def attacks(o: Outside) -> list[str]:
         "SELECT 1 SETTINGS max_result_bytes = 99999999999999",
         "SELECT 1 SETTINGS timeout_overflow_mode = 'break'",
         "SELECT 1 SETTINGS log_comment = 'x'",
+        "SELECT 1 SETTINGS max_threads = 1, additional_table_filters = {'events': 'x = 1'}, "
+        "max_execution_time = 99999",
         "SELECT * FROM (SELECT 1 SETTINGS max_execution_time = 100000)",
         "SELECT 1 INTERSECT SELECT * FROM url('" + u + "', 'CSV')",
     ]

@@ -468,21 +468,37 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _VALUE = r"(?:'_*'|-?[0-9][0-9A-Za-z_.+-]*|" + _IDENT + r")"
 _PAIR = re.compile(r"\s*(" + _IDENT + r")\s*=\s*(" + _VALUE + r")")
 _SETTINGS_WORD = re.compile(r"\bSETTINGS\b")
+_COMMA = re.compile(r"\s*,")
 _EXPLAIN_HEAD = re.compile(
     r"^\s*EXPLAIN(?:\s+(?:AST|SYNTAX|QUERY\s+TREE|PLAN|PIPELINE|ESTIMATE|TABLE\s+OVERRIDE))?",
 )
 
 
 def _pairs_at(formatted: str, bare: str, pos: int) -> list[tuple[str, str]]:
-    """``name = value, …`` starting at ``pos`` of the skeleton (values from the original)."""
+    """``name = value, …`` starting at ``pos`` of the skeleton (values from the original).
+
+    Empty when there is no pair at ``pos``; a list that goes on after a comma with
+    something that is not a pair (a map or array value …) is refused, so that no setting
+    after it can go unread.
+    """
     pairs: list[tuple[str, str]] = []
     while True:
         m = _PAIR.match(bare, pos)
         if m is None:
+            if pairs:
+                raise ReadOnlyError(
+                    f"could not read the setting after {pairs[-1][0]} in the statement's "
+                    "SETTINGS; write plain name = value pairs"
+                )
             return pairs
         pairs.append((m.group(1), formatted[m.start(2) : m.end(2)]))
         pos = m.end()
-        comma = re.compile(r"\s*,").match(bare, pos)
+        if bare[pos:].lstrip()[:1] in ("(", "[", "{", ".", ":"):
+            raise ReadOnlyError(
+                f"could not read the value of {m.group(1)} in the statement's SETTINGS; "
+                "write a plain literal"
+            )
+        comma = _COMMA.match(bare, pos)
         if comma is None:
             return pairs
         pos = comma.end()
