@@ -228,7 +228,7 @@ class EventCodec:
             and strict_json.has_duplicate_keys(raw)
         ):
             raise self._located(raw, RejectReason.DUPLICATE_KEY)
-        if b"\\u0000" in raw:
+        if b"\\" in raw and b"\\u0000" in raw:  # one memchr first: most events escape nothing
             _check_nul(raw)
         if not MIN_TIME <= event.time < MAX_TIME:
             raise InvalidEvent(
