@@ -251,6 +251,7 @@ def main() -> None:
     ap.add_argument("--run-len", type=int, default=250)
     ap.add_argument("--budget-s", type=float, default=300.0)
     ap.add_argument("--replay-cap-s", type=float, default=300.0)
+    ap.add_argument("--results-name", default="bench_stack", help="bench/results/NAME.json")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-stack-") as tmp:
@@ -300,7 +301,7 @@ def main() -> None:
         "small": small,
         "large": large,
     }
-    path = write_results("bench_stack", figures, params)
+    path = write_results(args.results_name, figures, params)
     print_table("graph restart: AOF with RDB preamble (compacted at down) vs AOF replay", figures)
     verdict = "met" if large["snapshot_ready_s"] <= READY_GOAL_S else "NOT met"
     print(
