@@ -1024,6 +1024,25 @@ def _metrics_urls(settings: Settings) -> dict[str, str]:
     return found
 
 
+def _readiness(url: str) -> str | None:
+    """What a part's own ``/readyz`` says (ready or why not), or None if it does not answer."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=1.0) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as err:  # 503: not ready, with the reason in the body
+        try:
+            body = json.loads(err.read())
+        except ValueError:
+            return None
+    except (OSError, ValueError):
+        return None
+    state = "ready" if body.get("ready") else "not ready"
+    return f"{state}: {body.get('detail', '')}".rstrip(": ")
+
+
 def loss_report(settings: Settings) -> str | None:
     """One line on acknowledged events the log lost before the archiver read them (the
     archive's ``read_loss_report``), or None when nothing was lost."""
@@ -1322,12 +1341,17 @@ class Stack:
             out = self._with_lag(out)
         urls = _metrics_urls(self.settings)
         by_name = {s.name: s for s in self._services}
-        return [
-            _replace(p, metrics_url=urls.get(by_name[p.part].metrics_part or ""))
-            if p.part in by_name and p.pid is not None
-            else p
-            for p in out
-        ]
+        done: list[PartStatus] = []
+        for p in out:
+            svc = by_name.get(p.part)
+            url = urls.get(svc.metrics_part or "") if svc and p.pid is not None else None
+            if url is None:
+                done.append(p)
+                continue
+            ready = _readiness(url) if p.state == "running" else None
+            detail = p.detail if ready is None or p.detail != "alive" else ready
+            done.append(_replace(p, metrics_url=url, detail=detail))
+        return done
 
     def supervisor_status(self) -> PartStatus | None:
         """The daemon itself, when one was recorded."""
