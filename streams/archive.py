@@ -203,9 +203,25 @@ def segment_complete(root: Path, segment: Segment) -> bool:
     return listed <= present
 
 
+def drop_covered(segments: Iterable[Segment]) -> list[Segment]:
+    """Leave out segments inside another one's offset range: the small segments a
+    compaction merged (:func:`compact`), until they are deleted."""
+    out: list[Segment] = []
+    reach: dict[tuple[int, int], int] = {}
+    for seg in sorted(
+        segments, key=lambda x: (x.generation, x.partition, x.first_offset, -x.last_offset)
+    ):
+        key = (seg.generation, seg.partition)
+        if seg.last_offset <= reach.get(key, -1):
+            continue
+        out.append(seg)
+        reach[key] = seg.last_offset
+    return out
+
+
 def complete_segments(root: Path) -> list[Segment]:
     """The archive's segments, leaving out the last one of a partition if it is partial."""
-    segments = group_segments(scan_files(root))
+    segments = drop_covered(group_segments(scan_files(root)))
     last_of: dict[tuple[int, int], Segment] = {}
     for s in segments:
         last_of[(s.generation, s.partition)] = s
@@ -264,6 +280,115 @@ def repair(root: Path) -> list[str]:
                 removed.append(f.relpath)
             _fsync_dirs({(root / f.relpath).parent for f in s.files})
     return removed
+
+
+# --- compaction: few large files instead of one per flush ------------------------------------
+
+
+def compact(
+    root: Path,
+    *,
+    min_run: int = 20,
+    max_records: int = 500_000,
+    older_than_s: float = 60.0,
+    delete_after_s: float = 3600.0,
+    row_group_rows: int = 20_000,
+) -> tuple[int, int]:
+    """Merge runs of small segments; delete merged-away files once nobody reads them.
+
+    The archiver closes a file per partition every ``archive_flush_s`` (the loss window),
+    so a busy archive gets many small files. A run of at least ``min_run`` consecutive
+    single-file segments of one partition in one directory, each older than
+    ``older_than_s``, becomes one file with the run's offset range (written to ``_tmp``,
+    fsynced, renamed: atomic). Readers ignore segments a larger one covers
+    (:func:`drop_covered`), so the small files stay readable for ``delete_after_s`` (a
+    reader that listed them earlier) and are deleted after. Returns (segments merged,
+    files deleted). Run only by the archiver (it holds the directory's lock).
+    """
+    now = time.time()
+    every = group_segments(scan_files(root))
+    kept = {id(x) for x in drop_covered(every)}
+    deleted = 0
+    dirs: set[Path] = set()
+    for seg in every:
+        if id(seg) in kept:
+            continue
+        for f in seg.files:
+            path = root / f.relpath
+            with contextlib.suppress(OSError):
+                if now - path.stat().st_mtime >= delete_after_s:
+                    path.unlink()
+                    deleted += 1
+                    dirs.add(path.parent)
+    _fsync_dirs(dirs)
+    runs: list[list[Segment]] = []
+    current: list[Segment] = []
+
+    def small(x: Segment) -> bool:
+        if len(x.files) != 1:
+            return False
+        try:
+            return now - (root / x.files[0].relpath).stat().st_mtime >= older_than_s
+        except OSError:
+            return False
+
+    def continues(x: Segment) -> bool:
+        if not current:
+            return False
+        prev = current[-1]
+        size = x.last_offset - current[0].first_offset + 1
+        return (
+            (prev.generation, prev.partition) == (x.generation, x.partition)
+            and prev.last_offset + 1 == x.first_offset
+            and prev.files[0].kind == x.files[0].kind
+            and Path(prev.files[0].relpath).parent == Path(x.files[0].relpath).parent
+            and size <= max_records
+        )
+
+    for seg in complete_segments(root):
+        if small(seg) and continues(seg):
+            current.append(seg)
+            continue
+        if len(current) >= min_run:
+            runs.append(current)
+        current = [seg] if small(seg) else []
+    if len(current) >= min_run:
+        runs.append(current)
+    for run in runs:
+        _merge(root, run, row_group_rows)
+    return sum(len(r) for r in runs), deleted
+
+
+def _merge(root: Path, run: list[Segment], row_group_rows: int) -> None:
+    first, last = run[0], run[-1]
+    kind = first.files[0].kind
+    schema = ARCHIVE_SCHEMA if kind == EVENTS_DIR else DLQ_SCHEMA
+    table = pa.concat_tables([pq.read_table(root / x.files[0].relpath, schema=schema) for x in run])
+    directory = (root / first.files[0].relpath).parent
+    name = segment_file_name(
+        first.generation, first.partition, first.first_offset, last.last_offset
+    )
+    final = directory / name
+    info = json.dumps(
+        {
+            "generation": first.generation,
+            "partition": first.partition,
+            "first_offset": first.first_offset,
+            "last_offset": last.last_offset,
+            "records": table.num_rows,
+            "files": [str(final.relative_to(root))],
+            "merged": len(run),
+        }
+    )
+    _make_dirs(root / TMP_DIR)
+    tmp = root / TMP_DIR / f"merge-{name}"
+    writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+    writer.write_table(table, row_group_size=row_group_rows)
+    writer.add_key_value_metadata({SEGMENT_KEY.decode(): info})
+    writer.close()
+    _fsync_path(tmp)
+    os.replace(tmp, final)
+    _fsync_dirs({directory, root / TMP_DIR})
 
 
 # --- durable writes -----------------------------------------------------------------------
@@ -867,6 +992,7 @@ class Archiver:
         max_partition_fetch_bytes: int = 4 << 20,
         marker_grace_s: float = 10.0,
         log_check_s: float = 1.0,
+        compact_every_s: float = 60.0,
     ) -> None:
         self.bootstrap, self.root, self.topic, self.group_id = bootstrap, root, topic, group_id
         self.max_segment_bytes = max_segment_bytes
@@ -878,6 +1004,9 @@ class Archiver:
         self.max_partition_fetch_bytes = max_partition_fetch_bytes
         self.marker_grace_s = marker_grace_s
         self.log_check_s = log_check_s  # how often the log's identity is read while busy
+        self.compact_every_s = compact_every_s  # 0: never merge small files
+        self._compaction: asyncio.Future[tuple[int, int]] | None = None
+        self._compacted_at = time.monotonic()
         self.codec = EventCodec(max_event_bytes) if max_event_bytes else EventCodec()
         self.stats = ArchiverStats()
         self._open: dict[int, SegmentWriter] = {}
@@ -952,6 +1081,9 @@ class Archiver:
                     self._lost(plan.generation, old_epoch, watch.epoch, self._archived_next)
                     self._state = _LogState(watch.epoch, plan.generation)
             finally:
+                if self._compaction is not None:  # a merge in progress finishes (bounded)
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(asyncio.shield(self._compaction), 5)
                 for seg in self._open.values():
                     seg.abort()
                 self._open.clear()
@@ -997,6 +1129,27 @@ class Archiver:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
         await watch.accept()
+
+    def _maybe_compact(self) -> None:
+        """Every ``compact_every_s``, merge small files in a worker thread (:func:`compact`)."""
+        if self._compaction is not None and self._compaction.done():
+            try:
+                merged, deleted = self._compaction.result()
+                if merged or deleted:
+                    log.info("archive: merged %d small segments, deleted %d files", merged, deleted)
+            except Exception as err:  # compaction is an optimisation: never stop archiving
+                log.warning("archive: compaction failed: %r", err)
+            self._compaction = None
+        now = time.monotonic()
+        if (
+            self.compact_every_s > 0
+            and self._compaction is None
+            and now - self._compacted_at >= self.compact_every_s
+        ):
+            self._compacted_at = now
+            self._compaction = asyncio.ensure_future(
+                asyncio.to_thread(compact, self.root, max_records=100_000)
+            )
 
     @property
     def seen_highwater(self) -> dict[int, int]:
@@ -1058,6 +1211,7 @@ class Archiver:
                     self._pending_hw[tp.partition] = max(hw, self._pending_hw.get(tp.partition, 0))
             idle = not any(batches.values())
             await self._check_log(fetched, idle=idle)
+            self._maybe_compact()
             if idle and not self._idle:
                 held = sum(seg.records for seg in self._open.values())
                 log.info(
