@@ -36,6 +36,7 @@ def install(app: FastAPI) -> None:
         return JSONResponse({"ok": False, "error": err.line, "kind": err.kind}, status_code=400)
 
     app.include_router(router)
+    app.add_middleware(ClientGone)  # added last: outermost, sees the server's own receive
 
 
 async def shutdown(app: FastAPI) -> None:
@@ -147,31 +148,70 @@ def _params(param: list[str] | None) -> dict[str, Any]:
     return parse_params(param or [])
 
 
-async def _run(request: Request, sql: str, params: dict[str, Any], fresh: bool) -> sqlws.Ran:
-    """Run in a thread; a client that goes away sets ``gone``, and the read path kills the
-    statement (``client_gone``)."""
-    gone = threading.Event()
+class ClientGone:
+    """ASGI middleware (outermost) for the SQL routes: puts a ``threading.Event`` in the
+    scope that is set when the HTTP client disconnects, so a statement whose page went away
+    is killed. Starlette's ``request.is_disconnected()`` never reports it behind a
+    ``BaseHTTPMiddleware`` (measured), so this reads the server's own ``receive``: after
+    the (empty) GET body, the next message only comes on disconnect or response end."""
 
-    async def watch() -> None:
-        while not gone.is_set():
-            if await request.is_disconnected():
+    KEY = "agentstream.client_gone"
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/v1/sql"):
+            await self.app(scope, receive, send)
+            return
+        gone = threading.Event()
+        scope[self.KEY] = gone
+        first = await receive()
+        if first.get("more_body"):  # not a bodiless GET: no watching
+            pending: list[Any] = [first]
+
+            async def passthrough() -> Any:
+                return pending.pop() if pending else await receive()
+
+            await self.app(scope, passthrough, send)
+            return
+        disconnected = asyncio.Event()
+
+        async def watch() -> None:
+            msg = await receive()
+            if msg.get("type") == "http.disconnect":
                 gone.set()
-                return
-            await asyncio.sleep(0.1)
+                disconnected.set()
 
-    watcher = asyncio.create_task(watch())
-    try:
-        return await asyncio.to_thread(
-            sqlws.run,
-            request.app.state.backends,
-            request.app.state.results,
-            sql,
-            params,
-            gone.is_set,
-            fresh,
-        )
-    finally:
-        watcher.cancel()
+        watcher = asyncio.create_task(watch())
+        delivered = False
+
+        async def wrapped() -> Any:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return first
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        try:
+            await self.app(scope, wrapped, send)
+        finally:
+            watcher.cancel()
+
+
+async def _run(request: Request, sql: str, params: dict[str, Any], fresh: bool) -> sqlws.Ran:
+    """Run in a thread; when the client goes away the read path kills the statement."""
+    gone: threading.Event = request.scope.get(ClientGone.KEY) or threading.Event()
+    return await asyncio.to_thread(
+        sqlws.run,
+        request.app.state.backends,
+        request.app.state.results,
+        sql,
+        params,
+        gone.is_set,
+        fresh,
+    )
 
 
 _SQL = Annotated[str | None, Query(description="one reading statement")]

@@ -144,11 +144,8 @@ def page(ran: Ran, offset: int, limit: int, sort: str | None, desc: bool) -> dic
     if sort:
         if sort not in table.column_names:
             raise ValueError(f"no column {sort!r} in the result")
-        order = pc.sort_indices(
-            table,
-            sort_keys=[(sort, "descending" if desc else "ascending")],
-            null_placement="at_end",
-        )
+        # nulls last (pyarrow's default)
+        order = pc.sort_indices(table, sort_keys=[(sort, "descending" if desc else "ascending")])
         table = table.take(order)
     shown = table.slice(offset, limit)
     rows = [[_jsonable(v) for v in row.values()] for row in shown.to_pylist()]
