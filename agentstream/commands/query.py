@@ -172,14 +172,15 @@ def _print_timing(stats: dict[str, Any] | QueryStats | None, wall_s: float) -> N
     elapsed, rows, size = raw.get("elapsed_s"), raw.get("rows_read"), raw.get("bytes_read")
     if elapsed is None:
         err_console.print(
-            f"timing: engine figures not reported by this backend; wall {wall_s * 1e3:.1f} ms",
+            "timing: engine figures not reported by this backend; "
+            f"{wall_s * 1e3:.1f} ms in the command (after start-up)",
             style="dim",
             highlight=False,
         )
         return
     err_console.print(
         f"timing: engine {elapsed * 1e3:.1f} ms, {rows:,} rows read ({size:,} bytes); "
-        f"wall {wall_s * 1e3:.1f} ms",
+        f"{wall_s * 1e3:.1f} ms in the command (after start-up)",
         style="dim",
         highlight=False,
     )
