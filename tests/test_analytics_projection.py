@@ -459,6 +459,15 @@ def test_team_runs_are_one_row_each_and_match_the_raw_events(projection):
         assert r["cost_usd"] == pytest.approx(t["cost"], abs=1e-9)
         assert r["started_at"] == t["first"] and r["ended_at"] == t["last"]
     assert sum(t["mismatches"] for t in truth.values()) > 0
+    # a page of one agent's runs, newest first
+    page = projection.store.query_arrow(
+        _q("recent_runs"), NAMED_QUERIES["recent_runs"].bind({"agent": "coder-1", "limit": 500})
+    ).to_pylist()
+    want = sorted(
+        (k for k, t in truth.items() if "coder-1" in t["agents"]),
+        key=lambda k: (-truth[k]["first"].timestamp(), k),
+    )
+    assert [r["run_id"] for r in page] == want and want
     # each agent's own status: the same in ClickHouse and in the agent's folded state
     shares = projection.store.query_arrow(
         NAMED_QUERIES["run_agent_costs"].sql, {"run_id": "", "limit": 100_000}

@@ -246,13 +246,14 @@ ORDER BY runs DESC, status
 
 RECENT_RUNS = NamedQuery(
     "recent_runs",
-    "One page of runs, newest start first (optionally of one final status)",
+    "One page of runs, newest start first (optionally of one final status or one agent)",
     """
 WITH page AS
 (
     SELECT r.tenant AS tenant, r.run_id AS run_id
     FROM runs AS r
-    WHERE {status:String} = '' OR r.status = {status:String}
+    WHERE ({status:String} = '' OR r.status = {status:String})
+      AND ({agent:String} = '' OR has(r.agents, {agent:String}))
     ORDER BY r.started_at DESC, r.run_id
     LIMIT {limit:UInt32} OFFSET {offset:UInt32}
 )
@@ -265,6 +266,7 @@ ORDER BY started_at DESC, run_id
         "limit": Param("UInt32", "50", "runs per page"),
         "offset": Param("UInt32", "0", "runs to skip"),
         "status": Param("String", "", "only runs of this final status ('' = all)"),
+        "agent": Param("String", "", "only runs this agent took part in ('' = all)"),
     },
 )
 
