@@ -48,7 +48,8 @@ def _between(column: str) -> str:
 
 
 def _bucket(column: str) -> str:
-    return f"toStartOfInterval({column}, toIntervalSecond({{bucket:UInt32}}))"
+    # a DateTime64 (a timestamp in Arrow, CSV and JSON; a plain DateTime would be a number)
+    return f"toDateTime64(toStartOfInterval({column}, toIntervalSecond({{bucket:UInt32}})), 0, 'UTC')"
 
 
 DASH_COST_BY_AGENT = NamedQuery(

@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -83,7 +84,20 @@ def publish(stack: UIStack, events: list[Event]) -> None:
         finally:
             await producer.close()
 
-    asyncio.run(go())
+    # in a thread of its own: Playwright's sync API keeps an event loop in the test's thread
+    failed: list[BaseException] = []
+    t = threading.Thread(target=lambda: _run_or_keep(go, failed))
+    t.start()
+    t.join(60)
+    if failed:
+        raise failed[0]
+
+
+def _run_or_keep(go: Any, failed: list[BaseException]) -> None:
+    try:
+        asyncio.run(go())
+    except BaseException as err:
+        failed.append(err)
 
 
 @pytest.fixture(scope="module")

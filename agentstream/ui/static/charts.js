@@ -17,7 +17,9 @@
 
   /* rows [{k: .., x: .., v: ..}] -> {x: sorted unique xs, series: [{label, values}]} */
   function pivot(rows, xKey, seriesKey, valueKey, fill) {
-    const xs = Array.from(new Set(rows.map((r) => r[xKey]))).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const num = (v) => (typeof v === 'string' && isNaN(Number(v)) ? Date.parse(v) / 1000 : Number(v));  // ISO times -> epoch s
+    rows = rows.map((r) => Object.assign({}, r, { [xKey]: num(r[xKey]) }));
+    const xs = Array.from(new Set(rows.map((r) => r[xKey]))).sort((a, b) => a - b);
     const at = new Map(xs.map((x, i) => [x, i]));
     const by = new Map();
     for (const r of rows) {

@@ -87,9 +87,9 @@
 
   const signed = (v, digits) => (v === null || v === undefined ? '–' : (v > 0 ? '+' : '') + Number(v).toFixed(digits));
   function Fit({ s, what }) {
-    if (!s || !s.n) return html`<div class="fit">no ${what} yet</div>`;
+    if (!s || !s.n) return html`<div class="fit">${what}: no runs with one yet</div>`;
     const dir = s.slope > 0 ? 'up' : s.slope < 0 ? 'down' : '';
-    return html`<div class="fit" data-fit=${what}><span>runs <b>${s.n}</b></span><span>slope <b class=${dir} data-slope=${s.slope}>${signed(s.slope, 4)}</b> per run</span>
+    return html`<div class="fit" data-fit=${what}><span><b>${what}</b></span><span>runs <b>${s.n}</b></span><span>slope <b class=${dir} data-slope=${s.slope}>${signed(s.slope, 4)}</b> per run</span>
       <span>first tenth <b>${s.first_tenth.toFixed(3)}</b> → last tenth <b>${s.last_tenth.toFixed(3)}</b> (<b class=${s.change > 0 ? 'up' : s.change < 0 ? 'down' : ''} data-change=${s.change}>${signed(s.change, 3)}</b>)</span></div>`;
   }
   const line = (s, label) => ({ x: s.values.map((_, i) => i + 1), series: [{ label, values: s.values }] });
