@@ -89,6 +89,9 @@ if not console.is_terminal:  # a log file or CI: room for the whole table
     console = Console(width=160)
 
 CONSUMER_PARTS = ("worker", "projections", "archiver")
+# a part the supervisor shows as "crash-loop" after several quick restarts is running again
+# (it stays in that state until it has run a minute): either counts as up
+UP_STATES = ("running", "crash-loop")
 KILLABLE = ("worker", "projections", "archiver", "graph")
 
 
@@ -517,7 +520,7 @@ class Harness:
         while time.monotonic() - t0 < deadline_s:
             st = await asyncio.to_thread(self.stack.status, False)
             now = next((p for p in st if p.part == part), None)
-            if now is not None and now.state == "running" and now.pid not in (None, before):
+            if now is not None and now.state in UP_STATES and now.pid not in (None, before):
                 return time.monotonic() - t0
             await asyncio.sleep(0.2)
         raise TimeoutError(f"{part} was not running again {deadline_s:.0f}s after kill -9")
@@ -527,7 +530,7 @@ class Harness:
         while time.monotonic() - t0 < deadline_s:
             st = await asyncio.to_thread(self.stack.status, False)
             now = next((p for p in st if p.part == part), None)
-            if now is not None and now.state == "running" and now.pid:
+            if now is not None and now.state in UP_STATES and now.pid:
                 return int(now.pid)
             await asyncio.sleep(0.2)
         raise TimeoutError(f"{part} is not running")
@@ -548,7 +551,7 @@ class Harness:
                 continue
             wanted = [p for p in parts if p.state not in ("disabled",)]
             ok = (
-                all(p.state == "running" for p in wanted)
+                all(p.state in UP_STATES for p in wanted)
                 and all(
                     p.lag is not None and all(v == 0 for v in p.lag.values())
                     for p in wanted
