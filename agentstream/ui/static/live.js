@@ -106,7 +106,7 @@
           : html`<button type="button" data-action="pause" onClick=${() => setPaused(true)}>❚❚ Pause</button>`}
       </form>
       <div class="panel"><table class="grid tail" data-table="tail"><thead><tr><th>time</th><th>agent</th><th>type</th><th>run</th><th>summary</th></tr></thead>
-        <tbody>${tail.map((e) => html`<tr key=${e.id} data-event=${e.id} data-lat=${e.seen_ms === null ? '' : String(e.seen_ms - e.ts_ms)}>
+        <tbody>${tail.map((e) => html`<tr key=${e.id} data-event=${e.id} data-ts=${e.ts_ms}>
           <td class="mono"><${A} to=${eventLink(e)}>${timeOf(e.time)}<//></td><td><${A} to=${href.agent(e.agent)}>${e.agent}<//></td><td class="mono">${e.type}</td>
           <td>${e.run ? html`<${A} to=${href.run(e.run)} cls="mono">${e.run}<//>` : '–'}</td><td class="wrap">${e.summary}</td></tr>`)}
         ${tail.length ? null : html`<tr><td colspan="5" class="dim">waiting for new events…</td></tr>`}</tbody></table></div>

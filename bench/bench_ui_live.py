@@ -1,0 +1,349 @@
+"""Web UI part 2 benchmark: live-view freshness, dashboard query time, SQL workspace overhead.
+
+    python bench/bench_ui_live.py [--rows 10000000] [--rates 1000,10000] [--seconds 10]
+
+1. Dashboards and SQL workspace over ``--rows`` synthetic events in a fresh chDB store
+   (generated inside chDB through the projection's views, as ``bench_analytics`` does, so
+   the rollups are real). The UI app runs in this process (uvicorn in a thread, chDB opened
+   directly); requests go over loopback HTTP, one at a time.
+   - each dashboard (``GET /api/v1/dashboards/X``, all panels' named queries, all time):
+     p50/p95 of 20 requests, against the same SQL run bare through clickhouse-connect's
+     chDB client in the same process (sum over the panels). Goal: p95 <= 200 ms.
+   - SQL workspace: ``GET /api/v1/sql?…&fresh=true`` (the guarded read path, paging, JSON)
+     minus the bare chDB query, for ``SELECT 1`` and a named query. Goal: <= 20 ms.
+2. Freshness: Tansu + ``agentstream ui`` (own process); a child process produces thought
+   events at each rate for ``--seconds`` (record timestamp = wall clock at send); Chromium
+   shows /live and a MutationObserver records, for every tail row put on the page,
+   (now - record timestamp). Baseline in the same run: a bare aiokafka consumer in this
+   process, (receive time - record timestamp) of every record. p50/p99.
+
+Ports: the 29xxx block unless ``--ports`` says otherwise. Writes
+bench/results/bench_ui_live.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Figure, print_table, write_results
+from bench_analytics import PRODUCER, SYNTH
+
+from agentstream.processes import ManagedProcess, tansu_argv
+from agentstream.settings import load_settings
+from agentstream.stack import settings_env
+
+HOST = "127.0.0.1"
+CLI = [sys.executable, "-m", "agentstream.cli"]
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def http_ms(url: str) -> float:
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=120) as r:
+        r.read()
+        assert r.status == 200
+    return (time.perf_counter() - t0) * 1000
+
+
+# --- 1. dashboards and the SQL workspace -----------------------------------------------------
+def load_store(url: str, rows: int, agents: int) -> float:
+    from projections.analytics.projection import AnalyticsProjection
+
+    proj = AnalyticsProjection(url, database="agentstream")
+    proj.setup()
+    store = proj.store
+    step_us = max(1, int(86_400 * 1e6 / rows))
+    t0 = time.perf_counter()
+    chunk = 1_000_000
+    for start in range(0, rows, chunk):
+        store.command(
+            SYNTH.format(
+                db="agentstream",
+                step_us=step_us,
+                agents=agents,
+                start=start,
+                count=min(chunk, rows - start),
+            )
+        )
+        print(f"  loaded {min(rows, start + chunk):,} / {rows:,}", flush=True)
+    for t in ("agent_minute", "tool_minute", "run_agent", "run_totals"):
+        store.command(f"OPTIMIZE TABLE agentstream.{t} FINAL")
+    assert store.scalar("SELECT count() FROM agentstream.events") == rows
+    proj.close()
+    return time.perf_counter() - t0
+
+
+def dashboards_and_sql(root: Path, rows: int, port: int, repeats: int) -> tuple[list[Figure], dict]:
+    import uvicorn
+
+    from agentstream.ui.app import create_app
+    from agentstream.ui.dashboards import DASHBOARDS
+    from agentstream.ui.server import bind
+    from projections.analytics.queries import NAMED_QUERIES
+    from projections.analytics.store import open_client, parse_url
+
+    url = f"chdb://{root / 'chdb'}"
+    load_s = load_store(url, rows, agents=200)
+    settings = load_settings(data_dir=root / "data", clickhouse_url=url, metrics_port_base=0)
+    app = create_app(settings, analytics_direct=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    sock = bind(HOST, port)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    base = f"http://{HOST}:{port}"
+    bare = open_client(parse_url(url), "agentstream")
+
+    def bare_ms(sql: str, params: dict[str, Any]) -> float:
+        t0 = time.perf_counter()
+        bare.query_arrow(sql, parameters=params)
+        return (time.perf_counter() - t0) * 1000
+
+    figures: list[Figure] = []
+    details: dict[str, Any] = {"rows": rows, "load_s": load_s, "dashboards": {}, "sql": {}}
+    for which, names in DASHBOARDS.items():
+        http_ms(f"{base}/api/v1/dashboards/{which}")  # warm
+        ui = [http_ms(f"{base}/api/v1/dashboards/{which}") for _ in range(repeats)]
+        raw = []
+        for _ in range(repeats):
+            raw.append(sum(bare_ms(NAMED_QUERIES[n].sql, NAMED_QUERIES[n].bind()) for n in names))
+        details["dashboards"][which] = {
+            "ui_p50_ms": pct(ui, 0.5),
+            "ui_p95_ms": pct(ui, 0.95),
+            "raw_p50_ms": pct(raw, 0.5),
+            "raw_p95_ms": pct(raw, 0.95),
+            "queries": names,
+        }
+        figures.append(
+            Figure(
+                f"dashboard {which}: p95 over HTTP ({rows:,} events)",
+                pct(ui, 0.95),
+                "ms",
+                baseline=pct(raw, 0.95),
+                baseline_name="its SQL, bare chDB",
+            )
+        )
+    cases = {
+        "SELECT 1": ({"sql": "SELECT 1"}, "SELECT 1", {}),
+        "agent_leaderboard": (
+            {"named": "agent_leaderboard"},
+            NAMED_QUERIES["agent_leaderboard"].sql,
+            NAMED_QUERIES["agent_leaderboard"].bind(),
+        ),
+    }
+    for label, (args, sql, params) in cases.items():
+        q = urllib.parse.urlencode({**args, "fresh": "true"})
+        http_ms(f"{base}/api/v1/sql?{q}")
+        ui = [http_ms(f"{base}/api/v1/sql?{q}") for _ in range(repeats)]
+        raw = [bare_ms(sql, params) for _ in range(repeats)]
+        overhead = statistics.median(ui) - statistics.median(raw)
+        details["sql"][label] = {
+            "ui_p50_ms": statistics.median(ui),
+            "bare_p50_ms": statistics.median(raw),
+            "overhead_ms": overhead,
+        }
+        figures.append(
+            Figure(
+                f"SQL workspace {label}: request p50",
+                statistics.median(ui),
+                "ms",
+                baseline=statistics.median(raw),
+                baseline_name="bare chDB query",
+            )
+        )
+        figures.append(Figure(f"SQL workspace {label}: overhead (p50 - bare p50)", overhead, "ms"))
+    server.should_exit = True
+    thread.join(10)
+    bare.close()
+    return figures, details
+
+
+# --- 2. live-view freshness ----------------------------------------------------------------
+OBSERVER = """
+window.__lat = [];
+new MutationObserver((muts) => {
+  const now = Date.now();
+  for (const m of muts) for (const n of m.addedNodes)
+    if (n.nodeType === 1 && n.matches && n.matches('tr[data-ts]'))
+      window.__lat.push(now - Number(n.dataset.ts));
+}).observe(document, { childList: true, subtree: true });
+"""
+
+
+async def raw_consumer(bootstrap: str, stop: threading.Event, out: list[float]) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    from schemas.topics import EVENTS
+
+    consumer = AIOKafkaConsumer(
+        EVENTS, bootstrap_servers=bootstrap, auto_offset_reset="latest", fetch_max_wait_ms=100
+    )
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200)
+            now = time.time() * 1000
+            for records in batches.values():
+                out.extend(now - r.timestamp for r in records)
+    finally:
+        await consumer.stop()
+
+
+def freshness(
+    root: Path, kport: int, uport: int, rates: list[int], seconds: float
+) -> tuple[list[Figure], dict]:
+    from playwright.sync_api import sync_playwright
+
+    from streams.admin import ensure_topics, wait_for_broker
+
+    logs = root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    settings = load_settings(
+        data_dir=root / "live-data", kafka_url=f"kafka://{HOST}:{kport}", metrics_port_base=0
+    )
+    env = {**__import__("os").environ, **settings_env(settings)}
+    broker = ManagedProcess("broker", tansu_argv(HOST, kport), logs / "tansu.log")
+    broker.start()
+    ui = None
+    figures: list[Figure] = []
+    details: dict[str, Any] = {}
+    try:
+        broker.wait_for_port(HOST, kport, deadline_s=10)
+        asyncio.run(wait_for_broker(settings.bootstrap_servers))
+        asyncio.run(ensure_topics(settings.bootstrap_servers, 6))
+        ui = subprocess.Popen(
+            [*CLI, "ui", "--port", str(uport)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                http_ms(f"http://{HOST}:{uport}/healthz")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the UI did not start"
+                time.sleep(0.2)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"))
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.add_init_script(OBSERVER)
+            page.goto(f"http://{HOST}:{uport}/live")
+            page.wait_for_selector('[data-conn="live"]')
+            for rate in rates:
+                page.evaluate("() => { window.__lat = []; }")
+                stop = threading.Event()
+                raw: list[float] = []
+                t = threading.Thread(
+                    target=asyncio.run,
+                    args=(raw_consumer(settings.bootstrap_servers, stop, raw),),
+                )
+                t.start()
+                time.sleep(2)  # the consumer is positioned
+                done = subprocess.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        PRODUCER,
+                        settings.bootstrap_servers,
+                        str(rate),
+                        str(seconds),
+                    ],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    cwd=str(Path(__file__).resolve().parents[1]),
+                )
+                assert done.returncode == 0, done.stderr[-2000:]
+                produced_s = float(seconds)
+                time.sleep(3)
+                stop.set()
+                t.join(10)
+                lat = page.evaluate("() => window.__lat")
+                if not lat:
+                    raise RuntimeError(f"no tail rows on the page at {rate}/s")
+                details[str(rate)] = {
+                    "produced": int(done.stdout.strip() or 0),
+                    "seconds": produced_s,
+                    "rows_on_screen": len(lat),
+                    "screen_p50_ms": pct(lat, 0.5),
+                    "screen_p99_ms": pct(lat, 0.99),
+                    "raw_consumer_p50_ms": pct(raw, 0.5),
+                    "raw_consumer_p99_ms": pct(raw, 0.99),
+                    "raw_records": len(raw),
+                }
+                for q, name in ((0.5, "p50"), (0.99, "p99")):
+                    figures.append(
+                        Figure(
+                            f"live freshness produce->screen {name} at {rate:,}/s",
+                            pct(lat, q),
+                            "ms",
+                            baseline=pct(raw, q),
+                            baseline_name="bare aiokafka consumer",
+                        )
+                    )
+            browser.close()
+    finally:
+        if ui is not None:
+            ui.terminate()
+            ui.wait(10)
+        broker.stop()
+    return figures, details
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--rates", default="1000,10000")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--ports", default="29192,29710,29711", help="broker, in-process UI, UI")
+    ap.add_argument("--skip-freshness", action="store_true")
+    ap.add_argument("--skip-dashboards", action="store_true")
+    args = ap.parse_args()
+    kport, dport, uport = (int(x) for x in args.ports.split(","))
+    root = Path(tempfile.mkdtemp(prefix="bench_ui_live_"))
+    figures: list[Figure] = []
+    details: dict[str, Any] = {}
+    try:
+        if not args.skip_dashboards:
+            f, d = dashboards_and_sql(root, args.rows, dport, args.repeats)
+            figures += f
+            details["dashboards_sql"] = d
+        if not args.skip_freshness:
+            rates = [int(r) for r in args.rates.split(",")]
+            f, d = freshness(root, kport, uport, rates, args.seconds)
+            figures += f
+            details["freshness"] = d
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    params = {k: v for k, v in vars(args).items()}
+    write_results("bench_ui_live", figures, params={**params, "details": details})
+    print_table("web UI part 2", figures)
+    print(json.dumps(details, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
