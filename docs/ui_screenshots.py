@@ -15,8 +15,11 @@ import json
 import shutil
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "ui"))
@@ -45,7 +48,7 @@ def pick(url: str) -> dict[str, str]:
     }
 
 
-def shoot(url: str) -> list[Path]:
+def shoot(url: str, publish: Callable[[], None] | None = None) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium")
@@ -64,7 +67,16 @@ def shoot(url: str) -> list[Path]:
         ("path", f"/path?source={failed}&target={ids['root']}", "#cy[data-nodes]", None),
         ("agent", f"/agents/{ids['agent']}", "table.grid", None),
         ("dead-letters", "/deadletters", "tr[data-reason]", "button[data-k]"),
-    ]
+        # part 2 (live events are published while the live view is shot, see shoot_live)
+        ("dashboard-cost", "/dashboards/cost", '[data-chart="cost-agent"] canvas', None),
+        ("dashboard-tools", "/dashboards/tools", '[data-chart="tool-p95"] canvas', None),
+        ("dashboard-violations", "/dashboards/violations?category=tool_error",
+         '[data-panel="drill"] tbody tr', None),
+        ("dashboard-learning", "/dashboards/learning", '[data-chart="fleet-success"] canvas', None),
+        ("sql", "/sql?named=least_reliable_tools", "table[data-result] tbody tr",
+         'button[data-action="chart"]'),
+        ("sql-refused", "/sql?sql=SELECT%20*%20FROM%20file('/etc/passwd')", "p.error", None),
+    ]  # fmt: skip
     written = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium)
@@ -78,8 +90,54 @@ def shoot(url: str) -> list[Path]:
             target = OUT / f"{name}.png"
             page.screenshot(path=str(target))
             written.append(target)
+        written += shoot_part2(page, url, publish)
         browser.close()
     return written
+
+
+def shoot_part2(page: Any, url: str, publish: Callable[[], None] | None) -> list[Path]:
+    """The live view while events flow (``publish`` sends some for a few seconds), and
+    memory search when the UI can recall (it needs the memory projection's store)."""
+    import threading
+
+    written = []
+    page.goto(url + "/live")
+    page.wait_for_selector('[data-conn="live"]', timeout=60_000)
+    if publish is not None:
+        t = threading.Thread(target=publish)
+        t.start()
+        page.wait_for_selector('[data-table="tail"] tr[data-ts]', timeout=60_000)
+        page.wait_for_timeout(3000)  # a few seconds of rates on the chart
+        t.join()
+    else:
+        page.wait_for_timeout(5000)
+    target = OUT / "live.png"
+    page.screenshot(path=str(target))
+    written.append(target)
+    lesson = _lesson(url)
+    if lesson is None:
+        print("memory search: no episodes with a lesson to search for; shot skipped")
+        return written
+    query = urllib.parse.urlencode({"q": lesson["situation"], "k": 5})
+    page.goto(url + "/memory?" + query)
+    try:
+        page.wait_for_selector("[data-episode]", timeout=120_000)
+    except Exception:
+        print("memory search: the UI could not recall (is the memory projection running?)")
+        return written
+    target = OUT / "memory.png"
+    page.screenshot(path=str(target))
+    written.append(target)
+    return written
+
+
+def _lesson(url: str) -> dict[str, str] | None:
+    sql = (
+        "SELECT situation FROM episodes FINAL WHERE lesson IS NOT NULL "
+        "AND agent_id != 'xss-agent' ORDER BY episode_id LIMIT 1"
+    )
+    rows = _get(url + "/api/v1/sql?" + urllib.parse.urlencode({"sql": sql}))["rows"]
+    return {"situation": rows[0][0]} if rows else None
 
 
 def main() -> None:
@@ -89,13 +147,24 @@ def main() -> None:
     if args.url:
         written = shoot(args.url.rstrip("/"))
     else:
+        from part2kit import fresh_events, start_memory
+        from part2kit import publish as send
         from uistack import build
 
         root = Path(tempfile.mkdtemp(prefix="ui_shots_"))
         stack = build(root)
+        memory = None
         try:
-            written = shoot(stack.url)
+            memory = start_memory(stack)
+
+            def publish() -> None:
+                for i in range(6):
+                    send(stack, fresh_events(f"run-live-{i}", agent=f"live-agent-{i % 3}"))
+
+            written = shoot(stack.url, publish)
         finally:
+            if memory is not None:
+                memory.stop()
             stack.stop()
             shutil.rmtree(root, ignore_errors=True)
     for w in written:

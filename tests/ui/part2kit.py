@@ -127,3 +127,39 @@ def page(browser: Any, stack: UIStack) -> Iterator[Any]:
     yield pg
     ctx.close()
     assert not errors, errors
+
+
+async def _memory_caught_up(bootstrap: str) -> bool:
+    from schemas.topics import EPISODES
+    from streams.processor import committed_offsets
+    from streams.state_reader import fetch_high_watermarks
+
+    hw = await fetch_high_watermarks(bootstrap, EPISODES)
+    done = await committed_offsets(bootstrap, "agentstream-memory", EPISODES, hw)
+    return all(done.get(p, 0) >= end for p, end in hw.items())
+
+
+def start_memory(stack: UIStack, timeout_s: float = 180.0) -> Any:
+    """``agentstream project memory`` next to the stack, caught up with agent-episodes."""
+    import time
+
+    from uistack import _start
+
+    proc = _start(
+        "memory",
+        [sys.executable, "-m", "agentstream.cli", "project", "memory"],
+        stack.root / "logs" / "memory.log",
+        stack.env(),
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not asyncio.run(_memory_caught_up(stack.settings.bootstrap_servers)):
+            if proc.proc is not None and proc.proc.poll() is not None:
+                raise RuntimeError(f"the memory projection exited: see {proc.log_path}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the memory projection did not catch up")
+            time.sleep(0.5)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc

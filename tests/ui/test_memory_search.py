@@ -4,46 +4,21 @@ API and in Chromium finds a lesson the pipeline recorded (ground truth: the anal
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
-import sys
-import time
 from collections.abc import Iterator
 
 import pytest
-from part2kit import browser, cli, get, page, qs  # noqa: F401 (fixtures)
-from uistack import UIStack, _start
+from part2kit import browser, cli, get, page, qs, start_memory  # noqa: F401 (fixtures)
+from uistack import UIStack
 
 pytestmark = pytest.mark.integration
 
 
-async def _memory_caught_up(bootstrap: str) -> bool:
-    from schemas.topics import EPISODES
-    from streams.processor import committed_offsets
-    from streams.state_reader import fetch_high_watermarks
-
-    hw = await fetch_high_watermarks(bootstrap, EPISODES)
-    done = await committed_offsets(bootstrap, "agentstream-memory", EPISODES, hw)
-    return all(done.get(p, 0) >= end for p, end in hw.items())
-
-
 @pytest.fixture(scope="module")
 def memory(stack: UIStack) -> Iterator[UIStack]:
-    proc = _start(
-        "memory",
-        [sys.executable, "-m", "agentstream.cli", "project", "memory"],
-        stack.root / "logs" / "memory.log",
-        stack.env(),
-    )
+    proc = start_memory(stack)
     try:
-        deadline = time.monotonic() + 180
-        while not asyncio.run(_memory_caught_up(stack.settings.bootstrap_servers)):
-            assert proc.proc is not None and proc.proc.poll() is None, proc.log_path.read_text()[
-                -2000:
-            ]
-            assert time.monotonic() < deadline, "the memory projection did not catch up"
-            time.sleep(0.5)
         yield stack
     finally:
         proc.stop()
