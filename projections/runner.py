@@ -20,6 +20,12 @@ other error is caused by some record of the batch, so the batch is bisected unti
 records that raise alone are found. Those are dead-lettered to ``agent-events-dlq`` with
 reason ``processing_error`` (stage ``projection:<name>`` and the exception type), the rest
 is applied, and the offsets move past them. No record can stop a projection.
+
+Stopping is prompt even mid-batch: a projection with an ``interrupt()`` method is told when
+the runner is stopped, and may then raise :class:`ApplyInterrupted` between pieces of its
+batch (memory does, between embedding chunks). That batch is abandoned uncommitted, so its
+records are redelivered to the next run; what was already written is re-applied
+idempotently.
 """
 
 from __future__ import annotations
@@ -128,6 +134,10 @@ class RunnerStats:
         return sum(max(0, hw - self.committed.get(tp, 0)) for tp, hw in self.highwater.items())
 
 
+class ApplyInterrupted(Exception):
+    """Raised by ``apply`` when told to stop mid-batch: the batch stays uncommitted."""
+
+
 class _FlushOnRevoke(ConsumerRebalanceListener):
     def __init__(self, runner: ProjectionRunner) -> None:
         self._runner = runner
@@ -173,6 +183,8 @@ class ProjectionRunner:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; flushes and commits what it holds before returning."""
         self._stop = stop
+        interrupt = getattr(self.projection, "interrupt", None)
+        watcher = asyncio.ensure_future(_call_when_set(stop, interrupt)) if interrupt else None
         await asyncio.to_thread(self.projection.setup)
         cfg = self.config
         consumer = AIOKafkaConsumer(
@@ -206,6 +218,8 @@ class ProjectionRunner:
             await _close_consumer(consumer, self.projection.name)
             self._consumer = None
             await self.log_watch.stop()
+            if watcher is not None:
+                watcher.cancel()
             if self._dlq is not None:
                 with contextlib.suppress(KafkaError, OSError):
                     await self._dlq.stop()
@@ -349,6 +363,14 @@ class ProjectionRunner:
             try:
                 await asyncio.to_thread(self.projection.apply, records)
                 return []
+            except ApplyInterrupted as err:
+                log.info(
+                    "%s: stopped mid-batch (%s); the batch of %d records stays uncommitted",
+                    self.projection.name,
+                    err,
+                    len(records),
+                )
+                raise _Abandoned from None
             except Exception as err:
                 if not is_infrastructure_error(err):
                     return await self._isolate(records, err)
@@ -372,6 +394,8 @@ class ProjectionRunner:
             try:
                 await asyncio.to_thread(self.projection.apply, records)
                 return []
+            except ApplyInterrupted:
+                raise _Abandoned from None
             except Exception as again:
                 if is_infrastructure_error(again):
                     return await self._apply(records)
@@ -486,6 +510,12 @@ async def _close_consumer(consumer: AIOKafkaConsumer, name: str) -> None:
         if task is not None and task.cancelling():
             raise
         log.warning("%s: the consumer's close was cut short (broker gone)", name)
+
+
+async def _call_when_set(event: asyncio.Event, fn: Callable[[], object]) -> None:
+    """Call ``fn`` once ``event`` is set (the projection's ``interrupt``)."""
+    await event.wait()
+    fn()
 
 
 class _Abandoned(Exception):
