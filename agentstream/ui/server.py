@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 from collections.abc import Callable
@@ -47,12 +48,15 @@ def serve(
     from agentstream.ui.app import create_app
 
     check_binding(host, settings.ui_token)
+    serving: dict[str, Any] = {}
+    _exit_zero_on_sigterm(serving)
     app = create_app(settings, analytics_direct=analytics_direct)
     sock = bind(host, port)
     if on_ready is not None:
         on_ready(url_of(sock))
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
+    serving["server"] = server
     endpoint = serve_part_metrics("ui", settings)
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(endpoint, server, stop), daemon=True)
@@ -62,6 +66,27 @@ def serve(
     finally:
         stop.set()
         endpoint.stop()
+
+
+def _exit_zero_on_sigterm(serving: dict[str, Any]) -> None:
+    """SIGTERM is a normal stop (exit 0), at any moment.
+
+    Why: uvicorn re-raises the SIGTERM it handled once it has shut down, under the handler
+    that was there before it ran; with the default one the process then dies with -15 after
+    a clean shutdown, and a SIGTERM before uvicorn runs kills it outright. Ours: before
+    serving, exit 0 (nothing to drain); while serving, ask uvicorn to shut down (also what
+    the re-raise does, harmlessly).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals are the main thread's; an embedding caller handles them
+
+    def on_term(_sig: int, _frame: Any) -> None:
+        server = serving.get("server")
+        if server is None:
+            raise SystemExit(0)
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def _heartbeat(endpoint: MetricsEndpoint, server: Any, stop: threading.Event) -> None:
