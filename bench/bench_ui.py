@@ -397,11 +397,9 @@ def main() -> None:
             http_ms(url + f"/api/v1/runs/{rid}/steps/{rng.randrange(count)}") for _ in range(n)
         ]
         cli_step = [cli_s(["replay", "debug", "--run", rid, "--json"], env) for _ in range(2)]
-        sim_run = json.loads(
+        sim_runs = json.loads(
             urllib.request.urlopen(url + "/api/v1/runs?limit=1&agent=coder-1").read()
-        )["runs"][0]["run_id"]
-        build_sim = http_ms(url + f"/api/v1/runs/{sim_run}/steps")
-        cli_sim = cli_s(["replay", "debug", "--run", sim_run, "--json"], env)
+        )["runs"]
         figures += [
             Figure(
                 "debugger step p95 (2,000-event run)",
@@ -418,14 +416,20 @@ def main() -> None:
                 baseline=min(cli_step) * 1000,
                 baseline_name="replay debug --json",
             ),
-            Figure(
-                f"debugger first load (simulated run {sim_run})",
-                build_sim,
-                "ms",
-                baseline=cli_sim * 1000,
-                baseline_name="replay debug --json",
-            ),
         ]
+        if sim_runs:  # a simulated run (none when --events 0)
+            sim_run = sim_runs[0]["run_id"]
+            build_sim = http_ms(url + f"/api/v1/runs/{sim_run}/steps")
+            cli_sim = cli_s(["replay", "debug", "--run", sim_run, "--json"], env)
+            figures.append(
+                Figure(
+                    f"debugger first load (simulated run {sim_run})",
+                    build_sim,
+                    "ms",
+                    baseline=cli_sim * 1000,
+                    baseline_name="replay debug --json",
+                )
+            )
         # the run page in Chromium
         for size in (500, 5000):
             rid = BIG_RUNS[size]

@@ -100,11 +100,86 @@ def _row(r: dict[str, Any]) -> dict[str, Any]:
     return r
 
 
+# Sort keys over the raw ``run_totals`` rollup, whose merged values the view shows: summing
+# and taking min/max of plain columns is what FINAL does for them, without finalising every
+# run's goal and status (the costly part of reading the view).
+_RAW_SORTS = {
+    "started": "min(first_time)",
+    "duration": "dateDiff('microsecond', min(first_time), max(last_time))",
+    "events": "sum(events)",
+    "actions": "sum(actions)",
+    "errors": "sum(errors)",
+    "violations": "sum(violations)",
+    "tokens": "sum(input_tokens) + sum(output_tokens)",
+    "cost": "sum(cost_usd)",
+}
+
+
+def _page_ids(backends: Backends, flt: RunFilter, limit: int) -> tuple[list[str], int] | None:
+    """The page's run ids and the number of runs, from the rollup, for filters the rollup
+    answers (tenant, start time); None for the others (agent, status, goal text)."""
+    from projections.analytics.reader import QueryError
+
+    if flt.agent or flt.status or flt.goal:
+        return None
+    conds, having, params = [], [], {}
+    if flt.tenant:
+        conds.append("tenant = {tenant:String}")
+        params["tenant"] = flt.tenant
+    if flt.since is not None:
+        having.append("min(first_time) >= {since:DateTime64(6, 'UTC')}")
+        params["since"] = flt.since
+    if flt.until is not None:
+        having.append("min(first_time) < {until:DateTime64(6, 'UTC')}")
+        params["until"] = flt.until
+    sql = (
+        "SELECT run_id, count() OVER () AS total_matching FROM run_totals"
+        + (" WHERE " + " AND ".join(conds) if conds else "")
+        + " GROUP BY tenant, run_id"
+        + (" HAVING " + " AND ".join(having) if having else "")
+        + f" ORDER BY {_RAW_SORTS[flt.sort]} {'DESC' if flt.desc else 'ASC'}, run_id"
+        + f" LIMIT {limit} OFFSET {max(0, flt.offset)}"
+    )
+    try:
+        rows = backends.query(sql, params)
+    except QueryError:
+        return None  # a store without the rollup: the view answers
+    if not rows and flt.offset > 0:
+        return None
+    return [r["run_id"] for r in rows], (int(rows[0]["total_matching"]) if rows else 0)
+
+
 def list_runs(backends: Backends, flt: RunFilter) -> dict[str, Any]:
-    """One page of runs, the exact number matching, and the filter echoed back."""
+    """One page of runs, the exact number matching, and the filter echoed back.
+
+    Unfiltered (or by tenant/time) the page is chosen on the rollup and only its rows are
+    read from the view; other filters need the view's derived columns (status, goal,
+    agents), so the view is filtered, sorted and paged in one statement."""
     if flt.sort not in SORTS:
         raise ValueError(f"sort must be one of {', '.join(SORTS)}, got {flt.sort!r}")
     limit = max(1, min(flt.limit, MAX_PAGE))
+    picked = _page_ids(backends, flt, limit)
+    if picked is not None:
+        ids, total = picked
+        found = (
+            {
+                r["run_id"]: r
+                for r in backends.query(
+                    _SELECT.format(src=RUNS_FROM, where=" WHERE run_id IN {ids:Array(String)}"),
+                    {"ids": ids},
+                )
+            }
+            if ids
+            else {}
+        )
+        return {
+            "runs": [_row(found[i]) for i in ids if i in found],
+            "total": total,
+            "offset": max(0, flt.offset),
+            "limit": limit,
+            "sort": flt.sort,
+            "desc": flt.desc,
+        }
     where, params = flt.where()
     order = f"{SORTS[flt.sort]} {'DESC' if flt.desc else 'ASC'}, run_id"
     # one statement: the page and the number of matching runs (a window over the filtered
