@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from schemas.topics import EVENTS, TOPICS, TopicSpec
 from streams.archive import (
@@ -58,13 +58,18 @@ from streams.log_identity import (
     EPOCH_TOPIC,
     EpochMarker,
     ensure_epoch,
+    fetch_marker,
     new_marker,
     update_marker,
 )
+from streams.producer import partition_for_key
 
 log = logging.getLogger(__name__)
 
 _COLUMNS = ["log_offset", "log_timestamp", "log_key", "raw"]
+
+EarlyRecord = tuple[bytes | None, bytes, int, list[tuple[str, bytes]]]
+"""(key, value, timestamp ms, headers) of a record a client wrote before the restore."""
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: records produced so far out of the total to restore."""
@@ -98,10 +103,11 @@ class PartitionRestore:
     generations: tuple[int, ...]
     offsets_preserved: bool  # every record is at its archived offset
     gaps: tuple[Gap, ...] = ()
+    appended: int = 0  # records clients wrote before the restore, put back after it
 
     @property
     def ok(self) -> bool:
-        return self.high_watermark == self.records
+        return self.high_watermark == self.records + self.appended
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +138,12 @@ class RestoreReport:
     def rate(self) -> float:
         return self.records / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def appended(self) -> int:
+        """Records clients had written into the fresh broker before the restore: they were
+        taken out and appended after the restored ones (new offsets)."""
+        return sum(p.appended for p in self.partitions.values())
+
     def summary(self) -> str:
         """One line for logs and the CLI."""
         if self.skipped:
@@ -142,6 +154,11 @@ class RestoreReport:
         )
         if not self.offsets_preserved:
             text += "; offsets renumbered (the archive has several generations or holes)"
+        if self.appended:
+            text += (
+                f"; {self.appended:,} records clients wrote before the restore were moved "
+                "after the restored ones"
+            )
         if self.gaps:
             text += (
                 f"; the archive misses {sum(g.records for g in self.gaps):,} offsets: "
@@ -158,7 +175,12 @@ class RestoreReport:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(ok=self.ok, offsets_preserved=self.offsets_preserved, rate=self.rate)
+        d.update(
+            ok=self.ok,
+            offsets_preserved=self.offsets_preserved,
+            rate=self.rate,
+            appended=self.appended,
+        )
         return d
 
 
@@ -241,8 +263,10 @@ async def _restore_partition(
     plan: PartitionPlan,
     counter: _Counter,
     max_in_flight: int,
+    extra: list[EarlyRecord] | None = None,
 ) -> tuple[int, bytes | None, list[str]]:
-    """Produce one partition's records in order; return (count, last value, mismatches)."""
+    """Produce one partition's records in order, then ``extra`` (records clients wrote
+    before the restore); return (archived records produced, last value, mismatches)."""
     in_flight: list[tuple[asyncio.Future[Any], int]] = []
     produced = 0
     last_raw: bytes | None = None
@@ -255,8 +279,13 @@ async def _restore_partition(
             counter.add(n)
 
     segments = list(plan.segments)
-    reading = asyncio.ensure_future(asyncio.to_thread(read_segment, root, segments[0]))
+    reading = (
+        asyncio.ensure_future(asyncio.to_thread(read_segment, root, segments[0]))
+        if segments
+        else None
+    )
     for i in range(len(segments)):
+        assert reading is not None
         table = await reading
         if i + 1 < len(segments):  # read the next segment while this one is produced
             reading = asyncio.ensure_future(asyncio.to_thread(read_segment, root, segments[i + 1]))
@@ -282,6 +311,18 @@ async def _restore_partition(
         if n:
             in_flight.append((await producer.send_batch(batch, topic, partition=plan.partition), n))
             await settle(max_in_flight)
+    if extra:
+        batch, n = producer.create_batch(), 0
+        for key, value, ts, headers in extra:
+            if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
+                in_flight.append(
+                    (await producer.send_batch(batch, topic, partition=plan.partition), n)
+                )
+                batch, n = producer.create_batch(), 0
+                batch.append(key=key, value=value, timestamp=ts, headers=headers)
+            n += 1
+            last_raw = value
+        in_flight.append((await producer.send_batch(batch, topic, partition=plan.partition), n))
     await settle(0)
     return produced, last_raw, moved
 
@@ -361,6 +402,83 @@ async def _records_in(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
         await consumer.stop()
 
 
+async def _read_all(bootstrap: str, topic: str) -> dict[int, list[EarlyRecord]]:
+    """Every record of ``topic`` up to its high watermarks, per partition, in order."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
+    )
+    await consumer.start()
+    out: dict[int, list[EarlyRecord]] = {}
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        hw = await fetch_high_watermarks(consumer, tps)
+        todo = {tp for tp in tps if hw[tp] > 0}
+        for tp in todo:
+            consumer.seek(tp, 0)
+        stop_at = time.monotonic() + 60
+        while todo:
+            if time.monotonic() > stop_at:
+                raise RestoreError(f"{topic}: could not read the records clients wrote early")
+            got = await consumer.getmany(*todo, timeout_ms=200)
+            for tp, recs in got.items():
+                rows = out.setdefault(tp.partition, [])
+                rows.extend(
+                    (r.key, r.value or b"", r.timestamp, list(r.headers or ()))
+                    for r in recs
+                    if r.offset < hw[tp] and r.offset >= len(rows)
+                )
+            todo = {tp for tp in todo if len(out.get(tp.partition, ())) < hw[tp]}
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def take_early_records(
+    bootstrap: str, topic: str, partitions: int, replication_factor: int = 1
+) -> dict[int, list[EarlyRecord]]:
+    """Take out what clients wrote into a fresh broker before it was restored.
+
+    A producer left running across a broker restart reconnects as soon as the new broker
+    listens, before ``up`` can restore the log. Its records are read, the topic is deleted
+    and created again empty (with ``partitions``), and the records are returned, keyed
+    records re-partitioned like the SDK does, to be appended after the restored ones.
+    Repeated while clients keep writing in between; a record acknowledged between the last
+    read and the delete is lost (milliseconds; the producer's own check sees it).
+    """
+    taken: dict[int, list[EarlyRecord]] = {}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        for _ in range(10):
+            for p, rows in sorted((await _read_all(bootstrap, topic)).items()):
+                for row in rows:
+                    key = row[0]
+                    q = partition_for_key(key, list(range(partitions))) if key else p % partitions
+                    taken.setdefault(q, []).append(row)
+            with contextlib.suppress(UnknownTopicOrPartitionError):
+                await admin.delete_topics([topic])
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(topic, partitions, replication_factor)])
+            stop_at = time.monotonic() + 10
+            while True:
+                try:
+                    now, held = await _log_is_empty(bootstrap, topic)
+                    break
+                except RestoreError:
+                    if time.monotonic() > stop_at:
+                        raise
+                    await asyncio.sleep(0.1)
+            if held == 0 and len(now) == partitions:
+                return taken
+        raise RestoreError(
+            f"clients keep writing into {topic} while it is being restored: stop the "
+            "producers, then `agentstream archive --restore`"
+        )
+    finally:
+        await admin.close()
+
+
 async def _log_is_empty(bootstrap: str, topic: str) -> tuple[list[int], int]:
     # a short fetch wait: an empty partition answers only when the wait is over
     consumer = AIOKafkaConsumer(
@@ -423,6 +541,19 @@ async def restore_log_async(
     """The coroutine behind :func:`restore_log` (same arguments)."""
     started = time.monotonic()
     root = Path(archive_dir)
+    plans = plan_restore(root) if root.is_dir() else {}
+    early: dict[int, list[EarlyRecord]] = {}
+    existing, held = await _log_is_empty(bootstrap, topic)
+    if held and plans and await fetch_marker(bootstrap, epoch_topic) is None:
+        # a fresh broker (it has no identity yet) that clients reached before the restore
+        await ensure_epoch(bootstrap, new_marker(restoring=True), topic=epoch_topic)
+        count = partitions or max(len(existing), max(plans) + 1)
+        early = await take_early_records(bootstrap, topic, count, replication_factor)
+        log.warning(
+            "%d records clients wrote into the fresh broker before the restore are moved "
+            "after the restored ones",
+            sum(len(v) for v in early.values()),
+        )
     if partitions is not None:
         fixed = await recreate_auto_created_topics(bootstrap, partitions, replication_factor)
         if fixed:
@@ -438,7 +569,6 @@ async def restore_log_async(
             epoch=marker.epoch,
             skipped=f"{topic} already holds {held:,} records (not a fresh broker)",
         )
-    plans = plan_restore(root) if root.is_dir() else {}
     missing = sorted(set(plans) - set(partitions))
     if missing:
         raise RestoreError(
@@ -451,7 +581,7 @@ async def restore_log_async(
     begun = await ensure_epoch(bootstrap, new_marker(restoring=True), topic=epoch_topic)
     try:
         parts = await _restore_partitions(
-            bootstrap, root, topic, plans, progress, max_batch_bytes, max_in_flight
+            bootstrap, root, topic, plans, progress, max_batch_bytes, max_in_flight, early
         )
     except BaseException:
         with contextlib.suppress(Exception):
@@ -485,7 +615,11 @@ async def _restore_partitions(
     progress: Progress | None,
     max_batch_bytes: int,
     max_in_flight: int,
+    early: dict[int, list[EarlyRecord]] | None = None,
 ) -> dict[int, PartitionRestore]:
+    early = early or {}
+    for p in early:  # a partition that only has records clients wrote early
+        plans.setdefault(p, PartitionPlan(p, (), 0, (), True))
     counter = _Counter(sum(p.records for p in plans.values()), progress)
     if progress is not None:
         progress(0, counter.total)
@@ -504,8 +638,10 @@ async def _restore_partitions(
         try:
             done = await asyncio.gather(
                 *(
-                    _restore_partition(producer, root, topic, plan, counter, max_in_flight)
-                    for plan in plans.values()
+                    _restore_partition(
+                        producer, root, topic, plan, counter, max_in_flight, early.get(p)
+                    )
+                    for p, plan in plans.items()
                 )
             )
         except Exception as err:
@@ -513,7 +649,11 @@ async def _restore_partitions(
         finally:
             await producer.stop()
         results = dict(zip(plans, done, strict=True))
-    checked = await _verify(bootstrap, topic, {p: (r[0], r[1]) for p, r in results.items()})
+    checked = await _verify(
+        bootstrap,
+        topic,
+        {p: (r[0] + len(early.get(p, ())), r[1]) for p, r in results.items()},
+    )
     report_parts: dict[int, PartitionRestore] = {}
     for p, plan in plans.items():
         count, _, moved = results[p]
@@ -531,6 +671,7 @@ async def _restore_partitions(
             tuple(sorted({s.generation for s in plan.segments})),
             plan.offsets_preserved,
             plan.gaps,
+            len(early.get(p, ())),
         )
     return report_parts
 

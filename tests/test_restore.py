@@ -361,3 +361,35 @@ async def test_compaction_merges_small_segments_and_readers_see_each_record_once
     assert (merged, deleted) == (0, 30)
     assert len(scan_files(root)) == 1
     assert await read() == before
+
+
+async def test_records_clients_wrote_before_the_restore_are_moved_after_it(
+    kafka: Broker, tmp_path: Path
+):
+    """A producer left running reconnects to the new broker before `up` restores it. Old
+    behaviour: the restore was skipped ("not a fresh broker") and the log lost its history."""
+    root = tmp_path / "archive"
+    first, early = sim(runs=5, seed=121), sim(runs=2, seed=122)
+    await publish(kafka.bootstrap, first)
+    await archive_all(kafka.bootstrap, root, len(first))
+    before = await log_records(kafka.bootstrap)
+    kafka.process.stop()
+    proc = await start_broker_on(kafka.port, tmp_path)
+    try:
+        await publish(kafka.bootstrap, early)  # the eager producer wins the race
+        report = await restore_log_async(kafka.bootstrap, root, partitions=TEST_PARTITIONS)
+        assert report.ok and not report.skipped, report.summary()
+        assert report.records == len(first) and report.appended == len(early)
+        after = await log_records(kafka.bootstrap)
+        for p, rows in before.items():
+            assert after[p][: len(rows)] == rows  # the history, at its archived offsets
+        moved = [v for p, rows in after.items() for _, _, _, v in rows[len(before.get(p, [])) :]]
+        from schemas.codec import EventCodec
+
+        codec = EventCodec()
+        assert sorted(codec.decode(v).id for v in moved) == sorted(e.id for e in early)
+        marker = await fetch_marker(kafka.bootstrap)
+        assert marker is not None and marker.restored and not marker.restoring
+        assert marker.restored_next == {p: len(v) for p, v in before.items()}
+    finally:
+        proc.stop()
