@@ -76,6 +76,13 @@ class Kind(Enum):
 
 EMITTING = frozenset({Kind.LLM, Kind.TOOL, Kind.AGENT, Kind.WORKFLOW, Kind.CREATE_AGENT})
 
+# The members as module constants: in Python 3.11 each ``Kind.X`` is a descriptor call
+# (~0.4 µs), and the mapping compares kinds a dozen times a span. ``_EMITTING`` is a tuple
+# because ``in`` a frozenset hashes with Enum.__hash__, a Python function.
+_LLM, _TOOL, _AGENT, _WORKFLOW = Kind.LLM, Kind.TOOL, Kind.AGENT, Kind.WORKFLOW
+_CREATE_AGENT, _STRUCTURAL, _OTHER = Kind.CREATE_AGENT, Kind.STRUCTURAL, Kind.OTHER
+_EMITTING = tuple(EMITTING)
+
 
 @dataclass(slots=True)
 class SpanNode:
@@ -145,9 +152,9 @@ class TraceMemory:
         if len(t.spans) >= self.max_spans:
             return
         t.spans[span_id] = node
-        if node.kind is Kind.LLM:
+        if node.kind is _LLM:
             t.llms.append(span_id)
-        elif node.kind is Kind.TOOL:
+        elif node.kind is _TOOL:
             t.tools.append(span_id)
 
     def __len__(self) -> int:
@@ -406,49 +413,49 @@ def classify(a: dict[str, Any]) -> tuple[Kind, str | None]:
     op = a.get(OPERATION)
     if isinstance(op, str) and op:
         if op in LLM_OPERATIONS:
-            return Kind.LLM, None
+            return _LLM, None
         if op in TOOL_OPERATIONS:
-            return Kind.TOOL, None
+            return _TOOL, None
         if op in AGENT_OPERATIONS:
-            return Kind.AGENT, None
+            return _AGENT, None
         if op in CREATE_AGENT_OPERATIONS:
-            return Kind.CREATE_AGENT, None
-        return Kind.OTHER, f"gen_ai.operation.name {op!r} (no event type)"
+            return _CREATE_AGENT, None
+        return _OTHER, f"gen_ai.operation.name {op!r} (no event type)"
     oi = a.get(OI_KIND)
     if isinstance(oi, str) and oi:
         k = oi.upper()
         if k == "LLM":
-            return Kind.LLM, None
+            return _LLM, None
         if k == "TOOL":
-            return Kind.TOOL, None
+            return _TOOL, None
         if k == "AGENT":
-            return Kind.AGENT, None
+            return _AGENT, None
         if k == "CHAIN":
-            return Kind.STRUCTURAL, None  # a root chain becomes a run (see map_request)
-        return Kind.OTHER, f"openinference.span.kind {oi!r} (no event type)"
+            return _STRUCTURAL, None  # a root chain becomes a run (see map_request)
+        return _OTHER, f"openinference.span.kind {oi!r} (no event type)"
     tl = a.get(TL_KIND)
     if isinstance(tl, str) and tl:
         k = tl.lower()
         if k == "workflow":
-            return Kind.WORKFLOW, None
+            return _WORKFLOW, None
         if k == "agent":
-            return Kind.AGENT, None
+            return _AGENT, None
         if k == "tool":
-            return Kind.TOOL, None
+            return _TOOL, None
         if k == "task":
-            return Kind.STRUCTURAL, None
-        return Kind.OTHER, f"traceloop.span.kind {tl!r} (no event type)"
+            return _STRUCTURAL, None
+        return _OTHER, f"traceloop.span.kind {tl!r} (no event type)"
     rt = a.get(TL_REQUEST_TYPE)
     if isinstance(rt, str) and rt:
         if rt in ("chat", "completion"):
-            return Kind.LLM, None
-        return Kind.OTHER, f"llm.request.type {rt!r} (no event type)"
+            return _LLM, None
+        return _OTHER, f"llm.request.type {rt!r} (no event type)"
     for key in a:
         if key.startswith(("gen_ai.prompt.", "gen_ai.completion.")):
-            return Kind.LLM, None
+            return _LLM, None
     if "gen_ai.request.model" in a or "gen_ai.system" in a:
-        return Kind.LLM, None
-    return Kind.OTHER, None
+        return _LLM, None
+    return _OTHER, None
 
 
 def _other_reason(span: Any) -> str:
@@ -466,7 +473,7 @@ _RUN_KEYS = ("gen_ai.conversation.id", "session.id")
 
 def _agent_of(a: dict[str, Any], kind: Kind) -> str | None:
     v = _sfirst(a, _AGENT_NAMES)
-    if v is None and kind in (Kind.AGENT, Kind.WORKFLOW):
+    if v is None and kind in (_AGENT, _WORKFLOW):
         v = _sfirst(a, ("traceloop.entity.name", "traceloop.workflow.name"))
     return v
 
@@ -648,17 +655,17 @@ def map_request(
                     t, last_tid = memory.trace(tid), tid
                 a = attributes(span.attributes)
                 kind, why = classify(a)
-                if kind is Kind.OTHER:
+                if kind is _OTHER:
                     batch.skipped[why or _other_reason(span)] += 1
                     memory.remember(tid, sid, SpanNode(kind, psid, start, end), t)
                     continue
                 if ctx.schema_problem is not None:
                     batch.rejected[ctx.schema_problem] += 1
                     continue
-                if kind is Kind.STRUCTURAL and _is_root(memory, tid, psid):
-                    kind = Kind.WORKFLOW  # a root chain is the run
-                elif kind is Kind.AGENT and _agent_of(a, kind) is None:
-                    kind = Kind.WORKFLOW  # no agent named: a workflow (the Agents SDK's root)
+                if kind is _STRUCTURAL and _is_root(memory, tid, psid):
+                    kind = _WORKFLOW  # a root chain is the run
+                elif kind is _AGENT and _agent_of(a, kind) is None:
+                    kind = _WORKFLOW  # no agent named: a workflow (the Agents SDK's root)
                 node = SpanNode(
                     kind,
                     psid,
@@ -668,12 +675,12 @@ def map_request(
                     run=_sfirst(a, _RUN_KEYS),
                 )
                 view = None
-                if kind is Kind.LLM:
+                if kind is _LLM:
                     view = _llm_view(a)
                     node.tool_call_ids = _tool_call_ids(view)
                     node.tools = _tool_definitions(a) or None
                 memory.remember(tid, sid, node, t)
-                if kind is Kind.STRUCTURAL:
+                if kind is _STRUCTURAL:
                     batch.skipped["GenAI grouping span (nested chain or task): no event"] += 1
                     continue
                 pending.append((_S(span, t, tid, sid, psid, start, end), a, kind, ctx, view))
@@ -702,7 +709,7 @@ def _is_root(memory: TraceMemory, tid: bytes, psid: bytes) -> bool:
     if not psid:
         return True
     node = memory.trace(tid).spans.get(psid)
-    return node is not None and node.kind is Kind.OTHER
+    return node is not None and node.kind is _OTHER
 
 
 def _identity(
@@ -724,7 +731,7 @@ def _identity(
         anc = spans.get(parent)
         if anc is None:
             break
-        if cause is None and anc.kind in EMITTING:
+        if cause is None and anc.kind in _EMITTING:
             cause = parent
         agent = agent or anc.agent
         run = run or anc.run
@@ -832,7 +839,7 @@ def _events(
 
     parent_cause = [_ref(t, trace_id, parent)] if parent else []
 
-    if kind is Kind.LLM:
+    if kind is _LLM:
         view = view or _llm_view(a)
         causes = [
             _ref(t, trace_id, s) for s in _inputs_of_llm(t, span_id, start_ns)
@@ -878,7 +885,7 @@ def _events(
             )
         ]
 
-    if kind is Kind.TOOL:
+    if kind is _TOOL:
         call_id = _sfirst(a, ("gen_ai.tool.call.id", "tool_call.id", "tool.id")) or (
             f"span-{span_id.hex()}"
         )
@@ -920,7 +927,7 @@ def _events(
         )
         return [(True, started), (False, completed)]
 
-    if kind is Kind.CREATE_AGENT:
+    if kind is _CREATE_AGENT:
         return [
             (
                 True,
@@ -940,7 +947,7 @@ def _events(
     # an agent invocation, a workflow or a root chain: the run
     out: list[tuple[bool, Event]] = []
     run_causes = parent_cause
-    if kind is Kind.AGENT:
+    if kind is _AGENT:
         lifecycle = _agent_started(
             a,
             agent,
@@ -1058,9 +1065,9 @@ def _ref(t: _Trace, trace_id: bytes, sid: bytes) -> str:
     a model call's thought, a tool's completion, an agent's run start."""
     n = t.spans[sid]
     if n.ref is None:
-        if n.kind is Kind.LLM:
+        if n.kind is _LLM:
             n.ref = _eid(trace_id + sid + b"open", n.end_ns // 1_000_000)
-        elif n.kind is Kind.TOOL:
+        elif n.kind is _TOOL:
             n.ref = _eid(trace_id + sid + b"close", n.end_ns // 1_000_000)
         else:
             n.ref = _eid(trace_id + sid + b"open", n.start_ns // 1_000_000)
