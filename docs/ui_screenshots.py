@@ -68,9 +68,9 @@ def shoot(url: str, publish: Callable[[], None] | None = None) -> list[Path]:
         ("agent", f"/agents/{ids['agent']}", "table.grid", None),
         ("dead-letters", "/deadletters", "tr[data-reason]", "button[data-k]"),
         # part 2 (live events are published while the live view is shot, see shoot_live)
-        ("dashboard-cost", "/dashboards/cost", '[data-chart="cost-agent"] canvas', None),
-        ("dashboard-tools", "/dashboards/tools", '[data-chart="tool-p95"] canvas', None),
-        ("dashboard-violations", "/dashboards/violations?category=tool_error",
+        ("dashboard-cost", "/dashboards/cost?bucket=60", '[data-chart="cost-agent"] canvas', None),
+        ("dashboard-tools", "/dashboards/tools?bucket=60", '[data-chart="tool-p95"] canvas', None),
+        ("dashboard-violations", "/dashboards/violations?category=tool_error&bucket=60",
          '[data-panel="drill"] tbody tr', None),
         ("dashboard-learning", "/dashboards/learning", '[data-chart="fleet-success"] canvas', None),
         ("sql", "/sql?named=least_reliable_tools", "table[data-result] tbody tr",

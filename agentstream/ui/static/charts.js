@@ -30,10 +30,19 @@
     return { x: xs, series: Array.from(by.entries()).sort((a, b) => (a[0] < b[0] ? -1 : 1)).map(([label, values]) => ({ label, values })) };
   }
 
+  /* stacked bars: each series becomes the running total up to it, drawn tallest first so
+   * every band stays visible; the legend keeps each series' own name and colour */
+  function stack(series) {
+    const run = series[0].values.map(() => 0);
+    const out = series.map((s, i) => ({ label: s.label, color: i, values: s.values.map((v, j) => (run[j] += v || 0)) }));
+    return out.reverse();
+  }
+
   window.AgentStreamCharts = function (kit) {
     const { html, useEffect, useRef } = kit;
     /* x: numbers (epoch seconds when time), series: [{label, values}], kind: line|bar */
     function Chart({ x, series, kind, height, time, label, name }) {
+      if (kind === 'bar' && series.length > 1) series = stack(series);
       const box = useRef(null);
       const plot = useRef(null);
       const shape = JSON.stringify([series.map((s) => s.label), kind, time, height]);
@@ -49,10 +58,10 @@
             legend: { live: false },
             series: [{ label: time ? 'time' : 'x' }].concat(series.map((s, i) => ({
               label: s.label,
-              stroke: COLORS[i % COLORS.length],
+              stroke: COLORS[(s.color === undefined ? i : s.color) % COLORS.length],
               width: kind === 'bar' ? 1 : 2,
-              fill: kind === 'bar' ? COLORS[i % COLORS.length] + '88' : undefined,
-              paths: kind === 'bar' ? uPlot.paths.bars({ size: [0.8 / Math.max(1, series.length), 40], align: 0 }) : undefined,
+              fill: kind === 'bar' ? COLORS[(s.color === undefined ? i : s.color) % COLORS.length] + 'cc' : undefined,
+              paths: kind === 'bar' ? uPlot.paths.bars({ size: [0.6, 60] }) : undefined,
               points: { show: x.length <= 60 },
             }))),
             axes: [{}, { label: label || '', size: 60 }],

@@ -67,9 +67,13 @@
   function ResultChart({ res }) {
     const cols = res.columns.map((c) => c.name);
     const numeric = res.columns.filter((c) => /int|float|double|decimal/.test(c.type)).map((c) => c.name);
-    const [x, setX] = useState(cols[0]);
-    const [ys, setYs] = useState(numeric.filter((c) => c !== cols[0]).slice(0, 1));
-    const [kind, setKind] = useState('line');
+    // default x: a time column, else the first text column whose values differ, else the first
+    const timeCol = res.columns.find((c) => /timestamp|date/.test(c.type));
+    const textCol = res.columns.find((c, i) => !numeric.includes(c.name) && new Set(res.rows.map((r) => r[i])).size > 1);
+    const x0 = (timeCol || textCol || res.columns[0]).name;
+    const [x, setX] = useState(x0);
+    const [ys, setYs] = useState(numeric.filter((c) => c !== x0).slice(0, 1));
+    const [kind, setKind] = useState(timeCol ? 'line' : 'bar');
     const xi = cols.indexOf(x);
     const xType = (res.columns[xi] || {}).type || '';
     const isTime = /timestamp|date/.test(xType);
@@ -99,7 +103,13 @@
     const abort = useRef(null);
     const namedList = useApi('/sql/named', {});
     useEffect(() => {  // a named query in the URL: show its text in the editor
-      if (named && namedList.data && !text) { const q = namedList.data.queries.find((x) => x.name === named); if (q) setText(q.sql); }
+      if (named && namedList.data && !text) {
+        const q = namedList.data.queries.find((x) => x.name === named);
+        if (q) {
+          setText(q.sql);
+          if (!params) setParams(Object.entries(q.params).map(([k, p]) => k + '=' + p.default).join('\n'));
+        }
+      }
     }, [namedList.data]);
     const stmt = () => ({ sql: named ? null : text, named, params: params.split('\n').filter((l) => l.trim()) });
 
