@@ -39,6 +39,7 @@ TAIL_BATCH = 200  # at most this many events in one message (the rest are counte
 VIOLATIONS_KEEP = 50
 RING = 2000  # messages kept for Last-Event-ID resumption
 QUEUE = 500  # messages queued per subscriber before the oldest are dropped
+IDLE_S = 30.0  # no subscriber and no snapshot for this long: the status poll pauses
 
 
 def agent_status(type_: str, tool: str | None) -> str:
@@ -253,6 +254,7 @@ class LiveHub:
         self.subscribers: set[Subscriber] = set()
         self.ring: collections.deque[tuple[int, str, bytes]] = collections.deque(maxlen=RING)
         self.seq = 0
+        self.demand_at = clock()  # last subscribe or snapshot (the status poll idles after)
         self._tasks: list[asyncio.Task[None]] = []
         self._enc = msgspec.json.Encoder()
 
@@ -277,6 +279,7 @@ class LiveHub:
     # --- fan-out ------------------------------------------------------------------------
     def subscribe(self, flt: TailFilter, last_id: int | None = None) -> Subscriber:
         self.ensure_started()
+        self.demand_at = self.clock()
         sub = Subscriber(flt)
         if last_id is not None and last_id < self.seq:
             missed = [m for m in self.ring if m[0] > last_id]
@@ -325,7 +328,7 @@ class LiveHub:
                 self._put(sub, shown)
 
     def snapshot(self) -> dict[str, Any]:
-        now = self.clock()
+        now = self.demand_at = self.clock()
         return {
             "ok": True,
             "now": now,
@@ -378,6 +381,9 @@ class LiveHub:
 
         stack = Stack(self.settings)
         while True:
+            if not self.subscribers and self.clock() - self.demand_at > IDLE_S:
+                await asyncio.sleep(self.status_every_s)  # nobody watches: no broker queries
+                continue
             try:
                 parts = await asyncio.to_thread(stack.status, True)
                 sup = await asyncio.to_thread(stack.supervisor_status)

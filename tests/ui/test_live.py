@@ -134,3 +134,40 @@ def test_the_tail_shows_a_new_event_within_two_seconds(page, stack: UIStack) -> 
     assert page.locator(f'[data-table="tail"] tr[data-event="{more[0].id}"]').count() == 0
     page.click('button[data-action="resume"]')
     page.locator(f'[data-table="tail"] tr[data-event="{more[0].id}"]').wait_for()
+
+
+# --- the pure parts (no stack) -------------------------------------------------------------
+
+
+def test_figures_fold_events_and_count_invalid_records() -> None:
+    from agentstream.ui.live import LiveFigures
+    from schemas.codec import encode_event
+
+    figs = LiveFigures()
+    events = fresh_events("run-unit", agent="unit-agent", n_actions=2)
+    for i, e in enumerate(events):
+        line = figs.add_event(encode_event(e), ts_ms=1000 + i, now_s=100.5, where=f"0@{i}")
+        assert line is not None and line["id"] == str(e.id) and line["run"] == "run-unit"
+    assert figs.add_event(b"not json", ts_ms=0, now_s=100.5, where="0@99") is None
+    snap = figs.snapshot(now_s=101.0)  # second 100 is complete
+    assert snap["totals"] == {"events": len(events), "invalid": 1}
+    per_type = {t: round(r * 5) for t, r in snap["rate"]["by_type"].items()}
+    assert per_type["agent.act.started.v1"] == 2 and per_type["(invalid)"] == 1
+    assert [a["agent"] for a in snap["agents"]] == ["unit-agent"]
+    assert snap["agents"][0]["status"] == "idle"  # its last event finished the run
+    assert len(figs.tail) == len(events)
+
+
+def test_a_slow_subscriber_loses_the_oldest_messages_and_is_told() -> None:
+    from agentstream.settings import load_settings
+    from agentstream.ui.live import QUEUE, LiveHub, Subscriber, TailFilter
+
+    hub = LiveHub(load_settings())
+    slow, picky = Subscriber(TailFilter()), Subscriber(TailFilter(run="r2"))
+    hub.subscribers |= {slow, picky}
+    for i in range(QUEUE + 5):
+        hub.publish("events", {"events": [{"id": str(i), "type": "t", "agent": "a", "run": "r1"}]})
+    hub.publish("events", {"events": [{"id": "x", "type": "t", "agent": "a", "run": "r2"}]})
+    assert slow.dropped == 6 and slow.queue.qsize() == QUEUE  # bounded, and counted
+    assert picky.queue.qsize() == 1 and picky.dropped == 0  # the filter applies before queueing
+    assert len(hub.ring) == QUEUE + 6 and hub.seq == QUEUE + 6
