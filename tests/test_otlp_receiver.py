@@ -6,6 +6,7 @@ serving), tokens, retried exports, and pushback from the log (429/503 + Retry-Af
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import json
 import time
@@ -27,7 +28,7 @@ from test_otlp_support import ReceiverThread, outcome, read_log
 from schemas.codec import decode_event, encode_event
 from schemas.ids import is_uuid7
 from streams.otlp.mapping import TraceMemory, event_id, map_request
-from streams.otlp.receiver import ReceiverConfig, check_bind, parse_tokens
+from streams.otlp.receiver import ReceiverConfig, check_bind, parse_tokens, tune_gc
 
 pytestmark = pytest.mark.integration
 
@@ -164,6 +165,51 @@ def test_values_outside_the_contract_are_clamped_or_rejected() -> None:
     assert thought.data.input_tokens == 2**32 - 1 and thought.data.cost_usd == 1e9
     args = [e.data.arguments for e in b.events if e.type == "agent.act.started.v1"]
     assert all(set(a) == {"input"} and isinstance(a["input"], str) for a in args), args
+
+
+def test_ids_follow_each_span_when_a_span_id_repeats() -> None:
+    """Two spans reusing one span id (a faulty exporter): each event id comes from its own
+    span's times, and a later link names the span the memory kept (the last one)."""
+    memory = TraceMemory()
+    sid = (3).to_bytes(8, "big")
+    b = map_request(
+        request(span(3, TOOL, start=1, end=10), span(3, TOOL, start=20, end=30)), memory
+    )
+    done = [e for e in b.events if e.type == "agent.act.completed.v2"]
+    ms = T0 // 1_000_000
+    assert [e.id for e in done] == [event_id(TRACE, sid, "close", ms + x) for x in (10, 30)]
+    (thought,) = map_request(request(span(4, CHAT, start=31, end=40)), memory).events
+    assert thought.causes == (done[1].id,)
+
+
+def test_output_messages_of_any_shape_never_stop_the_batch() -> None:
+    msgs = [
+        {"role": "assistant", "parts": 5, "content": "plain"},
+        {"parts": [{"type": "text", "content": "a"}, "x",
+                   {"type": "tool_call", "id": "c9", "name": "f", "arguments": {"q": 1}}]},
+    ]  # fmt: skip
+    b = map_request(
+        request(
+            span(1, {**CHAT, "gen_ai.output.messages": json.dumps(msgs)}, start=0, end=1),
+            span(2, {**TOOL, "gen_ai.tool.call.id": "c9"}, start=2, end=3),
+        ),
+        TraceMemory(),
+    )
+    thought, started, _ = b.events
+    assert thought.data.text == "plain\na"
+    assert started.causes == (thought.id,)
+
+
+def test_gc_threshold_is_raised_never_lowered() -> None:
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        tune_gc(20_000)
+        assert gc.get_threshold() == (20_000, 50, 100)
+        tune_gc(1_000)
+        assert gc.get_threshold() == (20_000, 50, 100)
+    finally:
+        gc.set_threshold(*saved)
 
 
 def test_tokens_and_bind_rules() -> None:

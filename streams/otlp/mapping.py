@@ -505,18 +505,6 @@ def _genai_messages(v: Any) -> list[dict[str, Any]]:
     return [m for m in v if isinstance(m, dict)] if isinstance(v, list) else []
 
 
-def _parts_text(msg: dict[str, Any]) -> str:
-    parts = msg.get("parts")
-    if isinstance(parts, list):
-        return "".join(
-            str(pt.get("content", ""))
-            for pt in parts
-            if isinstance(pt, dict) and pt.get("type") == "text"
-        )
-    content = msg.get("content")
-    return content if isinstance(content, str) else ""
-
-
 def _llm_view(a: dict[str, Any]) -> _LlmView:
     """Output text and tool calls chosen, whichever convention carries them.
 
@@ -528,9 +516,20 @@ def _llm_view(a: dict[str, Any]) -> _LlmView:
     raw_out = a.get("gen_ai.output.messages")
     if raw_out is not None:
         for m in _genai_messages(raw_out):
-            texts.append(_parts_text(m))
-            for pt in m.get("parts") or ():
-                if isinstance(pt, dict) and pt.get("type") == "tool_call":
+            parts = m.get("parts")
+            if not isinstance(parts, list):
+                content = m.get("content")
+                texts.append(content if isinstance(content, str) else "")
+                continue
+            # one pass over the parts: the text parts' content and the tool calls
+            chunks: list[str] = []
+            for pt in parts:
+                if not isinstance(pt, dict):
+                    continue
+                kind = pt.get("type")
+                if kind == "text":
+                    chunks.append(str(pt.get("content", "")))
+                elif kind == "tool_call":
                     calls.append(
                         {
                             "id": _str(pt.get("id")),
@@ -538,6 +537,7 @@ def _llm_view(a: dict[str, Any]) -> _LlmView:
                             "arguments": pt.get("arguments"),
                         }
                     )
+            texts.append("".join(chunks))
     elif OI_KIND in a:
         for m in _indexed(a, "llm.output_messages.").values():
             texts.append(_str(m.get("message.content")) or "")
