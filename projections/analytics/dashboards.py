@@ -49,7 +49,9 @@ def _between(column: str) -> str:
 
 def _bucket(column: str) -> str:
     # a DateTime64 (a timestamp in Arrow, CSV and JSON; a plain DateTime would be a number)
-    return f"toDateTime64(toStartOfInterval({column}, toIntervalSecond({{bucket:UInt32}})), 0, 'UTC')"
+    return (
+        f"toDateTime64(toStartOfInterval({column}, toIntervalSecond({{bucket:UInt32}})), 0, 'UTC')"
+    )
 
 
 DASH_COST_BY_AGENT = NamedQuery(
