@@ -58,6 +58,7 @@ with the version in the reason rather than read by guesswork."""
 
 _SCHEMA_RE = re.compile(r"opentelemetry\.io/schemas/(\d+)\.(\d+)(?:\.(\d+))?")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_DURATION_MS = p.MAX_DURATION_MS
 _MAX_NS = (MAX_TIME - _EPOCH) // timedelta(microseconds=1) * 1000
 _json = msgspec.json.Decoder()
 
@@ -99,18 +100,10 @@ class SpanNode:
     ref: str | None = None  # id of the event that stands for this span (see _ref)
 
 
-@dataclass(slots=True)
-class _S:
-    """A span's ids and times, read from the protobuf once (each read of a protobuf field
-    builds a new Python object); ``pb`` for the rest."""
-
-    pb: Any
-    t: _Trace
-    tid: bytes
-    sid: bytes
-    psid: bytes
-    start: int
-    end: int
+_S = tuple[Any, "_Trace", bytes, bytes, bytes, int, int]
+"""A span's protobuf (for the rest), its trace's memory, and its trace id, span id, parent
+span id, start and end, read from the protobuf once (each read of a protobuf field builds
+a new Python object). A plain tuple: the cheapest to build and unpack."""
 
 
 @dataclass(slots=True)
@@ -666,14 +659,7 @@ def map_request(
                     kind = _WORKFLOW  # a root chain is the run
                 elif kind is _AGENT and _agent_of(a, kind) is None:
                     kind = _WORKFLOW  # no agent named: a workflow (the Agents SDK's root)
-                node = SpanNode(
-                    kind,
-                    psid,
-                    start,
-                    end,
-                    agent=_agent_of(a, kind),
-                    run=_sfirst(a, _RUN_KEYS),
-                )
+                node = SpanNode(kind, psid, start, end, _agent_of(a, kind), _sfirst(a, _RUN_KEYS))
                 view = None
                 if kind is _LLM:
                     view = _llm_view(a)
@@ -683,14 +669,14 @@ def map_request(
                 if kind is _STRUCTURAL:
                     batch.skipped["GenAI grouping span (nested chain or task): no event"] += 1
                     continue
-                pending.append((_S(span, t, tid, sid, psid, start, end), a, kind, ctx, view))
+                pending.append(((span, t, tid, sid, psid, start, end), a, kind, ctx, view))
     # pass 2: build the events
     # time order; at the same instant what ends (a thought, a completion) goes before what
     # starts (the tool call it led to), and a span's own events keep their order
     keyed: list[tuple[int, int, int, int, int]] = []
     built: list[Event] = []
     for n, (sv, a, kind, ctx, view) in enumerate(pending):
-        start, end = sv.start, sv.end
+        start, end = sv[5], sv[6]
         for rank, (is_start, event) in enumerate(_events(sv, a, kind, ctx, memory, view)):
             keyed.append(
                 (start if is_start else end, 1 if is_start or start == end else 0, n, rank,
@@ -801,8 +787,7 @@ def _events(
     memory: TraceMemory,
     view: _LlmView | None = None,
 ) -> list[tuple[bool, Event]]:
-    trace_id, span_id, span, t = sv.tid, sv.sid, sv.pb, sv.t
-    start_ns, end_ns = sv.start, sv.end
+    span, t, trace_id, span_id, psid, start_ns, end_ns = sv
     node = t.spans.get(span_id)
     if t.hex is None:
         t.hex = trace_id.hex()
@@ -812,7 +797,7 @@ def _events(
     if node is None:  # the trace outgrew the memory: map without links
         node = SpanNode(
             kind,
-            sv.psid,
+            psid,
             start_ns,
             end_ns,
             _agent_of(a, kind),
@@ -823,7 +808,7 @@ def _events(
     trace_hex = t.hex
     agent, run, parent = _identity(t, node, ctx, trace_hex)
     start_ms, end_ms = start_ns // 1_000_000, end_ns // 1_000_000
-    duration_ms = min(p.MAX_DURATION_MS, (end_ns - start_ns) / 1e6)
+    duration_ms = min(_MAX_DURATION_MS, (end_ns - start_ns) / 1e6)
     flags = span.flags & 0xFF
     common = (agent, run, ctx.tenant, f"00-{trace_hex}-{span_id.hex()}-{flags:02x}", ctx.source)
     key = trace_id + span_id
