@@ -164,7 +164,7 @@ async def run_demo(
 
     progress.phase = "starting the stack"
     tick(progress)
-    t0 = time.monotonic()
+    t0 = start = time.monotonic()
     stack = Stack(settings)
     try:
         ups = await asyncio.to_thread(stack.up)
@@ -187,10 +187,13 @@ async def run_demo(
         if started_here and not config.keep_running:
             progress.phase = "stopping the stack"
             tick(progress)
+            t_down = time.monotonic()
             await asyncio.to_thread(stack.down)
+            timings["stop the stack"] = time.monotonic() - t_down
             result.stack = "started by the demo, stopped again (--stop)"
         elif not started_here:
             result.stack = "was already running, left running"
+        timings["total"] = time.monotonic() - start
     return result
 
 
@@ -206,9 +209,6 @@ async def _run_pipeline(
     from projections.analytics import AnalyticsError
 
     timings = result.seconds
-    warm = None
-    if "memory" in settings.projections:  # recall embeds the situation: load the model now
-        warm = asyncio.create_task(asyncio.to_thread(_load_embedder, settings))
     t0 = time.monotonic()
     try:
         reader = await _wait_for_reader(settings, config.timeout_s)
@@ -233,29 +233,16 @@ async def _run_pipeline(
 
         progress.phase = "summarising"
         tick(progress)
-        await asyncio.to_thread(watch.summarise, result)
         t2 = time.monotonic()
+        await asyncio.to_thread(watch.summarise, result)
+        timings["summarise"] = time.monotonic() - t2
+        t3 = time.monotonic()
         progress.phase = "explaining a failure"
         tick(progress)
-        if warm is not None:
-            await warm
-        result.explained = await explain(settings, reader, since, ui)
-        timings["explain (why, recall, verify)"] = time.monotonic() - t2
+        result.explained = await explain(settings, reader, since, ui, timings)
+        timings["explain (why, recall, verify)"] = time.monotonic() - t3
     finally:
         reader.close()
-
-
-def _load_embedder(settings: Settings) -> str | None:
-    """Load the embedding model in the background; recall reports a failure to load."""
-    from projections.memory.embedding import EmbeddingError, load_embedder
-
-    try:
-        load_embedder(
-            settings.embedding_model, settings.embedding_device, settings.embedding_threads
-        )
-    except EmbeddingError as err:
-        return str(err)
-    return None
 
 
 async def _wait_for_reader(settings: Settings, timeout_s: float) -> Any:
@@ -380,7 +367,13 @@ LIMIT 1
 """
 
 
-async def explain(settings: Settings, reader: Any, since: datetime, ui: bool) -> Explanation | None:
+async def explain(
+    settings: Settings,
+    reader: Any,
+    since: datetime,
+    ui: bool,
+    timings: dict[str, float] | None = None,
+) -> Explanation | None:
     """Pick a failed action of this run that has an episode, and explain it."""
     when = since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     failures = reader.query(FAILURES_SQL, {"since": when}).to_pylist()
@@ -398,14 +391,40 @@ async def explain(settings: Settings, reader: Any, since: datetime, ui: bool) ->
     out = Explanation(chosen["id"], chosen["agent_id"], chosen["run_id"], chosen["tool"], "")
     out.summary = chosen["summary"]
     out.situation = situation
+    timings = timings if timings is not None else {}
+    memory = await _memory_progress(settings)
     await asyncio.gather(
-        asyncio.to_thread(_why, settings, out),
-        asyncio.to_thread(_recall, settings, reader, out),
-        _verify(settings, out),
+        _timed(timings, "  why", asyncio.to_thread(_why, settings, out)),
+        _timed(timings, "  recall", asyncio.to_thread(_recall, settings, reader, out, memory)),
+        _timed(timings, "  replay verify", _verify(settings, out)),
     )
     if ui and out.run_id:
         out.ui_url = f"http://{settings.ui_host}:{settings.ui_port}/runs/{out.run_id}"
     return out
+
+
+async def _timed(timings: dict[str, float], name: str, work: Any) -> None:
+    started = time.monotonic()
+    try:
+        await work
+    finally:
+        timings[name] = time.monotonic() - started
+
+
+async def _memory_progress(settings: Settings) -> tuple[int, int] | None:
+    """(episode records the memory projection has committed, records in ``agent-episodes``)
+    from the broker, or None if it does not tell. Costs no model load."""
+    from schemas.topics import EPISODES
+    from streams.processor import processor_progress
+
+    if "memory" not in settings.projections:
+        return None
+    try:
+        p = await processor_progress(settings.bootstrap_servers, "agentstream-memory", EPISODES)
+    except Exception:  # the note then comes from the store alone
+        return None
+    done = sum(min(p.committed.get(part, 0), hw) for part, hw in p.highwater.items())
+    return done, sum(p.highwater.values())
 
 
 def _why(settings: Settings, out: Explanation) -> None:
@@ -429,7 +448,15 @@ def _why(settings: Settings, out: Explanation) -> None:
         store.close()
 
 
-def _recall(settings: Settings, reader: Any, out: Explanation) -> None:
+def _recall(
+    settings: Settings, reader: Any, out: Explanation, memory: tuple[int, int] | None = None
+) -> None:
+    """Recall for the failure's situation, over what memory holds so far.
+
+    While the memory projection has embedded nothing of this log yet (it loads its model:
+    10-40 s on a busy machine), the demo says so instead of loading the model here too,
+    which would only compete with it for the CPU.
+    """
     if "memory" not in settings.projections:
         out.memory_note = "the memory projection is not running (AGENTSTREAM_PROJECTIONS)"
         return
@@ -441,6 +468,13 @@ def _recall(settings: Settings, reader: Any, out: Explanation) -> None:
     from projections.memory.store import MemoryStoreError
 
     total = int(reader.query("SELECT count() AS n FROM episodes FINAL").column("n")[0].as_py())
+    if memory is not None and memory[0] == 0 and memory[1] > 0:
+        out.memory_note = (
+            f"memory has embedded 0 of {memory[1]:,} episode records of this log so far (the "
+            "memory projection is still loading its model or embedding its first batch; "
+            f"{total:,} episodes to hold) — recall works as soon as it has some"
+        )
+        return
     try:
         store = default_store(settings)
         held = store.count()
@@ -449,9 +483,10 @@ def _recall(settings: Settings, reader: Any, out: Explanation) -> None:
         out.memory_note = f"memory is not ready yet: {err}"
         return
     if held < total:
+        read = f", {memory[0]:,} of {memory[1]:,} episode records read" if memory else ""
         out.memory_note = (
-            f"memory holds {held:,} of {total:,} episodes so far (embedding ~300/s is still "
-            "catching up; recall searches what it holds)"
+            f"memory holds {held:,} of {total:,} episodes so far (embedding ~300/s on idle "
+            f"cores is still catching up{read}; recall searches what it holds)"
         )
     else:
         out.memory_note = f"memory holds all {held:,} episodes"

@@ -42,12 +42,18 @@ def demo(
             "`agentstream down` stops it), or stop a stack the demo started",
         ),
     ] = True,
+    timings: Annotated[
+        bool, typer.Option("--timings", help="print where the time went, phase by phase")
+    ] = False,
 ) -> None:
     """Run the whole pipeline on simulated agents, then show what each read model holds and
     explain one failed action (why, recall, replay verify)."""
     import asyncio
+    import time
 
     from pydantic import ValidationError
+
+    started = time.monotonic()
 
     from agentstream.demo import DemoConfig, DemoError
     from agentstream.settings import load_settings
@@ -75,6 +81,8 @@ def demo(
         fail(str(err))
     _summary(result)
     _explained(result)
+    if timings:
+        _timings(result, started)
 
 
 async def _run_with_display(settings: Any, config: Any) -> Any:
@@ -129,7 +137,7 @@ def _summary(result: Any) -> None:
         "reused": "the existing data directory (earlier runs' data kept; --reset starts over)",
         "reset": "a reset data directory",
     }[result.data_dir_state]
-    secs = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
+    secs = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items() if not k.startswith(" "))
     console.print(
         f"[bold]demo done[/]: {result.produced} events simulated (seed {result.seed}) into "
         f"{state}: {result.data_dir}",
@@ -235,6 +243,23 @@ def _explained(result: Any) -> None:
         )
     elif ex.ui_url:
         console.print(f"\n[bold]open this run in the UI:[/] {ex.ui_url}", highlight=False)
+
+
+def _timings(result: Any, started: float) -> None:
+    """Phases in order (indented: parts of the phase above, run side by side), then the
+    command's own wall time; the Python start-up and imports before it are not in it."""
+    import time
+
+    from rich.table import Table
+
+    table = Table(title="where the time went", show_header=True, box=None, padding=(0, 2))
+    table.add_column("phase")
+    table.add_column("seconds", justify="right")
+    for name, secs in result.seconds.items():
+        table.add_row(name, f"{secs:.1f}")
+    table.add_row("command, until now", f"{time.monotonic() - started:.1f}")
+    console.print()
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:
