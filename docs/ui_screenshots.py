@@ -24,6 +24,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "ui"))
 OUT = HERE / "ui"
+# the simulated workload spans minutes: one-minute buckets over its first quarter hour
+RANGE = "&bucket=60&since=2026-01-01T00:00:00&until=2026-01-01T00:15:00"
 
 
 def _get(url: str) -> object:
@@ -68,9 +70,9 @@ def shoot(url: str, publish: Callable[[], None] | None = None) -> list[Path]:
         ("agent", f"/agents/{ids['agent']}", "table.grid", None),
         ("dead-letters", "/deadletters", "tr[data-reason]", "button[data-k]"),
         # part 2 (live events are published while the live view is shot, see shoot_live)
-        ("dashboard-cost", "/dashboards/cost?bucket=60", '[data-chart="cost-agent"] canvas', None),
-        ("dashboard-tools", "/dashboards/tools?bucket=60", '[data-chart="tool-p95"] canvas', None),
-        ("dashboard-violations", "/dashboards/violations?category=tool_error&bucket=60",
+        ("dashboard-cost", "/dashboards/cost?" + RANGE, '[data-chart="cost-agent"] canvas', None),
+        ("dashboard-tools", "/dashboards/tools?" + RANGE, '[data-chart="tool-p95"] canvas', None),
+        ("dashboard-violations", "/dashboards/violations?category=tool_error" + RANGE,
          '[data-panel="drill"] tbody tr', None),
         ("dashboard-learning", "/dashboards/learning", '[data-chart="fleet-success"] canvas', None),
         ("sql", "/sql?named=least_reliable_tools", "table[data-result] tbody tr",
