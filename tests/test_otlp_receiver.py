@@ -6,7 +6,6 @@ serving), tokens, retried exports, and pushback from the log (429/503 + Retry-Af
 from __future__ import annotations
 
 import asyncio
-import gc
 import gzip
 import json
 import time
@@ -28,7 +27,7 @@ from test_otlp_support import ReceiverThread, outcome, read_log
 from schemas.codec import decode_event, encode_event
 from schemas.ids import is_uuid7
 from streams.otlp.mapping import TraceMemory, event_id, map_request
-from streams.otlp.receiver import ReceiverConfig, check_bind, parse_tokens, tune_gc
+from streams.otlp.receiver import ReceiverConfig, check_bind, parse_tokens
 
 pytestmark = pytest.mark.integration
 
@@ -198,18 +197,6 @@ def test_output_messages_of_any_shape_never_stop_the_batch() -> None:
     thought, started, _ = b.events
     assert thought.data.text == "plain\na"
     assert started.causes == (thought.id,)
-
-
-def test_gc_threshold_is_raised_never_lowered() -> None:
-    saved = gc.get_threshold()
-    try:
-        gc.set_threshold(700, 10, 10)
-        tune_gc(20_000)
-        assert gc.get_threshold() == (20_000, 50, 100)
-        tune_gc(1_000)
-        assert gc.get_threshold() == (20_000, 50, 100)
-    finally:
-        gc.set_threshold(*saved)
 
 
 def test_tokens_and_bind_rules() -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import hmac
 import ipaddress
 import logging
@@ -82,7 +81,6 @@ class ReceiverConfig:
     export_timeout_s: float = 8.0  # exporters give up after 10 s by default
     retry_after_s: int = 2
     dedup_ids: int = 262_144  # acknowledged event ids remembered (a retry writes nothing)
-    gc_threshold: int = 20_000  # allocations between young collections (0: leave gc alone)
 
 
 def parse_tokens(value: str | None) -> dict[str, str | None]:
@@ -108,22 +106,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def tune_gc(gen0: int) -> None:
-    """Run the cyclic garbage collector rarely (it is process-wide: the receiver is meant to
-    be its own process, ``agentstream otlp``; a higher threshold already set is kept).
-
-    An export of 512 spans keeps thousands of container objects alive until the broker
-    acknowledges it (attribute dicts, trace memory nodes, events); at Python's default
-    threshold (700) that made ~6 young and ~0.5 older collections a request, the older ones
-    walking every object of the process: ~10% of the receiver's CPU on the bench workload.
-    Nothing the mapping builds is cyclic, so reference counting frees it at once and
-    collecting rarely costs no memory.
-    """
-    g0, g1, g2 = gc.get_threshold()
-    if g0 < gen0:
-        gc.set_threshold(gen0, max(g1, 50), max(g2, 100))
 
 
 def check_bind(config: ReceiverConfig) -> None:
@@ -310,8 +292,6 @@ class OtlpReceiver:
         """Bind the servers at once; connect the producer in the background (until then
         exports get 503, and /readyz says why)."""
         self._producer_task = asyncio.create_task(self._connect(), name="otlp-producer")
-        if self.config.gc_threshold:
-            tune_gc(self.config.gc_threshold)
         app = web.Application(client_max_size=self.config.max_body_bytes + 1)
         app.router.add_post("/v1/traces", self._http_export)
         app.router.add_get("/healthz", self._health)
