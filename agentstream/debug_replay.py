@@ -254,7 +254,7 @@ _builtins = msgspec.to_builtins
 
 
 def state_diff(old: AgentState | None, new: AgentState | None) -> dict[str, tuple[Any, Any]]:
-    """Paths whose values differ (``counts[agent.act.started.v1]``, ``world.success_rate``),
+    """Paths whose values differ (``counts[agent.act.started.v1]``, ``world.recent_success_rate``),
     mapped to (old, new) as plain values; a missing side is None."""
     a = _builtins(old) if old is not None else {}
     b = _builtins(new) if new is not None else {}

@@ -29,7 +29,10 @@ if TYPE_CHECKING:
 
     from projections.analytics.readonly import QueryStats
 
-TABLES = "events, violations, episodes, agent_state, agent_minute, tool_minute, run_summary"
+TABLES = (
+    "events, violations, episodes, agent_state, agent_minute, tool_minute, run_agent, run_totals; "
+    "view runs"
+)
 
 
 class Format(StrEnum):

@@ -26,25 +26,22 @@ async def agent_state(backends: Backends, agent_id: str) -> dict[str, Any]:
 
 
 def tools(state: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per tool: calls, errors, mismatches (ok but not the expected outcome), success rate
-    (calls that neither errored nor mismatched), mean duration. Reads both vocabularies of
-    ``ToolStats`` (``actions/errors/mismatches`` and version 1's ``ok/error/wrong_result``)."""
+    """Per tool, in the state's vocabulary (``ToolStats``, schema version 2; older states are
+    upcast by ``decode_state`` before they get here): calls (``actions``), errors, mismatches
+    (status ok, but not the expected outcome), success rate ``1 - failed / actions`` with
+    ``failed = errors + mismatches``, mean duration."""
     out = []
     for name, st in sorted(state.get("tools", {}).items()):
-        if "actions" in st:
-            calls, errors, mismatches = st["actions"], st.get("errors", 0), st.get("mismatches", 0)
-        else:
-            errors, mismatches = st.get("error", 0), st.get("wrong_result", 0)
-            calls = st.get("ok", 0) + errors
-        good = calls - errors - mismatches
+        calls = st["actions"]
         out.append(
             {
                 "tool": name,
                 "calls": calls,
-                "errors": errors,
-                "mismatches": mismatches,
-                "success_rate": None if calls == 0 else round(good / calls, 4),
-                "mean_ms": None if calls == 0 else round(st.get("duration_ms", 0.0) / calls, 1),
+                "errors": st["errors"],
+                "mismatches": st["mismatches"],
+                "failed": st["failed"],
+                "success_rate": None if calls == 0 else round(1 - st["failed"] / calls, 4),
+                "mean_ms": None if calls == 0 else round(st["duration_ms"] / calls, 1),
             }
         )
     return out

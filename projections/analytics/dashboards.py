@@ -94,22 +94,44 @@ ORDER BY bucket, model
 
 DASH_TOOL_RELIABILITY = NamedQuery(
     "dash_tool_reliability",
-    "Dashboard: per tool and time bucket, calls, success rate (1 - errors / calls) and "
-    "p50/p95 duration (tool_minute rollup; bfloat16 quantiles)",
+    "Dashboard: per tool and time bucket, calls, errors, mismatches, success rate "
+    "(1 - failed / calls; failed = errors + mismatches) and p50/p95 duration (tool_minute "
+    "rollup, mismatches from wrong_result violations; bfloat16 quantiles)",
     f"""
+WITH mismatched AS
+(
+    SELECT {_bucket("v.time")} AS bucket, assumeNotNull(v.tool) AS tool, count() AS n
+    FROM violations AS v FINAL
+    WHERE v.category = 'wrong_result' AND v.tool IS NOT NULL
+      AND {_between("v.time")} AND {_tenant("v")}
+    GROUP BY bucket, tool
+)
 SELECT
-    {_bucket("t.minute")} AS bucket,
-    t.tool AS tool,
-    sum(t.calls) AS calls,
-    sum(t.errors) AS errors,
-    round(1 - errors / calls, 4) AS success_rate,
-    quantilesBFloat16Merge(0.5, 0.95)(t.duration_ms) AS q,
-    round(toFloat64(q[1]), 1) AS p50_ms,
-    round(toFloat64(q[2]), 1) AS p95_ms
-FROM tool_minute AS t
-WHERE {_between("t.minute")} AND {_tenant("t")}
-GROUP BY bucket, tool
-HAVING calls > 0
+    c.bucket AS bucket,
+    c.tool AS tool,
+    c.calls AS calls,
+    c.errors AS errors,
+    ifNull(x.n, 0) AS mismatches,
+    errors + mismatches AS failed,
+    round(1 - failed / calls, 4) AS success_rate,
+    c.p50_ms AS p50_ms,
+    c.p95_ms AS p95_ms
+FROM
+(
+    SELECT
+        {_bucket("t.minute")} AS bucket,
+        t.tool AS tool,
+        sum(t.calls) AS calls,
+        sum(t.errors) AS errors,
+        quantilesBFloat16Merge(0.5, 0.95)(t.duration_ms) AS q,
+        round(toFloat64(q[1]), 1) AS p50_ms,
+        round(toFloat64(q[2]), 1) AS p95_ms
+    FROM tool_minute AS t
+    WHERE {_between("t.minute")} AND {_tenant("t")}
+    GROUP BY bucket, tool
+    HAVING calls > 0
+) AS c
+LEFT JOIN mismatched AS x ON x.bucket = c.bucket AND x.tool = c.tool
 ORDER BY bucket, tool
 """,
     _SERIES,

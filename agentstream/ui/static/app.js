@@ -801,14 +801,14 @@
           <div class="card"><div class="l">role / model</div><div class="v">${st.role || '–'}</div><div class="dim">${st.model || ''}</div></div>
           <div class="card"><div class="l">current run</div><div class="v">${st.run_id ? html`<${A} to=${href.run(st.run_id)}>${st.run_id}<//>` : '–'}</div><div>${st.run ? html`<${Badge} s=${st.run.status} />` : null}</div></div>
           <div class="card"><div class="l">events</div><div class="v">${fmtInt(st.events_total)}</div><div class="dim">last ${st.last_event_time || '–'}</div></div>
-          <div class="card"><div class="l">success (last ${st.world.outcomes.length})</div><div class="v">${pct(st.world.recent_success_rate !== undefined ? st.world.recent_success_rate : st.world.success_rate)}</div><div class="dim">${st.world.actions !== undefined ? st.world.actions + ' actions / ' + st.world.failed + ' failed' : st.world.actions_ok + ' ok / ' + st.world.actions_failed + ' failed'}</div></div>
+          <div class="card"><div class="l">success (last ${st.world.outcomes.length})</div><div class="v" data-card="success">${pct(st.world.recent_success_rate)}</div><div class="dim" data-card="failed">${st.world.actions} actions / ${st.world.failed} failed (${st.world.errors} errors, ${st.world.mismatches} mismatches)</div></div>
           <div class="card"><div class="l">tokens</div><div class="v">${fmtInt(st.world.input_tokens + st.world.output_tokens)}</div><div class="dim">${fmtCost(st.world.cost_usd)}</div></div>
           <div class="card"><div class="l">open actions</div><div class="v">${Object.keys(st.open_actions).length}</div><div class="dim">${st.lessons} lessons</div></div>
         </div>` : null}
         <h2>Tools</h2>
         <div class="panel"><table class="grid"><thead><tr><th>tool</th><th class="num">calls</th><th class="num">errors</th><th class="num">mismatches</th><th>success rate</th><th class="num">mean duration</th></tr></thead>
           <tbody>${d.tools.map((t) => html`<tr data-tool=${t.tool}><td>${t.tool}</td><td class="num">${t.calls}</td><td class="num">${t.errors}</td><td class="num">${t.mismatches}</td>
-            <td><span class="rate"><span style=${{ width: ((t.success_rate || 0) * 100) + '%' }}></span></span>${pct(t.success_rate)}</td><td class="num">${fmtDur(t.mean_ms)}</td></tr>`)}</tbody></table></div>
+            <td data-col="success"><span class="rate"><span style=${{ width: ((t.success_rate || 0) * 100) + '%' }}></span></span>${pct(t.success_rate)}</td><td class="num">${fmtDur(t.mean_ms)}</td></tr>`)}</tbody></table></div>
         <h2>Recent runs</h2>
         ${d.runs ? html`<div class="panel"><table class="grid"><thead><tr><th>run</th><th>goal</th><th>status</th><th>started</th><th class="num">events</th><th class="num">errors</th><th class="num">violations</th></tr></thead>
           <tbody>${d.runs.runs.map((r) => html`<tr><td><${A} to=${href.run(r.run_id)} cls="mono">${r.run_id}<//></td><td class="goal">${r.goal}</td><td><${Badge} s=${r.status} /></td><td class="mono">${fmtTime(r.started_us)}</td>
