@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from agentstream.ui.backends import Backends, NotFound
+from projections.analytics.schema import RUN_STATUS_SQL
 
 RUNS_FROM = "runs"
 """The analytics ``runs`` view: one row per run across agents (merged rollups)."""
@@ -102,7 +103,7 @@ def _row(r: dict[str, Any]) -> dict[str, Any]:
 
 # Sort keys over the raw ``run_totals`` rollup, whose merged values the view shows: summing
 # and taking min/max of plain columns is what FINAL does for them, without finalising every
-# run's goal and status (the costly part of reading the view).
+# run's goal (the costly part of reading the view).
 _RAW_SORTS = {
     "started": "min(first_time)",
     "duration": "dateDiff('microsecond', min(first_time), max(last_time))",
@@ -114,18 +115,65 @@ _RAW_SORTS = {
     "cost": "sum(cost_usd)",
 }
 
+# The page's rows, merged from ``run_totals`` by GROUP BY on the page's keys only: the same
+# values as the ``runs`` view (schema.py ``_runs_view``), without FINAL over every run.
+_PAGE_ROWS = f"""
+SELECT run_id, tenant, m_goal AS goal, m_status AS status, m_agents AS agents,
+       toUnixTimestamp64Micro(m_first) AS started_us,
+       if(m_last IS NULL, NULL, toUnixTimestamp64Micro(assumeNotNull(m_last))) AS ended_us,
+       round(dateDiff('microsecond', m_first, m_last) / 1e6, 3) * 1000 AS duration_ms,
+       m_events AS events, m_actions AS actions, m_errors AS errors,
+       m_mismatches AS mismatches, m_errors + m_mismatches AS failed,
+       m_in + m_out AS tokens, m_cost AS cost_usd, m_violations AS violations
+FROM
+(
+    SELECT r.tenant AS tenant, r.run_id AS run_id,
+        nullIf(argMinMerge(r.goal), '') AS m_goal,
+        {RUN_STATUS_SQL.format(f="max(r.finish)")} AS m_status,
+        arraySort(CAST(groupUniqArrayArray(r.agents), 'Array(String)')) AS m_agents,
+        CAST(min(r.first_time) AS Nullable(DateTime64(6, 'UTC'))) AS m_first,
+        CAST(max(r.last_time) AS Nullable(DateTime64(6, 'UTC'))) AS m_last,
+        toUInt64(sum(r.events)) AS m_events,
+        toUInt64(sum(r.actions)) AS m_actions,
+        toUInt64(sum(r.errors)) AS m_errors,
+        toUInt64(sum(r.mismatches)) AS m_mismatches,
+        toUInt64(sum(r.input_tokens)) AS m_in,
+        toUInt64(sum(r.output_tokens)) AS m_out,
+        toFloat64(sum(r.cost_usd)) AS m_cost,
+        toUInt64(sum(r.violations)) AS m_violations
+    FROM run_totals AS r
+    WHERE r.run_id IN {{ids:Array(String)}}
+    GROUP BY tenant, run_id
+)
+"""
 
-def _page_ids(backends: Backends, flt: RunFilter, limit: int) -> tuple[list[str], int] | None:
-    """The page's run ids and the number of runs, from the rollup, for filters the rollup
-    answers (tenant, start time); None for the others (agent, status, goal text)."""
+
+def _page_keys(
+    backends: Backends, flt: RunFilter, limit: int
+) -> tuple[list[tuple[str, str]], int] | None:
+    """The page's (tenant, run id) keys and the number of runs matching, chosen on the raw
+    ``run_totals`` rows with GROUP BY on plain columns (sums, min/max, the status's ``finish``
+    code); the goal is finalised only when the goal text is filtered on. None on a store
+    without the rollup (the view answers)."""
     from projections.analytics.reader import QueryError
 
-    if flt.agent or flt.status or flt.goal:
-        return None
     conds, having, params = [], [], {}
     if flt.tenant:
         conds.append("tenant = {tenant:String}")
         params["tenant"] = flt.tenant
+    if flt.agent:
+        # rows naming the agent (one per insert batch at most), then every row of those runs
+        conds.append(
+            "(tenant, run_id) IN "
+            "(SELECT tenant, run_id FROM run_totals WHERE has(agents, {agent:String}))"
+        )
+        params["agent"] = flt.agent
+    if flt.status:
+        having.append(RUN_STATUS_SQL.format(f="max(finish)") + " = {status:String}")
+        params["status"] = flt.status
+    if flt.goal:
+        having.append("positionCaseInsensitiveUTF8(argMinMerge(goal), {goal:String}) > 0")
+        params["goal"] = flt.goal
     if flt.since is not None:
         having.append("min(first_time) >= {since:DateTime64(6, 'UTC')}")
         params["since"] = flt.since
@@ -133,53 +181,66 @@ def _page_ids(backends: Backends, flt: RunFilter, limit: int) -> tuple[list[str]
         having.append("min(first_time) < {until:DateTime64(6, 'UTC')}")
         params["until"] = flt.until
     sql = (
-        "SELECT run_id, count() OVER () AS total_matching FROM run_totals"
+        "SELECT tenant, run_id, count() OVER () AS total_matching FROM run_totals"
         + (" WHERE " + " AND ".join(conds) if conds else "")
         + " GROUP BY tenant, run_id"
         + (" HAVING " + " AND ".join(having) if having else "")
-        + f" ORDER BY {_RAW_SORTS[flt.sort]} {'DESC' if flt.desc else 'ASC'}, run_id"
+        + f" ORDER BY {_RAW_SORTS[flt.sort]} {'DESC' if flt.desc else 'ASC'}, run_id, tenant"
         + f" LIMIT {limit} OFFSET {max(0, flt.offset)}"
     )
     try:
         rows = backends.query(sql, params)
     except QueryError:
         return None  # a store without the rollup: the view answers
-    if not rows and flt.offset > 0:
-        return None
-    return [r["run_id"] for r in rows], (int(rows[0]["total_matching"]) if rows else 0)
+    if rows:
+        return [(r["tenant"], r["run_id"]) for r in rows], int(rows[0]["total_matching"])
+    if flt.offset <= 0:
+        return [], 0
+    # past the end: count separately
+    count = (
+        "SELECT count() AS n FROM (SELECT 1 FROM run_totals"
+        + (" WHERE " + " AND ".join(conds) if conds else "")
+        + " GROUP BY tenant, run_id"
+        + (" HAVING " + " AND ".join(having) if having else "")
+        + ")"
+    )
+    return [], int(backends.query(count, params)[0]["n"])
 
 
 def list_runs(backends: Backends, flt: RunFilter) -> dict[str, Any]:
     """One page of runs, the exact number matching, and the filter echoed back.
 
-    Unfiltered (or by tenant/time) the page is chosen on the rollup and only its rows are
-    read from the view; other filters need the view's derived columns (status, goal,
-    agents), so the view is filtered, sorted and paged in one statement."""
+    The page is chosen on the ``run_totals`` rollup (every filter and sort has a form over
+    its plain columns), then only the page's runs are merged and finalised (goal, agents,
+    status). Reading the ``runs`` view instead would finalise every run with FINAL on each
+    request (docs/ui.md, figures)."""
     if flt.sort not in SORTS:
         raise ValueError(f"sort must be one of {', '.join(SORTS)}, got {flt.sort!r}")
     limit = max(1, min(flt.limit, MAX_PAGE))
-    picked = _page_ids(backends, flt, limit)
+    picked = _page_keys(backends, flt, limit)
     if picked is not None:
-        ids, total = picked
+        keys, total = picked
         found = (
             {
-                r["run_id"]: r
-                for r in backends.query(
-                    _SELECT.format(src=RUNS_FROM, where=" WHERE run_id IN {ids:Array(String)}"),
-                    {"ids": ids},
-                )
+                (r["tenant"], r["run_id"]): r
+                for r in backends.query(_PAGE_ROWS, {"ids": sorted({k[1] for k in keys})})
             }
-            if ids
+            if keys
             else {}
         )
         return {
-            "runs": [_row(found[i]) for i in ids if i in found],
+            "runs": [_row(found[k]) for k in keys if k in found],
             "total": total,
             "offset": max(0, flt.offset),
             "limit": limit,
             "sort": flt.sort,
             "desc": flt.desc,
         }
+    return _list_from_view(backends, flt, limit)
+
+
+def _list_from_view(backends: Backends, flt: RunFilter, limit: int) -> dict[str, Any]:
+    """The same page from the ``runs`` view (a store whose rollup cannot be read raw)."""
     where, params = flt.where()
     order = f"{SORTS[flt.sort]} {'DESC' if flt.desc else 'ASC'}, run_id"
     # one statement: the page and the number of matching runs (a window over the filtered
