@@ -108,3 +108,34 @@ def test_simulate_exits_1_naming_acknowledged_events_lost_with_the_broker(
     assert proc.returncode == 1, (out, err)
     assert "LOST: 500 of 500 acknowledged events" in err
     assert "produced" not in out
+
+
+def test_simulate_that_fails_mid_publish_counts_the_acknowledged_events_lost(
+    kafka: Broker, tmp_path: Path, archiver: subprocess.Popen[bytes]
+):
+    """The broker dies while publishing: the error says how many of the events it had
+    acknowledged are gone, not only how many were acknowledged."""
+    os.kill(archiver.pid, signal.SIGSTOP)  # nothing gets archived: every ack is at risk
+    proc = simulate(kafka, tmp_path, "--events", "4000", "--rate", "800", "--seed", "5")
+    try:
+        wait_until(
+            lambda: (
+                sum(asyncio.run(fetch_high_watermarks(kafka.bootstrap, EVENTS)).values()) >= 500
+            ),
+            60,
+            "some events acknowledged",
+        )
+        os.killpg(kafka.process.proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, (out, err)
+    line = " ".join(err.split())
+    import re
+
+    m = re.search(r"\((\d+) events were acknowledged before the failure\); ([\d,]+) of the", line)
+    assert m, line
+    acked, lost = int(m[1]), int(m[2].replace(",", ""))
+    # none reached the archive: every acknowledged one (and any in flight) is lost
+    assert acked >= 500 and lost >= acked

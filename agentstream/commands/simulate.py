@@ -89,7 +89,16 @@ def simulate(
     ids: list[str] | None = [] if verify else None
     started_unix = time.time()
     epoch = asyncio.run(_epoch(settings.bootstrap_servers)) if verify else None
-    produced, seconds = asyncio.run(_publish(settings, config, rate, progress, ids))
+    try:
+        produced, seconds = asyncio.run(_publish(settings, config, rate, progress, ids))
+    except _PublishFailed as err:
+        # the acknowledged events may still be lost with the broker: say how many
+        lost = _verify(settings, set(err.acknowledged), started_unix, epoch, verify_timeout, True)
+        fail(
+            f"{err}; {lost:,} of the events it sent and did not see fail (acknowledged or in "
+            "flight) are in neither the log nor the archive — check the broker "
+            "(`agentstream status`)"
+        )
     if ids is not None:
         _verify(settings, set(ids), started_unix, epoch, verify_timeout)
     per_s = produced / seconds if seconds > 0 else 0.0
@@ -117,21 +126,31 @@ async def _epoch(bootstrap: str) -> str | None:
 
 
 def _verify(
-    settings: Any, ids: set[str], since_unix: float, epoch: str | None, timeout_s: float
-) -> None:
-    """The embedded broker acknowledges from memory: confirm the events reached the archive."""
+    settings: Any,
+    ids: set[str],
+    since_unix: float,
+    epoch: str | None,
+    timeout_s: float,
+    quiet: bool = False,
+) -> int:
+    """The embedded broker acknowledges from memory: confirm the events reached the archive.
+
+    Returns how many are lost; ``quiet``: only count (the caller reports).
+    """
     import asyncio
 
     from streams.delivery_check import archiver_pid, wait_archived
 
     if archiver_pid(settings.archive_location) is None:
+        if quiet:
+            return 0
         err_console.print(
             f"warning: not verified: no archiver is writing {settings.archive_location}, so "
             "these events are only in the broker's memory — start it (`agentstream up`)",
             highlight=False,
             soft_wrap=True,
         )
-        return
+        return 0
     with err_console.status(f"waiting until the archive holds all {len(ids):,} events"):
         check = asyncio.run(
             wait_archived(
@@ -144,6 +163,8 @@ def _verify(
                 flush_grace_s=2 * settings.archive_flush_s + 1,
             )
         )
+    if quiet:
+        return check.lost
     if check.lost:
         sample = ", ".join(sorted(check.missing)[:5])
         fail(
@@ -159,12 +180,13 @@ def _verify(
             highlight=False,
             soft_wrap=True,
         )
-        return
+        return 0
     console.print(
         f"verified: all {check.acknowledged:,} events are in the archive "
         f"({check.seconds:.1f}s after the last acknowledgement)",
         highlight=False,
     )
+    return 0
 
 
 async def _publish(
@@ -216,11 +238,22 @@ async def _publish(
             finally:
                 await producer.close()
     except ProducerError as err:
-        fail(
+        message = (
             f"{err} ({producer.stats.acknowledged} events were acknowledged before the failure)"
-            " — check the broker (`agentstream status`)"
         )
+        if ids is not None:  # which of the acknowledged ones survived? (--verify)
+            failed = {dict(r.headers).get("ce_id", b"").decode() for r in err.undelivered}
+            raise _PublishFailed(message, [i for i in ids if i not in failed]) from None
+        fail(f"{message} — check the broker (`agentstream status`)")
     return result.events, result.seconds
+
+
+class _PublishFailed(Exception):
+    """Publishing stopped with an error; ``acknowledged`` are the ids the broker took."""
+
+    def __init__(self, message: str, acknowledged: list[str]) -> None:
+        super().__init__(message)
+        self.acknowledged = acknowledged
 
 
 def _noting_ids(events: Iterator[Any], ids: list[str]) -> Iterator[Any]:
