@@ -26,7 +26,7 @@ from projections.memory.projection import (
 )
 from projections.memory.recall import recall
 from projections.memory.store import MemoryStore
-from projections.runner import ProjectionRunner, Record, wait_until
+from projections.runner import ApplyInterrupted, ProjectionRunner, Record, wait_until
 from schemas.derived import Episode, decode_episode, encode_derived
 from schemas.envelope import Event
 from schemas.ids import Uuid7Generator
@@ -175,6 +175,23 @@ def test_replaying_the_same_episodes_twice_gives_the_same_count(store: MemorySto
     assert proj.stats.written == 40
     assert proj.stats.unchanged == 40  # the second pass embedded nothing
     assert {i: r.metadata for i, r in store.get([e.episode_id for e in eps]).items()} == first
+
+
+def test_an_interrupted_batch_raises_before_the_next_chunk_and_setup_clears_it(
+    store: MemoryStore,
+) -> None:
+    eps = [
+        episode(episode_id=f"ep-{i}", situation=f"situation number {i}", time=T0 + timedelta(i))
+        for i in range(40)
+    ]
+    proj = MemoryProjection(store, chunk=16)
+    proj.interrupt()
+    with pytest.raises(ApplyInterrupted):
+        proj.apply(records(*eps))
+    assert store.count() == 0 and proj.stats.batches == 0
+    proj.setup()  # a new run starts uninterrupted
+    proj.apply(records(*eps))
+    assert store.count() == 40 and proj.stats.written == 40
 
 
 def test_a_batch_with_two_revisions_writes_the_newest(store: MemoryStore) -> None:
