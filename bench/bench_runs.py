@@ -2,11 +2,16 @@
 
     python bench/bench_runs.py                  # 100k runs x 4 agents (2M events)
     python bench/bench_runs.py --runs 20000     # smaller
+    python bench/bench_runs.py --batches 1      # one insert, rollups merged by OPTIMIZE FINAL
 
 The events are generated inside chDB (``INSERT … SELECT … FROM numbers(N)``) through the
 real materialized views, so ``run_totals`` and ``run_agent`` are what the projection
 builds: each run has 4 agents with 5 events each (run_started, thought, completed action,
-decision, run_finished; every 7th action an error, every 5th run failed).
+decision, run_finished; every 7th action an error, every 5th run failed). They arrive in
+``--batches`` inserts (default 40), interleaved so that each run's four agents land in
+different batches, and the rollups are left to the background merges, as the live
+projection leaves them: a run has several unmerged ``run_totals`` rows, which is what makes
+``FINAL`` costly. ``--batches 1`` loads one insert and merges the rollups (OPTIMIZE FINAL).
 
 Measured (median of 7 warm runs, milliseconds: lower is better):
 
@@ -16,7 +21,11 @@ Measured (median of 7 warm runs, milliseconds: lower is better):
 - one run by id, counts by status (``runs_by_status``), the 20 most expensive runs
   (``cost_per_run``), one run's per-agent shares (``run_agent_costs``);
 - baseline: the same page computed from raw ``events`` (``GROUP BY run_id`` over every
-  event), i.e. what an analyst had to write without the run model.
+  event), i.e. what an analyst had to write without the run model;
+- the web UI's runs list (``agentstream.ui.runs``: the page's keys chosen on raw
+  ``run_totals``, then only those runs merged) for the first page, an agent + status filter,
+  the last page sorted by events, a goal-text filter and one run, each against the same page
+  read from the ``runs`` view (the UI's previous read path, still its fallback).
 """
 
 from __future__ import annotations
@@ -28,12 +37,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from _common import Figure, print_table, write_results
+from rich.progress import track
 
+from agentstream.ui import runs as ui_runs
 from projections.analytics.projection import AnalyticsProjection
 from projections.analytics.queries import NAMED_QUERIES
 
@@ -86,10 +98,62 @@ def median_ms(fn: Callable[[], object], repeats: int = 7) -> float:
     return statistics.median(runs)
 
 
+class _Backends:
+    """What ``agentstream.ui.runs`` needs of the UI's backends: rows as dicts."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return self.reader.query_arrow(sql, parameters=params or {}).to_pylist()
+
+
+def _same(page: dict[str, Any]) -> dict[str, Any]:
+    """A page with costs rounded to 1e-9 USD (float sums depend on the merge order)."""
+    runs = [{**r, "cost_usd": round(r["cost_usd"], 9)} for r in page["runs"]]
+    return {**page, "runs": runs}
+
+
+def ui_figures(reader: Any, runs: int, some_run: str) -> list[Figure]:
+    """The UI's runs list vs the same page from the ``runs`` view, same data, same process."""
+    b = _Backends(reader)
+    cases = [
+        ("first page", ui_runs.RunFilter()),
+        ("agent + status filter", ui_runs.RunFilter(agent="agent-3", status="failed")),
+        ("last page, sorted by events", ui_runs.RunFilter(sort="events", offset=runs - 50)),
+        ("goal-text filter", ui_runs.RunFilter(goal="G")),
+    ]
+    out = []
+    for name, flt in cases:
+        new, old = ui_runs.list_runs(b, flt), ui_runs._list_from_view(b, flt, flt.limit)
+        assert _same(new) == _same(old), f"{name}: the UI's page differs from the view's"
+        out.append(
+            Figure(
+                f"UI runs list: {name}",
+                median_ms(lambda f=flt: ui_runs.list_runs(b, f)),
+                "ms",
+                baseline=median_ms(lambda f=flt: ui_runs._list_from_view(b, f, f.limit)),
+                baseline_name="same page from the runs view",
+            )
+        )
+    one = f"SELECT * FROM runs WHERE run_id = '{some_run}'"
+    out.append(
+        Figure(
+            "UI one run (get_run)",
+            median_ms(lambda: ui_runs.get_run(b, some_run)),
+            "ms",
+            baseline=median_ms(lambda: reader.query_arrow(one)),
+            baseline_name="the run from the runs view",
+        )
+    )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=100_000)
     ap.add_argument("--dir", type=Path, default=None, help="chDB directory (default: tmp)")
+    ap.add_argument("--batches", type=int, default=40, help="interleaved inserts (1: merged)")
     args = ap.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="bench-runs-"))
     proj = AnalyticsProjection(f"chdb://{root / 'ch'}", database="bench_runs")
@@ -102,11 +166,21 @@ def main() -> None:
         store.command(f"TRUNCATE TABLE {db}.events")
         for t in ("agent_minute", "tool_minute", "run_agent", "run_totals"):
             store.command(f"TRUNCATE TABLE {db}.{t}")
-        chunk = 1_000_000
-        for start in range(0, events, chunk):
-            store.command(SYNTH.format(db=db, start=start, count=min(chunk, events - start)))
-        for t in ("run_agent", "run_totals"):
-            store.command(f"OPTIMIZE TABLE {db}.{t} FINAL")
+        if args.batches <= 1:
+            chunk = 1_000_000
+            for start in range(0, events, chunk):
+                store.command(SYNTH.format(db=db, start=start, count=min(chunk, events - start)))
+            for t in ("run_agent", "run_totals"):
+                store.command(f"OPTIMIZE TABLE {db}.{t} FINAL")
+        else:
+            # batch b: every block of 5 events (one agent's share of a run) with index % n = b
+            for b in track(range(args.batches), description="loading"):
+                store.command(
+                    SYNTH.format(db=db, start=0, count=events).replace(
+                        f"FROM numbers(0, {events})",
+                        f"FROM numbers(0, {events}) WHERE intDiv(number, 5) % {args.batches} = {b}",
+                    )
+                )
     load_s = time.perf_counter() - t0
     assert store.scalar(f"SELECT count() FROM {db}.runs") == args.runs
     assert not any(proj.verify_rollups().values())
@@ -161,8 +235,13 @@ def main() -> None:
             "ms",
         ),
     ]
+    figures += ui_figures(reader, args.runs, some_run)
     reader.close()
     rows = {t: store.scalar(f"SELECT count() FROM {db}.{t}") for t in ("run_totals", "run_agent")}
+    parts = store.scalar(
+        f"SELECT count() FROM system.parts WHERE database = '{db}' AND table = 'run_totals' "
+        "AND active"
+    )
     proj.close()
     path = write_results(
         "bench_runs",
@@ -173,6 +252,8 @@ def main() -> None:
             "events": events,
             "synthetic_load_s": round(load_s, 2),
             "rollup_rows": rows,
+            "batches": args.batches,
+            "run_totals_parts": parts,
             "lower_is_better": True,
         },
     )

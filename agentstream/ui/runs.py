@@ -271,10 +271,16 @@ def _list_from_view(backends: Backends, flt: RunFilter, limit: int) -> dict[str,
 
 
 def get_run(backends: Backends, run_id: str) -> dict[str, Any]:
-    rows = backends.query(
-        _SELECT.format(src=RUNS_FROM, where=" WHERE run_id = {run:String}") + " LIMIT 1",
-        {"run": run_id},
-    )
+    """One run, merged from ``run_totals`` on its key only (the view would merge every run)."""
+    from projections.analytics.reader import QueryError
+
+    try:
+        rows = backends.query(_PAGE_ROWS + " LIMIT 1", {"ids": [run_id]})
+    except QueryError:
+        rows = backends.query(
+            _SELECT.format(src=RUNS_FROM, where=" WHERE run_id = {run:String}") + " LIMIT 1",
+            {"run": run_id},
+        )
     if not rows:
         raise NotFound(f"no run {run_id!r} in analytics")
     return _row(rows[0])
