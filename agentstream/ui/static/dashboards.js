@@ -56,11 +56,11 @@
     const sr = pivot(p.rows, 'bucket', 'tool', 'success_rate');
     const p50 = pivot(p.rows, 'bucket', 'tool', 'p50_ms');
     const p95 = pivot(p.rows, 'bucket', 'tool', 'p95_ms');
-    const tot = totals(p.rows, 'tool', ['calls', 'errors']);
+    const tot = totals(p.rows, 'tool', ['calls', 'errors', 'mismatches', 'failed']);
     return html`<div class="grid2">
       <${Panel} title="Success rate per tool" panel=${p} name="tool-success"><${Chart} name="tool-success" time=${true} x=${sr.x} series=${sr.series} label="success rate" />
-        <table class="grid" data-totals="tool"><thead><tr><th>tool</th><th class="num">calls</th><th class="num">errors</th><th class="num">success rate</th></tr></thead>
-        <tbody>${tot.map(([k, t]) => html`<tr data-key=${k}><td>${k}</td><td class="num" data-col="calls">${fmtInt(t.calls)}</td><td class="num" data-col="errors">${fmtInt(t.errors)}</td><td class="num">${pct(t.calls ? 1 - t.errors / t.calls : null)}</td></tr>`)}</tbody></table><//>
+        <table class="grid" data-totals="tool"><thead><tr><th>tool</th><th class="num">calls</th><th class="num">errors</th><th class="num">mismatches</th><th class="num">success rate</th></tr></thead>
+        <tbody>${tot.map(([k, t]) => html`<tr data-key=${k}><td>${k}</td><td class="num" data-col="calls">${fmtInt(t.calls)}</td><td class="num" data-col="errors">${fmtInt(t.errors)}</td><td class="num" data-col="mismatches">${fmtInt(t.mismatches)}</td><td class="num">${pct(t.calls ? 1 - t.failed / t.calls : null)}</td></tr>`)}</tbody></table><//>
       <${Panel} title="p50 duration per tool (ms)" panel=${p} name="tool-p50"><${Chart} name="tool-p50" time=${true} x=${p50.x} series=${p50.series} label="ms" /><//>
       <${Panel} title="p95 duration per tool (ms)" panel=${p} name="tool-p95"><${Chart} name="tool-p95" time=${true} x=${p95.x} series=${p95.series} label="ms" /><//>
     </div>`;
