@@ -10,10 +10,12 @@ Steps (each one is a real part, nothing is mocked):
    consumer lag, from committed offsets against the fetch high watermarks);
 3. from the analytics store: events by type, the agent leaderboard, violations by category;
 4. one failed action of this run, explained: its causal chain from the graph (``why``), the
-   episodes memory recalls for its situation (memory embeds ~300 episodes/s, so it may
-   still be catching up: the demo says how many it holds instead of waiting for all), and
-   ``replay verify`` of that agent (the reducer re-run over the log reproduces every state
-   the processor published);
+   episodes memory recalls for its situation, and ``replay verify`` of that agent (the
+   reducer re-run over the log reproduces every state the processor published). Memory is
+   the slowest part (it loads its model, 5 s idle to 35 s busy, then embeds ~300
+   episodes/s idle, far fewer busy): the demo waits at most 10 s for its first episodes,
+   then recalls over what it holds and says how many, or says how many episode records it
+   has embedded so far (none yet) without loading the model itself;
 5. the UI link of that run, when the UI part runs.
 
 Re-running reuses the data directory (each run draws a new seed unless ``--seed`` is
