@@ -42,6 +42,16 @@ LIMIT 10000
 """
 
 
+_RUN_VIOLATIONS = (
+    "run_id = {run:String} AND (tenant, agent_id) IN "
+    "(SELECT tenant, agent_id FROM run_agent WHERE run_id = {run:String})"
+)
+"""A run's violations through the primary key of ``violations`` (tenant, agent_id, …): the
+run's agents come from ``run_agent``, which the same views feed from every violation with a
+run id (schema.py), so the set is complete. Without it, FINAL merges every violation of
+the store to find one run's (4x faster at 200k violations: docs/ui.md)."""
+
+
 def kind(event_type: str) -> str:
     """``agent.act.completed.v2`` -> ``completed``."""
     base = event_type.rsplit(".v", 1)[0]
@@ -132,7 +142,7 @@ def run_timeline(backends: Backends, run_id: str, limit: int = MAX_EVENTS) -> di
     with ThreadPoolExecutor(2) as pool:  # two statements at once (the owner has a pool)
         found = pool.submit(backends.query, _EVENTS_SQL, {"run": run_id, "limit": limit + 1})
         flagged = pool.submit(
-            backends.query, _VIOLATIONS_SQL.format(cond="run_id = {run:String}"), {"run": run_id}
+            backends.query, _VIOLATIONS_SQL.format(cond=_RUN_VIOLATIONS), {"run": run_id}
         )
         events, violations = found.result(), flagged.result()
     if not events:
