@@ -1,8 +1,10 @@
-"""The runs list: one row per run across agents, from the analytics ``runs`` table.
+"""The runs list: one row per run across agents, from the analytics run model.
 
 Filters and sorting are bound as ClickHouse parameters (never pasted into the SQL); the
-sort column comes from a fixed list. Paging is LIMIT/OFFSET over the filtered rows with an
-exact total: the table holds one row per run, so even 100k runs are a small scan.
+sort column comes from a fixed list. Paging is LIMIT/OFFSET with an exact total. The page
+is chosen on the raw ``run_totals`` rollup rows (GROUP BY on plain columns), and only the
+page's runs are merged and finalised; the ``runs`` view (which finalises every run with
+FINAL on each read) is the fallback for a store without the rollup.
 """
 
 from __future__ import annotations
@@ -287,15 +289,36 @@ def get_run(backends: Backends, run_id: str) -> dict[str, Any]:
 
 
 def facets(backends: Backends) -> dict[str, list[str]]:
-    """Values for the filter pickers: statuses, tenants and agents that occur."""
-    out: dict[str, list[str]] = {}
-    for key, sql in (
+    """Values for the filter pickers: statuses, tenants and agents that occur, read from the
+    raw ``run_totals`` rows (the same sets as the view's, without finalising every run)."""
+    from projections.analytics.reader import QueryError
+
+    status = RUN_STATUS_SQL.format(f="max(finish)")
+    raw = (
+        (
+            "statuses",
+            f"SELECT DISTINCT s AS v FROM (SELECT {status} AS s FROM run_totals "
+            "GROUP BY tenant, run_id) ORDER BY v LIMIT 100",
+        ),
+        ("tenants", "SELECT DISTINCT tenant AS v FROM run_totals ORDER BY v LIMIT 1000"),
+        (
+            "agents",
+            "SELECT DISTINCT arrayJoin(agents) AS v FROM run_totals ORDER BY v LIMIT 5000",
+        ),
+    )
+    view = (
         ("statuses", f"SELECT DISTINCT status AS v FROM {RUNS_FROM} ORDER BY v LIMIT 100"),
         ("tenants", f"SELECT DISTINCT tenant AS v FROM {RUNS_FROM} ORDER BY v LIMIT 1000"),
         (
             "agents",
             f"SELECT DISTINCT arrayJoin(agents) AS v FROM {RUNS_FROM} ORDER BY v LIMIT 5000",
         ),
-    ):
-        out[key] = [str(r["v"]) for r in backends.query(sql)]
+    )
+    out: dict[str, list[str]] = {}
+    for (key, sql), (_, fallback) in zip(raw, view, strict=True):
+        try:
+            rows = backends.query(sql)
+        except QueryError:
+            rows = backends.query(fallback)
+        out[key] = [str(r["v"]) for r in rows]
     return out
