@@ -67,6 +67,22 @@ def tansu_argv(host: str, port: int) -> list[str]:
     ]
 
 
+def tansu_proxy_argv(host: str, port: int, origin_port: int) -> list[str]:
+    """Tansu's Kafka proxy: listens on ``port``, forwards to the broker on ``origin_port``
+    and rewrites metadata so that clients only ever see ``port``."""
+    url = f"tcp://{host}:{port}"
+    return [
+        str(tansu_binary()),
+        "proxy",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--origin-url",
+        f"tcp://{host}:{origin_port}",
+    ]
+
+
 def falkordb_argv(
     host: str, port: int, data_dir: Path, appendonly: bool = True, rdb_preamble: bool = True
 ) -> list[str]:

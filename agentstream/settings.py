@@ -38,6 +38,13 @@ class Settings(BaseSettings):
         default=True,
         description="start and supervise the Tansu broker on kafka_url's port (`agentstream up`)",
     )
+    kafka_internal_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="the embedded broker's own port behind the gate on kafka_url's port "
+        "(0: picked once, kept in DATA_DIR/run/broker-internal-port)",
+    )
     partitions: int = Field(default=6, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     max_event_bytes: int = Field(default=DEFAULT_MAX_EVENT_BYTES, ge=256)

@@ -63,11 +63,13 @@ from typing import Any, Literal, TypeVar
 from agentstream.processes import (
     StackError,
     falkordb_argv,
+    free_port,
     pid_alive,
     port_bindable,
     port_open,
     stop_pid,
     tansu_argv,
+    tansu_proxy_argv,
 )
 from agentstream.settings import Settings
 from schemas.topics import EPISODES, EVENTS, STATE, TOPICS, VIOLATIONS
@@ -227,8 +229,62 @@ def _broker_host(settings: Settings) -> str:
     return settings.bootstrap_servers.split(",")[0].rsplit(":", 1)[0]
 
 
+def broker_internal_port(settings: Settings) -> int:
+    """The embedded broker's own port, reachable only by the supervisor's hooks.
+
+    Clients use ``kafka_url``'s port, served by the gate (Tansu's Kafka proxy), which the
+    supervisor opens only once a fresh broker holds the whole log again (topics created,
+    archive restored). So no producer can write into a restarted, still-empty log ahead of
+    the history it must follow. The port is ``kafka_internal_port`` if set, else picked
+    once and kept in ``DATA_DIR/run/broker-internal-port``.
+    """
+    if settings.kafka_internal_port:
+        return settings.kafka_internal_port
+    path = settings.data_dir / "run" / "broker-internal-port"
+    with contextlib.suppress(OSError, ValueError):
+        port = int(path.read_text().strip())
+        if port != settings.kafka_port and (
+            port_bindable(_broker_host(settings), port) or port_open(_broker_host(settings), port)
+        ):
+            return port
+    port = free_port(_broker_host(settings))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{port}\n")
+    return port
+
+
+def internal_settings(settings: Settings) -> Settings:
+    """The same settings, with the broker's own port instead of the gate's."""
+    url = f"kafka://{_broker_host(settings)}:{broker_internal_port(settings)}"
+    return settings.model_copy(update={"kafka_url": url})
+
+
 def _broker_argv(settings: Settings) -> list[str]:
-    return tansu_argv(_broker_host(settings), settings.kafka_port)
+    return tansu_argv(_broker_host(settings), broker_internal_port(settings))
+
+
+def _gate_argv(settings: Settings) -> list[str]:
+    host = _broker_host(settings)
+    return tansu_proxy_argv(host, settings.kafka_port, broker_internal_port(settings))
+
+
+def _gate_wait_ready(settings: Settings, deadline_s: float, report: Report | None = None) -> None:
+    from aiokafka.errors import KafkaError
+
+    from streams.admin import wait_for_broker
+
+    try:
+        run_sync(lambda: wait_for_broker(settings.bootstrap_servers, deadline_s=deadline_s))
+    except (KafkaError, OSError) as err:
+        raise StackError(
+            "gate", f"does not pass Kafka requests on: {err}", f"see {_log(settings, 'gate')}"
+        ) from None
+
+
+def _gate_probe(settings: Settings) -> str:
+    counts = _probe_counts(settings, "gate")
+    _check_topics(settings, counts)
+    return f"clients' port {settings.kafka_port} -> broker {broker_internal_port(settings)}"
 
 
 def _broker_wait_ready(settings: Settings, deadline_s: float, report: Report | None = None) -> None:
@@ -236,8 +292,9 @@ def _broker_wait_ready(settings: Settings, deadline_s: float, report: Report | N
 
     from streams.admin import wait_for_broker
 
+    inner = internal_settings(settings).bootstrap_servers
     try:
-        run_sync(lambda: wait_for_broker(settings.bootstrap_servers, deadline_s=deadline_s))
+        run_sync(lambda: wait_for_broker(inner, deadline_s=deadline_s))
     except (KafkaError, OSError) as err:
         raise StackError(
             "broker", f"does not answer Kafka requests: {err}", f"see {_log(settings, 'broker')}"
@@ -267,10 +324,9 @@ def _check_topics(settings: Settings, counts: dict[str, int]) -> str:
 def _broker_provision(settings: Settings) -> str:
     from streams.admin import ensure_topics
 
+    inner = internal_settings(settings).bootstrap_servers
     counts = run_sync(
-        lambda: ensure_topics(
-            settings.bootstrap_servers, settings.partitions, settings.replication_factor
-        )
+        lambda: ensure_topics(inner, settings.partitions, settings.replication_factor)
     )
     return _check_topics(settings, counts)
 
@@ -285,7 +341,7 @@ def _broker_restore(settings: Settings, report: Report) -> str:
         return "log not restored: streams.restore is not installed"
     from agentstream.supervisor import restore_log
 
-    return restore_log(settings, report)
+    return restore_log(internal_settings(settings), report)
 
 
 async def _all_topic_counts(bootstrap: str) -> dict[str, int]:
@@ -300,16 +356,21 @@ async def _all_topic_counts(bootstrap: str) -> dict[str, int]:
         await admin.close()
 
 
-def _broker_probe(settings: Settings) -> str:
+def _probe_counts(settings: Settings, part: str) -> dict[str, int]:
     from aiokafka.errors import KafkaError
 
     try:
-        counts = run_sync(lambda: _all_topic_counts(settings.bootstrap_servers))
+        return run_sync(lambda: _all_topic_counts(settings.bootstrap_servers))
     except (KafkaError, OSError) as err:
         raise StackError(
-            "broker", f"does not answer Kafka requests: {err}", f"see {_log(settings, 'broker')}"
+            part, f"does not answer Kafka requests: {err}", f"see {_log(settings, part)}"
         ) from None
-    return _check_topics(settings, counts)
+
+
+def _broker_probe(settings: Settings) -> str:
+    if not settings.kafka_embedded:
+        return _check_topics(settings, _probe_counts(settings, "broker"))
+    return _check_topics(settings, _probe_counts(internal_settings(settings), "broker"))
 
 
 # --- the graph (FalkorDB: redis-server + module) -----------------------------------------
@@ -458,13 +519,16 @@ def _graph_wait_ready(
                 "eta_s": (done[1] - done[0]) / rate if rate > 0 else -1.0,
             }
         err = StackError("graph", "does not accept connections yet", log)
-        if info is None and port_open(settings.graph_host, settings.graph_port, timeout=0.5):
+        # PING decides, whatever the files say: once loaded, redis keeps its AOF increment
+        # open for appending, so a read position short of the files' total is no proof of
+        # loading. While it replays, PING times out (2 s) and the loop reports progress.
+        if port_open(settings.graph_host, settings.graph_port, timeout=0.5):
             try:
                 _graph_ping(settings)
                 return
             except StackError as ping_err:
                 err = ping_err
-            if pid is None:
+            if info is None and pid is None:
                 info = graph_loading(settings)
         loading = info or loading
         if info is not None and info["loaded_bytes"] > last_loaded:
@@ -556,8 +620,12 @@ def default_services() -> list[Service]:
             name="broker",
             argv=_broker_argv,
             enabled=lambda s: s.kafka_embedded,
-            endpoint=lambda s: (_broker_host(s), s.kafka_port),
-            port_setting="AGENTSTREAM_KAFKA_URL=kafka://127.0.0.1:PORT",
+            endpoint=lambda s: (
+                (_broker_host(s), broker_internal_port(s))
+                if s.kafka_embedded
+                else (_broker_host(s), s.kafka_port)
+            ),
+            port_setting="AGENTSTREAM_KAFKA_INTERNAL_PORT=PORT",
             wait_ready=_broker_wait_ready,
             provision=_broker_provision,
             restore=_broker_restore,
@@ -565,6 +633,18 @@ def default_services() -> list[Service]:
             cascade=True,
             external=True,
             note=BROKER_NOTE,
+        ),
+        Service(
+            name="gate",
+            argv=_gate_argv,
+            enabled=lambda s: s.kafka_embedded,
+            endpoint=lambda s: (_broker_host(s), s.kafka_port),
+            port_setting="AGENTSTREAM_KAFKA_URL=kafka://127.0.0.1:PORT",
+            wait_ready=_gate_wait_ready,
+            probe=_gate_probe,
+            depends_on=("broker",),
+            note="the clients' Kafka port (Tansu's proxy to the broker): open only while the "
+            "broker holds the whole log, closed while a fresh broker is restored",
         ),
         Service(
             name="graph",
@@ -583,8 +663,8 @@ def default_services() -> list[Service]:
         ),
         python_service(
             "archiver",
-            ["archive", "--max-segment-age", "10"],  # the in-memory log: close files often
-            depends_on=("broker",),
+            ["archive"],  # closes files every archive_flush_s: the loss window of the in-memory log
+            depends_on=("broker", "gate"),
             # the durable copy of an in-memory log; next to real Kafka it runs as its own service
             enabled=lambda s: s.archive_embedded and s.kafka_embedded,
             groups=lambda s: {ARCHIVER_GROUP: (EVENTS,)},
@@ -596,7 +676,7 @@ def default_services() -> list[Service]:
         python_service(
             "worker",
             lambda s: ["worker", "--engine", s.worker_engine],
-            depends_on=("broker",),
+            depends_on=("broker", "gate"),
             enabled=lambda s: s.worker_enabled,
             groups=lambda s: {PROCESSOR_GROUP: (EVENTS,)},
             metrics_part="worker",
@@ -607,7 +687,7 @@ def default_services() -> list[Service]:
         python_service(
             "projections",
             lambda s: ["project", *s.projections],
-            depends_on=("broker", "graph"),
+            depends_on=("broker", "gate", "graph"),
             enabled=lambda s: s.projections_enabled and bool(s.projections),
             groups=_projection_groups,
             metrics_part="projections",
@@ -618,7 +698,7 @@ def default_services() -> list[Service]:
         python_service(
             "ui",
             ["ui"],
-            depends_on=("broker", "graph", "projections"),
+            depends_on=("broker", "gate", "graph", "projections"),
             enabled=lambda s: s.ui_enabled,
             host=lambda s: s.ui_host,
             port=lambda s: s.ui_port,
@@ -630,7 +710,7 @@ def default_services() -> list[Service]:
         python_service(
             "otlp",
             ["otlp"],
-            depends_on=("broker",),
+            depends_on=("broker", "gate"),
             enabled=lambda s: s.otlp_enabled,
             host=lambda s: s.otlp_host,
             port=lambda s: s.otlp_http_port,

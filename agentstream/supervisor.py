@@ -70,6 +70,9 @@ POLL_S = 0.1
 ERROR_MARKERS = ("error", "exception", "traceback", "fatal", "critical", "killed", "panic")
 
 
+HOLD_STOP_S = 10.0  # how long a log reader may take to stop when the broker died
+
+
 class Stopping(Exception):
     """``down`` arrived while a part was starting: abandon the start."""
 
@@ -561,12 +564,22 @@ class Supervisor:
             log.info("%s: stopping while %s restarts", dep.name, part.name)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(dep.record.pid, signal.SIGTERM)  # type: ignore[union-attr]
-        end = time.monotonic() + max((d.stop_timeout_s for d in live), default=0.0)
+        # One shared, short deadline: with the log gone a reader has nothing left to finish
+        # but its own writes (the archiver flushes within HOLD_STOP_S), and the fresh broker
+        # waits for these stops before it is restored.
+        end = time.monotonic() + min(
+            HOLD_STOP_S, max((d.stop_timeout_s for d in live), default=0.0)
+        )
         while any(d.alive() for d in live) and time.monotonic() < end:
             self.write()
             time.sleep(0.05)
+        for dep in live:
+            if dep.alive():
+                log.warning("%s: still running %.0fs after SIGTERM; SIGKILL", dep.name, HOLD_STOP_S)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(dep.record.pid, signal.SIGKILL)  # type: ignore[union-attr]
         for dep in deps:
-            self._kill(dep)  # SIGKILL what is left; records the exit codes
+            self._kill(dep)  # reaps them and records the exit codes
 
     def _tick(self) -> None:
         now = time.monotonic()
