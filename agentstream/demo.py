@@ -535,6 +535,8 @@ def _recall(
         )
         return
     try:
+        if settings.embedding_threads is None:  # one query text: 1 thread, cores stay free
+            settings = settings.model_copy(update={"embedding_threads": 1})
         store = default_store(settings)
         held = store.count()
         out.recalled = recall(out.situation, k=5, store=store)
