@@ -92,7 +92,8 @@ class Settings(BaseSettings):
     embedding_threads: int | None = Field(
         default=None,
         ge=1,
-        description="torch CPU threads for embedding (process-wide; default: one per core). "
+        description="torch CPU threads for embedding (process-wide; default: one per core, "
+        "but 1 in the memory projection, which shares the cores with the pipeline). "
         "1 is faster when the cores are busy with other work",
     )
     recall_index: bool = Field(
