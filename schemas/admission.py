@@ -48,7 +48,7 @@ def admit(key: bytes | None, value: bytes | None, decode: Decode) -> Event | Inv
     for another payload), only the codec's verdict applies.
     """
     if value is None:
-        return InvalidEvent(RejectReason.NOT_JSON, "record has no value (a tombstone)")
+        return InvalidEvent(RejectReason.EMPTY, "record has no value (a tombstone)")
     try:
         decoded = decode(value)
     except InvalidEvent as err:

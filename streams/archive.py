@@ -896,13 +896,17 @@ class _LogState:
     epoch: str | None = None
     generation: int = 0
     seen_hw: dict[int, int] = field(default_factory=dict)  # confirmed in this epoch
+    # where this generation's archiving began: below it the log held records restored from
+    # the archive (or already archived), which a lost log does not take with it
+    start: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def load(cls, root: Path) -> _LogState:
         try:
             d = json.loads((root / LOG_DIR / "state.json").read_text())
             hw = {int(p): int(n) for p, n in d.get("seen_hw", {}).items()}
-            return cls(d.get("epoch"), int(d.get("generation", 0)), hw)
+            start = {int(p): int(n) for p, n in d.get("start", {}).items()}
+            return cls(d.get("epoch"), int(d.get("generation", 0)), hw, start)
         except (OSError, ValueError, TypeError, AttributeError):
             return cls()
 
@@ -913,6 +917,7 @@ class _LogState:
                 "epoch": self.epoch,
                 "generation": self.generation,
                 "seen_hw": {str(p): n for p, n in sorted(self.seen_hw.items())},
+                "start": {str(p): n for p, n in sorted(self.start.items())},
             },
         )
 
@@ -1056,6 +1061,7 @@ class Archiver:
                         self._loss_since_last_run(plan.generation)
                         first = False
                     self._state.epoch, self._state.generation = watch.epoch, plan.generation
+                    self._state.start = dict(plan.start_offsets)
                     self._state.save(self.root)
                     self._archived_next = dict(plan.start_offsets)
                     self._pending_hw.clear()
@@ -1163,6 +1169,8 @@ class Archiver:
         if prev.epoch is None or prev.epoch == self.log_watch.epoch:
             return  # first run, or the same log: nothing went away
         archived = _archived_next_of(self.root, prev.generation)
+        for p, first in prev.start.items():  # restored records were never at risk
+            archived[p] = max(archived.get(p, 0), first)
         self._lost(prev.generation, prev.epoch, self.log_watch.epoch, archived)
         self._state = _LogState(self.log_watch.epoch, generation)
 
