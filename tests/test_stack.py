@@ -153,11 +153,14 @@ def test_up_status_up_again_down_via_cli(env: Env):
     started = {r["part"]: r for r in json.loads(first.stdout)}
     assert {p: r["action"] for p, r in started.items()} == {
         "broker": "started",
+        "gate": "started",
         "graph": "started",
         "archiver": "started",
         **OFF,
     }
-    assert started["broker"]["port"] == env.kafka_port
+    # clients reach the broker only through the gate, on the configured port
+    assert started["gate"]["port"] == env.kafka_port
+    assert started["broker"]["port"] != env.kafka_port
     assert started["graph"]["port"] == env.graph_port
     pids = {p: r["pid"] for p, r in started.items() if r["pid"]}
     assert all(pid_alive(pid) for pid in pids.values())
@@ -170,6 +173,7 @@ def test_up_status_up_again_down_via_cli(env: Env):
     assert {p: s["state"] for p, s in parts.items()} == {
         "supervisor": "running",
         "broker": "running",
+        "gate": "running",
         "graph": "running",
         "archiver": "running",
         **OFF,
@@ -190,6 +194,7 @@ def test_up_status_up_again_down_via_cli(env: Env):
     second = {r["part"]: r for r in json.loads(again.stdout)}
     assert {p: r["action"] for p, r in second.items()} == {
         "broker": "already running",
+        "gate": "already running",
         "graph": "already running",
         "archiver": "already running",
         **OFF,
@@ -203,7 +208,7 @@ def test_up_status_up_again_down_via_cli(env: Env):
         p: ("stopped", pid) for p, pid in pids.items()
     }
     # dependents first
-    assert [r["part"] for r in json.loads(down.stdout)] == ["archiver", "graph", "broker"]
+    assert [r["part"] for r in json.loads(down.stdout)] == ["archiver", "graph", "gate", "broker"]
     assert not any(pid_alive(pid) for pid in pids.values())
     assert not env.state_path.exists()
     assert not port_open(HOST, env.kafka_port) and not port_open(HOST, env.graph_port)
@@ -223,15 +228,16 @@ def test_broker_port_taken_fails_cleanly_and_leaves_nothing(env: Env):
         assert res.returncode == 1
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1, res.stderr
-        assert f"broker: port {env.kafka_port} is in use by another process" in lines[0]
+        # the clients' port is the gate's
+        assert f"gate: port {env.kafka_port} is in use by another process" in lines[0]
         assert "AGENTSTREAM_KAFKA_URL=kafka://127.0.0.1:PORT" in lines[0]
         # the graph was not started (or was stopped again): nothing orphaned
         assert not port_open(HOST, env.graph_port)
         assert not env.state_path.exists()
         status = cli(env, "status", "--json")
         assert status.returncode == 1
-        broker = next(p for p in json.loads(status.stdout) if p["part"] == "broker")
-        assert "in use by another process" in broker["detail"]
+        gate = next(p for p in json.loads(status.stdout) if p["part"] == "gate")
+        assert "in use by another process" in gate["detail"]
     finally:
         blocker.close()
 
@@ -314,7 +320,7 @@ def test_stale_state_with_unrelated_pid_is_left_alone(env: Env):
         ticks = start_ticks(sleeper.pid)
         assert ticks is not None
         tansu = default_services()[0].argv(env.settings())
-        env.state_path.parent.mkdir(parents=True)
+        env.state_path.parent.mkdir(parents=True, exist_ok=True)
         env.state_path.write_text(
             json.dumps(
                 {
@@ -351,7 +357,7 @@ def test_up_over_stale_state_starts_fresh_without_killing_the_stranger(env: Env)
     sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         tansu = default_services()[0].argv(env.settings())
-        env.state_path.parent.mkdir(parents=True)
+        env.state_path.parent.mkdir(parents=True, exist_ok=True)
         record = _stale_record(sleeper.pid, tansu, 1, env.kafka_port)
         env.state_path.write_text(json.dumps({"version": 1, "parts": {"broker": record}}))
         results = {r.part: r for r in Stack(env.settings()).up()}
@@ -417,10 +423,10 @@ def test_partition_mismatch_on_running_broker_is_a_clear_error(env: Env):
 
 
 def test_changed_port_while_running_asks_for_down_first(env: Env):
-    first = Stack(env.settings(), services=default_services()[:1]).up()
+    first = Stack(env.settings(), services=default_services()[:2]).up()  # broker + gate
     moved = env.settings(kafka_url=f"kafka://{HOST}:{free_port(HOST)}")
     with pytest.raises(StackError, match=r"already running .* with other settings"):
-        Stack(moved, services=default_services()[:1]).up()
+        Stack(moved, services=default_services()[:2]).up()
     assert pid_alive(first[0].pid)
 
 
@@ -475,6 +481,7 @@ def test_external_parts_are_not_started_and_are_probed(env: Env):
     stack = Stack(settings)
     assert [(r.part, r.action) for r in stack.up()] == [
         ("broker", "external"),
+        ("gate", "disabled"),  # real Kafka: clients talk to it directly
         ("graph", "external"),
         ("archiver", "disabled"),  # next to real Kafka the archiver is its own service
         *OFF.items(),
