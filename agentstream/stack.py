@@ -518,6 +518,10 @@ def _graph_wait_ready(
                 "total_bytes": float(done[1]),
                 "eta_s": (done[1] - done[0]) / rate if rate > 0 else -1.0,
             }
+        if report is not None and info is not None:  # before PING, which waits for the load
+            eta = f", about {info['eta_s']:.0f}s left" if 0 <= info["perc"] < 99 else ""
+            size = f"{info['loaded_bytes'] / 1e6:,.1f} of {info['total_bytes'] / 1e6:,.1f} MB"
+            report(f"loading its data: {size}{eta}", info["perc"], 100.0)
         err = StackError("graph", "does not accept connections yet", log)
         # PING decides, whatever the files say: once loaded, redis keeps its AOF increment
         # open for appending, so a read position short of the files' total is no proof of
@@ -536,11 +540,7 @@ def _graph_wait_ready(
         cpu = cpu_ticks(pid) if pid else None
         if cpu is not None and last_cpu is not None and cpu > last_cpu:
             last_cpu, last_change = cpu, now
-        if report is not None and info is not None:
-            eta = f", about {info['eta_s']:.0f}s left" if 0 <= info["perc"] < 99 else ""
-            size = f"{info['loaded_bytes'] / 1e6:,.1f} of {info['total_bytes'] / 1e6:,.1f} MB"
-            report(f"loading its data: {size}{eta}", info["perc"], 100.0)
-        elif report is not None and loading is not None:  # read it all, still applying it
+        if report is not None and info is None and loading is not None:  # read all, applying
             report("loading its data: applying the last writes", loading["perc"], 100.0)
         if now - last_change >= deadline_s:
             if loading is not None:

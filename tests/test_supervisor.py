@@ -114,6 +114,7 @@ def test_pipeline_is_supervised_restarted_stopped_in_order_and_restored(data_dir
     ups = {r.part: r for r in stack.up()}
     assert {p: r.action for p, r in ups.items()} == {
         "broker": "started",
+        "gate": "started",
         "graph": "started",
         "archiver": "started",
         "worker": "started",
@@ -154,9 +155,12 @@ def test_pipeline_is_supervised_restarted_stopped_in_order_and_restored(data_dir
         ("worker", "stopped"),
         ("archiver", "stopped"),
         ("graph", "stopped"),
+        ("gate", "stopped"),
         ("broker", "stopped"),
     ]
-    assert all(r.detail.startswith("exit 0 after SIGTERM") for r in down), down
+    assert all(r.detail.startswith("exit 0 after SIGTERM") for r in down), [
+        (r.part, r.detail) for r in down
+    ]
     assert not any(pid_alive(pid) for pid in [*pids.values(), sup_pid])
     assert not (data_dir / "run" / "stack.json").exists()
     assert not port_open(HOST, settings.kafka_port) and not port_open(HOST, settings.graph_port)
@@ -169,7 +173,8 @@ def test_pipeline_is_supervised_restarted_stopped_in_order_and_restored(data_dir
     log = (data_dir / "logs" / "supervisor.log").read_text().splitlines()
     last_round = log[max(i for i, ln in enumerate(log) if "broker: starting" in ln) :]
     order = [ln.split("agentstream.supervisor ")[1] for ln in last_round if ": running" in ln]
-    assert [o.split(":")[0] for o in order] == ["broker", "graph", "archiver"]
+    # the gate (clients' port) opens only after the restore, before any reader starts
+    assert [o.split(":")[0] for o in order] == ["broker", "graph", "gate", "archiver"]
 
 
 def _ports(settings: Settings) -> dict[str, object]:
@@ -368,7 +373,7 @@ def test_ui_and_otlp_parts_are_started_and_up_prints_the_ui_url(data_dir: Path):
 
 def test_consumer_lag_counts_from_the_fetch_high_watermark(data_dir: Path):
     settings = make_settings(data_dir)
-    Stack(settings, services=default_services()[:1]).up()
+    Stack(settings, services=default_services()[:2]).up()  # broker + gate
     n = produce(settings, 250)
     lags = asyncio.run(consumer_lag(settings.bootstrap_servers, {"nobody-yet": (EVENTS,)}))
     assert lags == {"nobody-yet": n}
