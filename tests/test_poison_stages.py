@@ -155,7 +155,7 @@ def test_admit_checks_the_codec_and_the_key_and_never_raises() -> None:
         got = admit(key, raw, CODEC.decode)
         assert isinstance(got, InvalidEvent) and got.reason == RejectReason.KEY_MISMATCH, key
     tomb = admit(e.agentid.encode(), None, CODEC.decode)
-    assert isinstance(tomb, InvalidEvent) and tomb.reason == RejectReason.NOT_JSON
+    assert isinstance(tomb, InvalidEvent) and tomb.reason == RejectReason.EMPTY
     bad = admit(b"a", b"{not json", CODEC.decode)
     assert isinstance(bad, InvalidEvent)
 

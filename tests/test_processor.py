@@ -172,7 +172,7 @@ def test_core_sends_every_kind_of_bad_input_to_the_dlq_and_keeps_going() -> None
         (3, "missing_agent_id"),
         (4, "too_large"),
         (5, "key_mismatch"),
-        (6, "not_json"),
+        (6, "empty"),  # a tombstone
     ]
     assert all(r.topic == DLQ for r in out.dead)
     by_offset: dict[int, DeadLetter] = {d.offset: d for d in dead}
