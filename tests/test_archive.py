@@ -357,3 +357,21 @@ async def test_broker_restart_under_a_running_archiver_starts_a_new_generation(
         read += [(batch.generation, e.id) for _, e in batch.events()]
     assert {i for g, i in read if g == 1} == {e.id for e in first}
     assert {i for g, i in read if g == 2} == {e.id for e in second}
+
+
+def test_records_restored_into_a_generation_are_never_counted_lost_with_it(tmp_path):
+    """A broker killed after a restore but before the archiver wrote anything new must not
+    report the restored records (already in the archive) as lost: the generation's start
+    offsets are kept with the archiver's view of the log and bound the lost ranges."""
+    from streams.archive import _LogState, lost_ranges
+
+    restored_next = {0: 120, 1: 80}
+    state = _LogState("epoch-a", 3, seen_hw={0: 125, 1: 80}, start=restored_next)
+    state.save(tmp_path)
+    loaded = _LogState.load(tmp_path)
+    assert loaded.start == restored_next and loaded.seen_hw == {0: 125, 1: 80}
+    archived: dict[int, int] = {}  # nothing of generation 3 written yet
+    for p, first in loaded.start.items():
+        archived[p] = max(archived.get(p, 0), first)
+    # only what arrived after the restore and was never archived is lost
+    assert lost_ranges(archived, loaded.seen_hw) == {0: (120, 124)}
