@@ -349,10 +349,6 @@ def test_a_part_whose_command_is_missing_is_skipped_with_a_clear_line(data_dir: 
     assert shown.state == "not installed" and shown.ok and shown.pid is None
 
 
-@pytest.mark.skipif(
-    command_available("ui")() is not None or command_available("otlp")() is not None,
-    reason="the ui or otlp command is not in this install",
-)
 def test_ui_and_otlp_parts_are_started_and_up_prints_the_ui_url(data_dir: Path):
     settings = make_settings(data_dir, ui_enabled=True, otlp_enabled=True, otlp_grpc_port=0)
     env = {**os.environ, **_env(settings), "COLUMNS": "200"}
