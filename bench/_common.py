@@ -161,3 +161,26 @@ def print_table(title: str, figures: Iterable[Figure]) -> None:
         ratio = f"{f.ratio:.2f}x" if f.ratio is not None else "-"
         table.add_row(f.name, _num(f.value), f.unit, base, ratio, goal or "-", met)
     Console(width=max(120, Console().width)).print(table)
+
+
+async def with_broker(log_dir: Path, trial: Callable[[str], Any], partitions: int = 6) -> Any:
+    """Run ``await trial(bootstrap)`` against a fresh Tansu broker with the topics created.
+
+    Each trial gets its own in-memory log, so runs of a benchmark never see each other's
+    records; the broker is stopped whatever the trial does.
+    """
+    from agentstream.processes import ManagedProcess, free_port, tansu_argv
+    from streams.admin import ensure_topics, wait_for_broker
+
+    host = "127.0.0.1"
+    port = free_port(host)
+    proc = ManagedProcess("broker", tansu_argv(host, port), log_dir / f"tansu-{port}.log")
+    proc.start()
+    try:
+        proc.wait_for_port(host, port, deadline_s=10)
+        bootstrap = f"{host}:{port}"
+        await wait_for_broker(bootstrap)
+        await ensure_topics(bootstrap, partitions)
+        return await trial(bootstrap)
+    finally:
+        proc.stop()

@@ -47,16 +47,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp
-from _common import Figure, print_table, write_results
+from _common import Figure, print_table, with_broker, write_results
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from agentstream.processes import ManagedProcess, free_port, port_open, tansu_argv
+from agentstream.processes import free_port, port_open
 from schemas.envelope import Event, new_event
 from schemas.ids import Uuid7Generator
-from streams.admin import ensure_topics, wait_for_broker
 from streams.otlp.mapping import TraceMemory, map_request
 from streams.producer import EventProducer
 
@@ -167,20 +166,6 @@ def make_requests(batches: int, seed: int = 0) -> list[ExportTraceServiceRequest
         )
         for i in range(0, len(spans), SPANS_PER_BATCH)
     ]
-
-
-async def with_broker(log_dir: Path, trial: Callable[[str], Awaitable[object]]) -> object:
-    port = free_port(HOST)
-    proc = ManagedProcess("broker", tansu_argv(HOST, port), log_dir / f"tansu-{port}.log")
-    proc.start()
-    try:
-        proc.wait_for_port(HOST, port, deadline_s=10)
-        bootstrap = f"{HOST}:{port}"
-        await wait_for_broker(bootstrap)
-        await ensure_topics(bootstrap, PARTITIONS)
-        return await trial(bootstrap)
-    finally:
-        proc.stop()
 
 
 def start_receiver(bootstrap: str, log_dir: Path) -> tuple[subprocess.Popen, str]:

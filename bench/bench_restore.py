@@ -32,12 +32,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Figure, print_table, write_results
+from _common import Figure, print_table, with_broker, write_results
 from aiokafka import AIOKafkaProducer
 
-from agentstream.processes import ManagedProcess, free_port, tansu_argv
 from schemas.topics import EVENTS
-from streams.admin import ensure_topics, wait_for_broker
 from streams.archive import Archiver, archive_state, complete_segments
 from streams.producer import EventProducer
 from streams.restore import _rows, plan_restore, read_segment, restore_log_async
@@ -47,20 +45,6 @@ from streams.state_reader import fetch_high_watermarks
 HOST = "127.0.0.1"
 PARTITIONS = 6
 MAX_BATCH = 1 << 20
-
-
-async def with_broker(log_dir: Path, trial: Callable[[str], Awaitable[float]]) -> float:
-    port = free_port(HOST)
-    proc = ManagedProcess("broker", tansu_argv(HOST, port), log_dir / f"tansu-{port}.log")
-    proc.start()
-    try:
-        proc.wait_for_port(HOST, port, deadline_s=10)
-        bootstrap = f"{HOST}:{port}"
-        await wait_for_broker(bootstrap)
-        await ensure_topics(bootstrap, PARTITIONS)
-        return await trial(bootstrap)
-    finally:
-        proc.stop()
 
 
 async def build_archive(bootstrap: str, root: Path, events: int, flush_s: float) -> int:
