@@ -41,11 +41,12 @@
   window.AgentStreamCharts = function (kit) {
     const { html, useEffect, useRef } = kit;
     /* x: numbers (epoch seconds when time), series: [{label, values}], kind: line|bar */
-    function Chart({ x, series, kind, height, time, label, name }) {
+    /* categories: labels for x = 0, 1, 2... (a text column), drawn under each point */
+    function Chart({ x, series, kind, height, time, label, name, categories }) {
       if (kind === 'bar' && series.length > 1) series = stack(series);
       const box = useRef(null);
       const plot = useRef(null);
-      const shape = JSON.stringify([series.map((s) => s.label), kind, time, height]);
+      const shape = JSON.stringify([series.map((s) => s.label), kind, time, height, categories || null]);
       useEffect(() => {
         let alive = true;
         loadScripts(chartJs()).then(() => {
@@ -64,7 +65,15 @@
               paths: kind === 'bar' ? uPlot.paths.bars({ size: [0.6, 60] }) : undefined,
               points: { show: x.length <= 60 },
             }))),
-            axes: [{}, { label: label || '', size: 60 }],
+            axes: [
+              categories
+                ? {
+                    splits: () => categories.map((_, i) => i),
+                    values: (u, splits) => splits.map((v) => String(categories[v] ?? '')),
+                  }
+                : {},
+              { label: label || '', size: 60 },
+            ],
           };
           if (plot.current) plot.current.destroy();
           plot.current = new uPlot(opts, [x].concat(series.map((s) => s.values)), box.current);

@@ -86,8 +86,8 @@
       <div class="bar"><label>x <select data-chart-x value=${x} onChange=${(e) => setX(e.target.value)}>${cols.map((c) => html`<option value=${c}>${c}</option>`)}</select></label>
         <label>y ${numeric.map((c) => html`<label class="dim"><input type="checkbox" data-chart-y=${c} checked=${ys.includes(c)} onChange=${(e) => setYs(e.target.checked ? ys.concat([c]) : ys.filter((v) => v !== c))} />${c}</label>`)}</label>
         <label>kind <select data-chart-kind value=${kind} onChange=${(e) => setKind(e.target.value)}><option value="line">line</option><option value="bar">bar</option></select></label>
-        ${numericX ? null : html`<span class="dim">x is not numeric: rows are plotted in order</span>`}</div>
-      ${series.length ? html`<${Chart} name="result" kind=${kind} time=${isTime} x=${order.map((i) => xs[i])} series=${series} />` : html`<p class="dim">pick a numeric column for y</p>`}
+        ${numericX ? null : html`<span class="dim">x is text: one point per row, in row order</span>`}</div>
+      ${series.length ? html`<${Chart} name="result" kind=${kind} time=${isTime} x=${order.map((i) => xs[i])} series=${series} categories=${numericX ? null : order.map((i) => String(xsRaw[i]))} />` : html`<p class="dim">pick a numeric column for y</p>`}
       <p class="dim">charts the ${fmtInt(res.rows.length)} rows of this page</p></div>`;
   }
 
