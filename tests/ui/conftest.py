@@ -10,7 +10,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from uistack import UIStack, build
+from uistack import UIStack, build, chromium_or_skip
 
 
 @pytest.fixture(scope="package")
@@ -20,6 +20,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIStack]:
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium through Playwright (never a downloaded browser)."""
+    path = chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path)
+        try:
+            yield b
+        finally:
+            b.close()
 
 
 def _root_conftest() -> ModuleType:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from uistack import UIStack, chromium_or_skip
+from uistack import UIStack
 
 from schemas.envelope import Event
 
@@ -98,19 +98,6 @@ def _run_or_keep(go: Any, failed: list[BaseException]) -> None:
         asyncio.run(go())
     except BaseException as err:
         failed.append(err)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    path = chromium_or_skip()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

@@ -10,22 +10,9 @@ from collections.abc import Iterator
 import pytest
 import truth
 from playwright.sync_api import expect
-from uistack import HOST, XSS, UIStack, chromium_or_skip
+from uistack import HOST, XSS, UIStack
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    path = chromium_or_skip()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import json
 from collections import defaultdict
 
 import pytest
-from part2kit import browser, cli, get, page, qs  # noqa: F401 (fixtures)
+from part2kit import cli, get, page, qs  # noqa: F401 (fixtures)
 from uistack import UIStack
 
 from agentstream.ui.dashboards import fit, learning_trends

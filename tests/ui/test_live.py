@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from part2kit import browser, fresh_events, get, page, publish, qs  # noqa: F401 (fixtures)
+from part2kit import fresh_events, get, page, publish, qs  # noqa: F401 (fixtures)
 from uistack import UIStack
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import io
 from collections.abc import Iterator
 
 import pytest
-from part2kit import browser, cli, get, page, qs, start_memory  # noqa: F401 (fixtures)
+from part2kit import cli, get, page, qs, start_memory  # noqa: F401 (fixtures)
 from uistack import UIStack
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import urllib.request
 
 import pyarrow.parquet as pq
 import pytest
-from part2kit import browser, cli, get, get_bytes, page, qs  # noqa: F401 (fixtures)
+from part2kit import cli, get, get_bytes, page, qs  # noqa: F401 (fixtures)
 from uistack import UIStack
 
 pytestmark = pytest.mark.integration
