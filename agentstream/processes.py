@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -118,7 +119,36 @@ def falkordb_argv(
     ]
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, chosen *below* the kernel's ephemeral range.
+
+    ``bind(0)`` hands out an ephemeral port, which any process's next outgoing connection
+    may take as its local port before our server binds it ("port in use" at random). A
+    port below that range is never given to an outgoing connection. Ports handed out by
+    this process are not handed out twice.
+    """
+    low, _ = _ephemeral_range()
+    first = 10_000
+    if low - first >= 1_000:
+        rng = random.Random()
+        for _ in range(200):
+            port = rng.randrange(first, low)
+            if port in _handed_out:
+                continue
+            if port_bindable(host, port) and not port_open(host, port, timeout=0.05):
+                _handed_out.add(port)
+                return port
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]

@@ -369,12 +369,15 @@ def _make_handler(service: QueryService) -> type[BaseHTTPRequestHandler]:
 
         def _client_gone(self) -> bool:
             """The client closed its end (the request is fully read: nothing else may come)."""
+            # poll, not select: this process holds more than FD_SETSIZE (1024)
+            # descriptors once the store has many parts open.
             try:
-                readable, _, _ = select.select([self.connection], [], [], 0)
-                if not readable:
+                poller = select.poll()
+                poller.register(self.connection, select.POLLIN | select.POLLHUP | select.POLLERR)
+                if not poller.poll(0):
                     return False
                 return self.connection.recv(1, socket.MSG_PEEK) == b""
-            except OSError:
+            except (OSError, ValueError):
                 return True
 
         def do_GET(self) -> None:
