@@ -22,6 +22,12 @@ def derived_id(kind: str, *parts: str) -> str:
     return str(uuid.uuid5(DERIVED_NAMESPACE, ":".join((kind, *parts))))
 
 
+def episode_id_for(completion_id: str) -> str:
+    """The id of the episode an action's completion closes (the reducer emits it, episodic
+    memory stores it under it): what an agent cites in a decision's ``recalled_episodes``."""
+    return derived_id("episode", completion_id)
+
+
 class ViolationCategory(StrEnum):
     TOOL_ERROR = "tool_error"  # the action failed
     WRONG_RESULT = "wrong_result"  # completed, but the actual outcome contradicts the expected one

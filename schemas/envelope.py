@@ -100,7 +100,7 @@ class PlanEvent(EventBase, tag="agent.think.plan.v1"):
     data: p.Plan
 
 
-class DecisionEvent(EventBase, tag="agent.think.decision.v1"):
+class DecisionEvent(EventBase, tag="agent.think.decision.v2"):
     data: p.Decision
 
 

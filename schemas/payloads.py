@@ -70,11 +70,26 @@ class Plan(Payload):
     steps: list[PlanStep]
 
 
+MAX_RECALLED_EPISODES = 32
+"""At most this many recalled episodes on one decision (a prompt holds a handful; recall's
+``k`` is small): bounded so one decision cannot carry an unbounded list."""
+EPISODE_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+# An episode id is the lowercase UUID episodic memory gives it (``schemas.derived``,
+# ``episode_id_for``); the length matters as for event ids (``$`` matches before "\n").
+EpisodeId = Annotated[str, msgspec.Meta(pattern=EPISODE_ID_PATTERN, min_length=36, max_length=36)]
+RecalledEpisodes = Annotated[list[EpisodeId], msgspec.Meta(max_length=MAX_RECALLED_EPISODES)]
+
+
 class Decision(Payload):
+    """A choice among alternatives. Version 2 added ``recalled_episodes``: the ids of the
+    episodes from episodic memory the agent recalled and used for this choice (empty: it
+    recalled none), so analytics can measure how often decisions build on experience."""
+
     chosen: NonEmptyStr
     alternatives: list[str] = []
     confidence: Probability = 1.0
     rationale: str | None = None
+    recalled_episodes: RecalledEpisodes = []
 
 
 # --- act ---------------------------------------------------------------------------------
@@ -169,6 +184,14 @@ class AgentStartedV1(Payload):
     name: str
     role: str | None = None
     model: str | None = msgspec.field(default=None, name="gen_ai.request.model")
+
+
+# Decision as it was before v2; kept so old events can still be read and upcast.
+class DecisionV1(Payload):
+    chosen: NonEmptyStr
+    alternatives: list[str] = []
+    confidence: Probability = 1.0
+    rationale: str | None = None
 
 
 # ActionCompleted as it was before v2; kept so old events can still be read and upcast.

@@ -54,3 +54,9 @@ def _agent_started_v1_to_v2(data: PayloadDict) -> PayloadDict:
     """v2 only added optional fields (``gen_ai.system_instructions``,
     ``gen_ai.tool.definitions``): a v1 payload is a valid v2 payload."""
     return dict(data)
+
+
+@DEFAULT_UPCASTERS.register("agent.think.decision", 1, payload=p.DecisionV1)
+def _decision_v1_to_v2(data: PayloadDict) -> PayloadDict:
+    """v2 added ``recalled_episodes``; a v1 decision recalled nothing we know of: ``[]``."""
+    return {**data, "recalled_episodes": []}

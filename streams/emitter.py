@@ -21,15 +21,25 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack, overload
+from typing import Any, Generic, Literal, Protocol, TypedDict, TypeVar, Unpack, overload
+
+import msgspec
 
 from schemas import payloads as p
 from schemas.envelope import ActionStartedEvent, Event, new_event
+from schemas.errors import InvalidEvent, RejectReason
 from schemas.ids import Uuid7Generator
 from streams.producer import EventProducer, SyncEventProducer
 
 Causes = Iterable[str | Event] | None
 """Event ids or events; ``None`` means "use the default"."""
+
+
+class RecalledRef(Protocol):
+    """A recalled episode as ``projections.memory.recall`` returns it (only its id is used)."""
+
+    @property
+    def episode_id(self) -> str: ...
 
 
 class Envelope(TypedDict, total=False):
@@ -55,6 +65,17 @@ _MS = timedelta(milliseconds=1)
 def epoch_ms(at: datetime) -> int:
     """Milliseconds since the epoch, exactly (no float rounding)."""
     return (at - _EPOCH) // _MS
+
+
+def _episode_ids(recalled: Iterable[str | RecalledRef]) -> list[str]:
+    """The ids, checked here so agent code gets the error at the call, not a dead letter."""
+    ids = [r if isinstance(r, str) else r.episode_id for r in recalled]
+    try:
+        return msgspec.convert(ids, p.RecalledEpisodes)
+    except msgspec.ValidationError as err:
+        raise InvalidEvent(
+            RejectReason.INVALID_VALUE, f"recalled_episodes: {err}", "$.data.recalled_episodes"
+        ) from None
 
 
 def _ids(causes: Iterable[str | Event]) -> tuple[str, ...]:
@@ -163,13 +184,17 @@ class _Builder(ABC, Generic[_R]):
         alternatives: Sequence[str] = (),
         confidence: float = 1.0,
         rationale: str | None = None,
+        recalled_episodes: Iterable[str | RecalledRef] = (),
         **envelope: Unpack[Envelope],
     ) -> _R:
+        """``recalled_episodes``: the episodes from episodic memory this choice used, as
+        ids or as what ``recall`` returned (anything with an ``episode_id``)."""
         data = p.Decision(
             chosen=chosen,
             alternatives=list(alternatives),
             confidence=confidence,
             rationale=rationale,
+            recalled_episodes=_episode_ids(recalled_episodes),
         )
         return self._emit(data, **envelope)
 

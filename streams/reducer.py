@@ -27,7 +27,7 @@ import msgspec
 
 from schemas import envelope as ev
 from schemas import payloads as p
-from schemas.derived import Episode, Violation, ViolationCategory, derived_id
+from schemas.derived import Episode, Violation, ViolationCategory, derived_id, episode_id_for
 from schemas.state import (
     AgentState,
     AgentStatus,
@@ -556,7 +556,7 @@ def _emit_episode(
     if action.situation_event_id is not None:
         ids = (action.situation_event_id, *ids)
     episode = Episode(
-        episode_id=derived_id("episode", event.id),
+        episode_id=episode_id_for(event.id),
         revision=0,
         agent_id=state.agent_id,
         run_id=action.run_id,

@@ -170,7 +170,7 @@ def test_counts_tokens_costs_tools_and_last_decision() -> None:
     assert state.counts == {
         "agent.think.plan.v1": 1,
         "agent.think.thought.v1": 2,
-        "agent.think.decision.v1": 1,
+        "agent.think.decision.v2": 1,
         "agent.act.started.v1": 2,
         "agent.act.completed.v2": 2,
         "agent.learn.lesson.v1": 1,

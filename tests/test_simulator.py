@@ -113,7 +113,7 @@ def test_workload_has_the_promised_shape(medium):
         "agent.lifecycle.run_started.v1",
         "agent.think.thought.v1",
         "agent.think.plan.v1",
-        "agent.think.decision.v1",
+        "agent.think.decision.v2",
         "agent.act.started.v1",
         "agent.act.completed.v2",
         "agent.act.message.v1",
