@@ -39,6 +39,12 @@ Ground truth for other components
 - Causes always point to earlier events of the same run (except orphan completions).
   Each agent's events come out ordered by ``time``; the whole stream is ordered by time.
 - ``max_events`` stops the stream after that many events (runs may end mid-way).
+- Recall: from an agent's second run on, some decisions cite in ``recalled_episodes`` the
+  episodes (ids from :func:`schemas.derived.episode_id_for`, as episodic memory stores
+  them) of that agent's earlier runs with the same scenario that had ended before the
+  decision; the chance is :func:`recall_chance` of the agent's earlier runs, so the recall
+  rate rises over runs. It draws from its own random stream, so every other event is what
+  it would be without it.
 """
 
 from __future__ import annotations
@@ -49,11 +55,13 @@ import heapq
 import math
 import random
 import time as _time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from schemas.derived import episode_id_for
 from schemas.envelope import ActionStartedEvent, Event
 from schemas.ids import Uuid7Generator
 from streams.emitter import EventFactory, epoch_ms
@@ -592,6 +600,35 @@ def scenario_of(event: Event) -> Scenario | None:
     )
 
 
+def recall_chance(earlier_runs: int) -> float:
+    """How likely an agent recalls a similar past episode for a decision, after
+    ``earlier_runs`` runs: 0 in its first run, rising (and levelling off below 0.85)."""
+    return 0.85 * earlier_runs / (earlier_runs + 5)
+
+
+RECALL_KEEP = 8
+"""Past episodes kept per (agent, scenario): recall cites the most recent ones."""
+
+
+@dataclass
+class _Memory:
+    """What the agents remember across runs: per (agent, scenario) their latest episodes as
+    (completion ms, run index, episode id), and how many runs each agent took part in."""
+
+    episodes: dict[tuple[str, str], deque[tuple[int, int, str]]] = field(default_factory=dict)
+    runs_before: dict[str, int] = field(default_factory=dict)
+
+    def remember(self, agent: str, scenario: str, at_ms: int, run: int, completion: str) -> None:
+        kept = self.episodes.setdefault((agent, scenario), deque(maxlen=RECALL_KEEP))
+        kept.append((at_ms, run, episode_id_for(completion)))
+
+    def similar(self, agent: str, scenario: str, before_ms: int, run: int) -> list[str]:
+        """Ids of the agent's episodes of this scenario from earlier runs, ended before
+        ``before_ms``, newest first."""
+        kept = self.episodes.get((agent, scenario), ())
+        return [eid for at, r, eid in reversed(kept) if r < run and at < before_ms]
+
+
 # --- one run -------------------------------------------------------------------------------
 
 
@@ -603,7 +640,10 @@ class _Run:
     index: int
     start_ms: int
     team: dict[str, str]  # role -> agent id
+    memory: _Memory = field(default_factory=_Memory)
     rng: random.Random = field(init=False)
+    recall_rng: random.Random = field(init=False)
+    earlier_runs: dict[str, int] = field(init=False)
     ids: Uuid7Generator = field(init=False)
     now: int = field(init=False)
     run_id: str = field(init=False)
@@ -612,6 +652,11 @@ class _Run:
 
     def __post_init__(self) -> None:
         self.rng = random.Random(_sub_seed(self.config.seed, "run", self.index))
+        self.recall_rng = random.Random(_sub_seed(self.config.seed, "recall", self.index))
+        self.earlier_runs = {}
+        for agent in dict.fromkeys(self.team.values()):
+            self.earlier_runs[agent] = self.memory.runs_before.get(agent, 0)
+            self.memory.runs_before[agent] = self.earlier_runs[agent] + 1
         self.ids = Uuid7Generator(_sub_seed(self.config.seed, "ids", self.index))
         self.now = self.start_ms
         self.run_id = f"run-{self.config.seed}-{self.index:06d}"
@@ -836,14 +881,17 @@ class _Run:
             alternatives = (
                 ["ask the planner", "skip this step"] if failed is None else ["give up", "escalate"]
             )
+            confidence = round(rng.uniform(0.5, 0.98), 2)
+            decided_at = self.tick(rng.uniform(20, 120))
             d = self.emit(
                 af.decision(
                     f"use {sc.tool}" if failed is None else f"retry {sc.tool}",
                     alternatives=alternatives,
-                    confidence=round(rng.uniform(0.5, 0.98), 2),
+                    confidence=confidence,
                     rationale=sc.insight if failed is not None else None,
+                    recalled_episodes=self.recall(agent, sc),
                     causes=(th.id,),
-                    time=self.tick(rng.uniform(20, 120)),
+                    time=decided_at,
                     task_id=task,
                 )
             )
@@ -883,33 +931,43 @@ class _Run:
             fail_p = sc.failure_rate * (0.5**attempt)
             t = self.tick(self.latency(sc.tool))
             if rng.random() < fail_p:
-                completed = self.emit(
-                    af.action_completed(
-                        started,
-                        status="error",
-                        result=sc.outcome,
-                        actual=sc.outcome,
-                        error_type=sc.error_type or "ToolError",
-                        subject=sc.subject,
-                        time=t,
-                        task_id=task,
-                    )
+                completed = self.remember(
+                    agent,
+                    sc,
+                    self.emit(
+                        af.action_completed(
+                            started,
+                            status="error",
+                            result=sc.outcome,
+                            actual=sc.outcome,
+                            error_type=sc.error_type or "ToolError",
+                            subject=sc.subject,
+                            time=t,
+                            task_id=task,
+                        )
+                    ),
                 )
                 self.lesson(agent, task, sc, situation, completed, failed=True)
                 failed = completed
                 continue
             mismatch = rng.random() < sc.mismatch_rate
             actual = sc.mismatch_actual if mismatch else sc.expected
-            completed = self.emit(
-                af.action_completed(
-                    started,
-                    status="ok",
-                    result=(sc.outcome if sc.error_type is None else f"ok: {sc.expected}")[:200],
-                    actual=actual,
-                    subject=sc.subject,
-                    time=t,
-                    task_id=task,
-                )
+            completed = self.remember(
+                agent,
+                sc,
+                self.emit(
+                    af.action_completed(
+                        started,
+                        status="ok",
+                        result=(sc.outcome if sc.error_type is None else f"ok: {sc.expected}")[
+                            :200
+                        ],
+                        actual=actual,
+                        subject=sc.subject,
+                        time=t,
+                        task_id=task,
+                    )
+                ),
             )
             if mismatch or failed is not None or rng.random() < 0.15:
                 return True, self.lesson(
@@ -918,6 +976,20 @@ class _Run:
             return True, completed
         assert failed is not None
         return False, failed
+
+    def recall(self, agent: str, sc: Scenario) -> list[str]:
+        """The episodes this decision cites: none in the agent's first run; later, with
+        :func:`recall_chance`, one to three of its latest of the same scenario."""
+        chance = recall_chance(self.earlier_runs.get(agent, 0))
+        if chance <= 0 or self.recall_rng.random() >= chance:
+            return []
+        similar = self.memory.similar(agent, sc.name, self.now, self.index)
+        return similar[: self.recall_rng.randint(1, 3)]
+
+    def remember(self, agent: str, sc: Scenario, completed: Event) -> Event:
+        """A completion of a started action closes an episode the agent can recall later."""
+        self.memory.remember(agent, sc.name, self.now, self.index, completed.id)
+        return completed
 
     def lesson(
         self,
@@ -987,13 +1059,14 @@ def generate(config: SimulationConfig) -> Iterator[Event]:
             return
 
     heap: list[tuple[int, int, int, Event, Iterator[Event]]] = []
+    memory = _Memory()
     next_run = 0
     next_start = start_ms + 1000
     last_ms = start_ms
 
     def admit() -> None:
         nonlocal next_run, next_start
-        run = _Run(config, next_run, next_start, _team(schedule, agents))
+        run = _Run(config, next_run, next_start, _team(schedule, agents), memory)
         gen = run.events()
         first = next(gen, None)
         if first is not None:
