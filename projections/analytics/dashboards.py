@@ -3,7 +3,7 @@
 
 Every query takes a time range (``since`` inclusive, ``until`` exclusive), a tenant (``''``:
 all) and, for series, a bucket width in seconds. They read the rollups where one exists
-(``agent_minute``, ``tool_minute``, ``run_agent``); cost by model and feedback scores are
+(``agent_minute``, ``model_minute``, ``tool_minute``, ``run_agent``); feedback scores are
 only on ``events``.
 """
 
@@ -75,17 +75,18 @@ ORDER BY bucket, agent_id
 
 DASH_COST_BY_MODEL = NamedQuery(
     "dash_cost_by_model",
-    "Dashboard: cost (USD) and tokens per time bucket and model (events with a model)",
+    "Dashboard: cost (USD) and tokens per time bucket and model (model_minute rollup: "
+    "the events that name a model)",
     f"""
 SELECT
-    {_bucket("e.time")} AS bucket,
-    assumeNotNull(e.model) AS model,
-    round(sum(e.cost_usd), 6) AS cost_usd,
-    sum(e.input_tokens) AS input_tokens,
-    sum(e.output_tokens) AS output_tokens,
+    {_bucket("m.minute")} AS bucket,
+    m.model AS model,
+    round(sum(m.cost_usd), 6) AS cost_usd,
+    sum(m.input_tokens) AS input_tokens,
+    sum(m.output_tokens) AS output_tokens,
     input_tokens + output_tokens AS tokens
-FROM events AS e
-WHERE e.model IS NOT NULL AND {_between("e.time")} AND {_tenant("e")}
+FROM model_minute AS m
+WHERE {_between("m.minute")} AND {_tenant("m")}
 GROUP BY bucket, model
 ORDER BY bucket, model
 """,

@@ -251,6 +251,20 @@ WHERE startsWith(e.type, '{COMPLETED_PREFIX}') AND e.tool IS NOT NULL {{and_wher
 GROUP BY tenant, tool, minute
 """
 
+_MODEL_MINUTE_SELECT = """
+SELECT
+    e.tenant AS tenant,
+    assumeNotNull(e.model) AS model,
+    toDateTime64(toStartOfMinute(e.time), 0, 'UTC') AS minute,
+    count() AS events,
+    sum(e.input_tokens) AS input_tokens,
+    sum(e.output_tokens) AS output_tokens,
+    sum(e.cost_usd) AS cost_usd
+FROM {db}.events AS e
+WHERE e.model IS NOT NULL {and_where}
+GROUP BY tenant, model, minute
+"""
+
 _RUN_SUMMARY_SELECT = f"""
 SELECT
     e.tenant AS tenant,
@@ -422,6 +436,15 @@ ROLLUPS: tuple[Rollup, ...] = (
         rollup_count="sum(calls)",
     ),
     Rollup(
+        table="model_minute",
+        view="model_minute_mv",
+        month_column="minute",
+        select=_MODEL_MINUTE_SELECT,
+        source_count="count()",
+        source_filter="model IS NOT NULL",
+        rollup_count="sum(events)",
+    ),
+    Rollup(
         table="run_agent",
         view="run_agent_mv",
         month_column=None,  # a run may span months: one partition
@@ -536,6 +559,26 @@ ENGINE = AggregatingMergeTree
 ORDER BY (tenant, agent_id, run_id)
 """,
     ]
+
+
+def _model_minute(db: str) -> str:
+    """Cost and tokens per model and minute: the cost dashboard's by-model panel reads this
+    instead of every event (``model`` is only on ``events``; thoughts and agent starts)."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {db}.model_minute
+(
+    tenant          LowCardinality(String),
+    model           LowCardinality(String),
+    minute          DateTime64(0, 'UTC'),
+    events          SimpleAggregateFunction(sum, UInt64),
+    input_tokens    SimpleAggregateFunction(sum, UInt64),
+    output_tokens   SimpleAggregateFunction(sum, UInt64),
+    cost_usd        SimpleAggregateFunction(sum, Float64)
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(minute)
+ORDER BY (tenant, minute, model)
+"""
 
 
 def _run_agent(db: str) -> str:
@@ -725,6 +768,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             f"DROP VIEW IF EXISTS {db}.run_summary_mv",
             f"DROP TABLE IF EXISTS {db}.run_summary SYNC",
         ],
+    ),
+    Migration(
+        6,
+        "rollup model_minute: cost and tokens per model and minute (filled from events at the "
+        "next start)",
+        lambda db: [_model_minute(db), *_views(db, ("model_minute",))],
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
