@@ -53,7 +53,7 @@ from falkordb import FalkorDB
 from agentstream.processes import ManagedProcess, falkordb_argv, free_port
 from projections.graph import cypher, queries
 from projections.graph.falkordb_store import FalkorDBStore
-from projections.graph.model import build_batch, seq_event_id
+from projections.graph.model import build_batch, seq_event_id, seq_key
 from projections.graph.projection import batch_statements, project
 from schemas import payloads as p
 from schemas.envelope import Event, new_event
@@ -86,7 +86,7 @@ def raw_plan(events: list[Event], batch: int) -> list[list[tuple[str, dict[str, 
         b = build_batch(events[i : i + batch])
         plans.append(batch_statements(b))
         for row in b.events:
-            chains.setdefault(row["chain"], []).append(row["seq"])
+            chains.setdefault(row["chain"], []).append(seq_key(row["time"], row["id"]))
             batch_of[row["id"]] = n
     pairs: list[list[dict[str, str]]] = [[] for _ in plans]
     for seqs in chains.values():

@@ -87,7 +87,7 @@ def dump(store: GraphStore) -> tuple[list, list]:
     """Everything in the graph, canonically ordered: two graphs are equal iff dumps are."""
     nodes = store.read(
         "MATCH (n) RETURN labels(n)[0], coalesce(n.id, n.name), n.type, n.time, n.status, "
-        "n.summary, n.seq, n.chain, n.agent, n.run, n.task, n.tool, n.category, n.detail"
+        "n.summary, n.chain, n.agent, n.run, n.task, n.tool, n.tenant, n.category, n.detail"
     )
     edges = store.read(
         "MATCH (a)-[r]->(b) "
@@ -159,7 +159,10 @@ def test_build_batch_rows():
         {"violation": "v1", "event": ids[1]},
     ]
     chains = {c["chain"]: (c["lo"], c["hi"]) for c in batch.chains}
-    assert chains[chain_key("a", "r")] == (seq_key(epoch_us(t), ids[2]), row["seq"])
+    assert chains[chain_key("a", "r")] == (
+        seq_key(epoch_us(t), ids[2]),
+        seq_key(row["time"], row["id"]),
+    )
 
 
 def test_plan_next_links_a_window_and_marks_head_and_tail():

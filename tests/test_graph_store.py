@@ -20,8 +20,9 @@ import pytest
 import redis
 
 from agentstream.processes import ManagedProcess, falkordb_argv, free_port, port_bindable
-from projections.graph import queries
+from projections.graph import cypher, queries
 from projections.graph.falkordb_store import FalkorDBStore
+from projections.graph.model import chain_key, epoch_us, seq_event_id, seq_key, seq_params
 from projections.graph.neo4j_store import Neo4jStore
 from projections.graph.projection import project
 from projections.graph.store import GraphStore, GraphStoreError, QueryTimeout
@@ -293,13 +294,43 @@ def test_applying_the_same_batch_twice_changes_nothing(store):
     events, violations = small_run()
     project(store, events, violations)
     before = store.counts()
-    props = store.read("MATCH (e:Event) RETURN e.id, e.summary, e.seq, e.chain ORDER BY e.id")
+    props = store.read("MATCH (e:Event) RETURN e.id, e.summary, e.time, e.chain ORDER BY e.id")
     project(store, events, violations)
     project(store, events[3:] + events[:3], violations)
     assert store.counts() == before
     assert (
-        store.read("MATCH (e:Event) RETURN e.id, e.summary, e.seq, e.chain ORDER BY e.id") == props
+        store.read("MATCH (e:Event) RETURN e.id, e.summary, e.time, e.chain ORDER BY e.id") == props
     )
+
+
+def test_the_store_builds_the_chain_order_key_exactly_like_the_model(store):
+    """``seq`` is not stored: CHAIN_WINDOWS derives it from time and id in Cypher. It must be
+    model.seq_key to the character, at both ends of the time range (the NEXT upkeep compares
+    it with keys the model builds), and Event nodes carry no seq or category."""
+    ids = Uuid7Generator(11)
+    times = [
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),  # below the codec's range
+        T0,
+        datetime(2105, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+    ]
+    events = [
+        new_event(thought(f"t{i}"), id=ids.new(1_000 + i), time=t, agentid="a1", runid="r1")
+        for i, t in enumerate(times)
+    ]
+    project(store, events)
+    rows = store.read(
+        cypher.CHAIN_WINDOWS,
+        {"chains": [{"chain": chain_key("a1", "r1"), "lo": "", "hi": "~"}], **seq_params()},
+    )
+    assert len(rows) == 1
+    _chain, before, inside, after = rows[0]
+    want = sorted(seq_key(epoch_us(e.time), e.id) for e in events)
+    assert (before, sorted(inside), after) == (None, want, None)
+    assert next_chain(store, "a1", "r1") == [seq_event_id(k) for k in want]
+    assert store.read(
+        "MATCH (e:Event) WHERE e.seq IS NOT NULL OR e.category IS NOT NULL RETURN count(e)"
+    ) == [(0,)]
 
 
 def test_an_effect_before_its_cause_keeps_the_edge_on_a_placeholder(store):

@@ -52,9 +52,9 @@ NEO4J_DDL: tuple[str, ...] = (
 UPSERT_EVENTS = """
 UNWIND $rows AS r
 MERGE (e:Event {id: r.id})
-SET e.type = r.type, e.category = r.category, e.time = r.time, e.agent = r.agent,
-    e.run = r.run, e.task = r.task, e.tenant = r.tenant, e.status = r.status,
-    e.summary = r.summary, e.tool = r.tool, e.chain = r.chain, e.seq = r.seq
+SET e.type = r.type, e.time = r.time, e.agent = r.agent, e.run = r.run, e.task = r.task,
+    e.tenant = r.tenant, e.status = r.status, e.summary = r.summary, e.tool = r.tool,
+    e.chain = r.chain
 MERGE (a:Agent {id: r.agent})
 SET a.tenant = r.tenant
 MERGE (a)-[:EMITTED]->(e)
@@ -114,10 +114,14 @@ MERGE (v)-[:INVOLVES]->(e)
 
 # --- NEXT: read each touched chain's window and the links around it, write the difference ---
 
+# The order key is model.seq_key, built here from time and id (zero-padded epoch µs plus an
+# offset, then the id; parameters from model.seq_params) rather than stored on every event:
+# one long property less per event to write, and to decode at every restart of the graph.
 CHAIN_WINDOWS = """
 UNWIND $chains AS c
 MATCH (e:Event {chain: c.chain})
-WITH c.chain AS chain, c.lo AS lo, c.hi AS hi, e.seq AS seq
+WITH c.chain AS chain, c.lo AS lo, c.hi AS hi,
+     right($seq_zeros + toString(e.time + $seq_offset), $seq_width) + e.id AS seq
 RETURN chain,
        max(CASE WHEN seq < lo THEN seq END) AS before,
        collect(CASE WHEN seq >= lo AND seq <= hi THEN seq END) AS inside,

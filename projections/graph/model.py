@@ -47,8 +47,19 @@ def chain_key(agent_id: str, run_id: str | None) -> str:
 
 
 def seq_key(time_us: int, event_id: str) -> str:
-    """A string that sorts like ``(time, id)``; the event id is everything after the time."""
+    """A string that sorts like ``(time, id)``; the event id is everything after the time.
+
+    ``cypher.CHAIN_WINDOWS`` builds the same string in the store from ``seq_params()``."""
     return f"{time_us + SEQ_OFFSET_US:0{SEQ_TIME_WIDTH}d}{event_id}"
+
+
+def seq_params() -> dict[str, Any]:
+    """The parameters ``cypher.CHAIN_WINDOWS`` needs to build :func:`seq_key` in Cypher."""
+    return {
+        "seq_offset": SEQ_OFFSET_US,
+        "seq_zeros": "0" * SEQ_TIME_WIDTH,
+        "seq_width": SEQ_TIME_WIDTH,
+    }
 
 
 def seq_event_id(seq: str) -> str:
@@ -91,13 +102,16 @@ class GraphBatch:
 
 
 def event_row(event: Event) -> Row:
-    """The Event node's properties (plus the agent it hangs off)."""
-    t = epoch_us(event.time)
+    """The Event node's properties (plus the agent it hangs off).
+
+    Only what a reader or the ``NEXT`` upkeep uses: no ``category`` (the ``type`` says it)
+    and no stored ``seq`` (``cypher.CHAIN_WINDOWS`` derives it from ``time`` and ``id``).
+    Every stored property is decoded again at each restart of the embedded graph, so a
+    redundant one costs restart time (docs/graph.md, "Restart cost")."""
     return {
         "id": event.id,
         "type": event.type,
-        "category": event.category,
-        "time": t,
+        "time": epoch_us(event.time),
         "agent": event.agentid,
         "run": event.runid,
         "task": event.taskid,
@@ -106,7 +120,6 @@ def event_row(event: Event) -> Row:
         "summary": summarize(event.data),
         "tool": event_tool(event.data),
         "chain": chain_key(event.agentid, event.runid),
-        "seq": seq_key(t, event.id),
     }
 
 
@@ -150,7 +163,7 @@ def build_batch(events: Iterable[Event], violations: Iterable[Violation] = ()) -
             batch.caused_by.append({"effect": eid, "cause": cause})
         if isinstance(e.data, p.Message):
             messaged.add((e.agentid, e.data.to_agent))
-        chain, seq = row["chain"], row["seq"]
+        chain, seq = row["chain"], seq_key(row["time"], eid)
         lo, hi = lo_hi.get(chain, (seq, seq))
         lo_hi[chain] = (min(lo, seq), max(hi, seq))
     batch.messaged = [{"sender": s, "recipient": r} for s, r in sorted(messaged)]

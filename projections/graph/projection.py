@@ -20,6 +20,7 @@ from projections.graph.model import (
     build_batch,
     next_changes,
     plan_next,
+    seq_params,
 )
 from projections.graph.store import GraphStore, Statement
 from projections.runner import Record
@@ -50,7 +51,8 @@ def batch_statements(batch: GraphBatch) -> list[Statement]:
 def read_windows(store: GraphStore, chains: list[dict[str, Any]]) -> list[ChainWindow]:
     windows: list[ChainWindow] = []
     for i in range(0, len(chains), NEXT_WINDOW_CHUNK):
-        rows = store.read(cypher.CHAIN_WINDOWS, {"chains": chains[i : i + NEXT_WINDOW_CHUNK]})
+        params = {"chains": chains[i : i + NEXT_WINDOW_CHUNK], **seq_params()}
+        rows = store.read(cypher.CHAIN_WINDOWS, params)
         windows.extend(
             ChainWindow(chain, before, [s for s in inside if s is not None], after)
             for chain, before, inside, after in rows
