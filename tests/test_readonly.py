@@ -12,9 +12,10 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -22,9 +23,12 @@ from typer.testing import CliRunner
 from agentstream.cli import app
 from projections.analytics import QueryError, ReadOnlyError, connect
 from projections.analytics.projection import AnalyticsProjection
-from projections.analytics.reader import DirectReader
+from projections.analytics.reader import ChdbEngine, DirectReader
 from projections.analytics.readonly import (
     QueryLimits,
+    ReadResult,
+    VerdictCache,
+    check,
     check_settings,
     parse_ast,
     settings_in,
@@ -504,3 +508,84 @@ def _cancel_while_running(db, data_dir: Path, url: str, marker: str) -> None:
     while _running(data_dir, url, marker):
         assert time.monotonic() < deadline, "the statement kept running"
         time.sleep(0.05)
+
+
+# --- remembered verdicts ----------------------------------------------------------------------
+
+
+class CountingEngine:
+    """A real engine that counts its parses (the verdict cache must skip only repeats)."""
+
+    def __init__(self, engine: ChdbEngine) -> None:
+        self.engine = engine
+        self.parses = 0
+
+    def explain_ast(self, sql: str, params: Mapping[str, Any]) -> list[str]:
+        self.parses += 1
+        return self.engine.explain_ast(sql, params)
+
+    def format_query(self, sql: str) -> str:
+        return self.engine.format_query(sql)
+
+    def table_functions(self) -> frozenset[str]:
+        return self.engine.table_functions()
+
+    def execute(self, sql: str, params: Mapping[str, Any], tag: str) -> ReadResult:
+        return self.engine.execute(sql, params, tag)
+
+    def kill(self, tag: str) -> None:
+        self.engine.kill(tag)
+
+
+def test_a_remembered_verdict_is_only_reused_for_the_same_text_params_and_limits(store):
+    _, url, outside = store
+    verdicts = VerdictCache(size=64)
+    with connect(url=url) as db:
+        assert isinstance(db, DirectReader) and isinstance(db.engine, ChdbEngine)
+        eng = CountingEngine(db.engine)
+
+        def ok(sql: str, params: dict[str, Any] | None = None, **kw: Any) -> str:
+            return check(sql, eng, params or {}, kw.get("limits"), verdicts)
+
+        harmless = "SELECT * FROM numbers(3)"
+        assert ok(harmless) == harmless and eng.parses == 1
+        assert ok(harmless) == harmless and eng.parses == 1  # remembered: no second parse
+        # one character more is another statement: parsed again, and refused
+        for near in (
+            harmless + " FORMAT CSV",
+            harmless + " SETTINGS log_comment = 'x'",
+            harmless + " INTO OUTFILE 'stolen.csv'",
+            harmless.replace("numbers", "file"),
+        ):
+            with pytest.raises(ReadOnlyError):
+                ok(near)
+        # parameters are part of the verdict: another value is parsed again
+        before = eng.parses
+        assert ok("SELECT {x:UInt8} AS x", {"x": 1}) and eng.parses == before + 1
+        assert ok("SELECT {x:UInt8} AS x", {"x": 1}) and eng.parses == before + 1
+        assert ok("SELECT {x:UInt8} AS x", {"x": 2}) and eng.parses == before + 2
+        assert ok("SELECT {x:UInt8} AS x", {"x": "2"}) and eng.parses == before + 3  # a str
+        with pytest.raises(QueryError):  # the parser refuses the value: not a cached pass
+            ok("SELECT {x:UInt8} AS x", {"x": "not a number"})
+        # so are the limits: a setting allowed under one ceiling is refused under a lower one
+        lowered = "SELECT 1 SETTINGS max_result_rows = 100"
+        assert ok(lowered, limits=QueryLimits()) == lowered
+        with pytest.raises(ReadOnlyError, match="only lower"):
+            ok(lowered, limits=QueryLimits(max_result_rows=10))
+        # refusals are never remembered: every attack, twice, is refused both times
+        for sql in attacks(outside):
+            for _ in range(2):
+                with pytest.raises(ReadOnlyError):
+                    ok(sql)
+        assert len(verdicts) == 5  # the allowed ones only
+    assert outside.requests == 0
+    assert not (Path.cwd() / "stolen.csv").exists()
+
+
+def test_the_verdict_cache_is_bounded():
+    verdicts = VerdictCache(size=2)
+    keys = [VerdictCache.key(f"SELECT {i}", {}, QueryLimits(), frozenset()) for i in range(3)]
+    for i, k in enumerate(keys):
+        verdicts.put(k, f"SELECT {i}")
+    assert len(verdicts) == 2
+    assert verdicts.get(keys[0]) is None and verdicts.get(keys[2]) == "SELECT 2"

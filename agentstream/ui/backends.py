@@ -79,12 +79,13 @@ class Backends:
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Rows as dicts, through the same reader ``agentstream query`` uses. A failed
         endpoint is dropped so that the next request looks for the owner again."""
+        from agentstream.ui.arrowrows import pylist
         from projections.analytics.reader import QueryError
         from projections.analytics.store import AnalyticsError
 
         reader = self.analytics()
         try:
-            return reader.query(sql, params or {}).to_pylist()
+            return pylist(reader.query(sql, params or {}))
         except AnalyticsError as err:
             self.forget_analytics()
             raise Unavailable(str(err)) from None

@@ -140,6 +140,8 @@ def page(ran: Ran, offset: int, limit: int, sort: str | None, desc: bool) -> dic
     """One page of the result as JSON (sorted by a column first when asked)."""
     import pyarrow.compute as pc
 
+    from agentstream.ui.arrowrows import row_lists
+
     table = ran.table
     if sort:
         if sort not in table.column_names:
@@ -148,7 +150,7 @@ def page(ran: Ran, offset: int, limit: int, sort: str | None, desc: bool) -> dic
         order = pc.sort_indices(table, sort_keys=[(sort, "descending" if desc else "ascending")])
         table = table.take(order)
     shown = table.slice(offset, limit)
-    rows = [[_jsonable(v) for v in row.values()] for row in shown.to_pylist()]
+    rows = [[_jsonable(v) for v in row] for row in row_lists(shown)]
     return {
         "ok": True,
         "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema],

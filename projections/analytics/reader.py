@@ -277,6 +277,7 @@ class ServerEngine:
         from clickhouse_connect.driver.exceptions import ClickHouseError
 
         self._error = ClickHouseError
+        self._table_functions: frozenset[str] | None = None
         self._client = open_client(location, None)
         self._ctl = open_client(location, None)
         exists = self._client.query(
@@ -312,11 +313,13 @@ class ServerEngine:
         return self._raw("SELECT formatQuerySingleLine({q:String})", {"q": sql}, "RawBLOB").decode()
 
     def table_functions(self) -> frozenset[str]:
-        return frozenset(
-            self._raw("SELECT name FROM system.table_functions", {}, "TabSeparated")
-            .decode()
-            .split()
-        )
+        if self._table_functions is None:  # once per connection: it is asked every statement
+            self._table_functions = frozenset(
+                self._raw("SELECT name FROM system.table_functions", {}, "TabSeparated")
+                .decode()
+                .split()
+            )
+        return self._table_functions
 
     def execute(self, sql: str, params: Mapping[str, Any], tag: str) -> ReadResult:
         extra = {"query_id": tag}

@@ -25,10 +25,11 @@ Pure policy and AST reading here; the engines (chDB, a ClickHouse server) live i
 
 from __future__ import annotations
 
+import collections
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -555,31 +556,104 @@ def check_settings(
 # --- the one entry point ---------------------------------------------------------------------
 
 
+class VerdictCache:
+    """Statements the check allowed, by everything the verdict depends on (bounded LRU).
+
+    The verdict is a function of the exact text, the bound parameters (they are bound into
+    ``EXPLAIN AST``), the limits (SETTINGS may only lower them) and the engine's table
+    functions; ``EXPLAIN AST`` is a parse, it does not depend on the data or the tables.
+    So a key holds all four, and a hit skips the parse round trips and the AST walk: the
+    SQL workspace and the dashboards run the same statements again and again. Only allowed
+    statements are kept: a refusal is checked again every time.
+    """
+
+    def __init__(self, size: int = 512) -> None:
+        self.size = size
+        self._items: collections.OrderedDict[Hashable, str] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(
+        sql: str, params: Mapping[str, Any], limits: QueryLimits, table_functions: frozenset[str]
+    ) -> Hashable:
+        # the type is part of a value: 1 and '1' bind differently
+        bound = tuple(sorted((k, type(v).__name__, repr(v)) for k, v in params.items()))
+        return (sql, bound, limits, table_functions)
+
+    def get(self, key: Hashable) -> str | None:
+        with self._lock:
+            statement = self._items.get(key)
+            if statement is not None:
+                self._items.move_to_end(key)
+            return statement
+
+    def put(self, key: Hashable, statement: str) -> None:
+        with self._lock:
+            self._items[key] = statement
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+#: The process's verdicts (every engine of one process parses alike).
+VERDICTS = VerdictCache()
+
+
 def check(
     sql: str,
     engine: Engine,
     params: Mapping[str, Any] | None = None,
     limits: QueryLimits | None = None,
+    verdicts: VerdictCache | None = VERDICTS,
 ) -> str:
     """The statement to run if the read path allows it; raise ReadOnlyError otherwise.
 
     Uses the engine's parser (``EXPLAIN AST``, and ``formatQuerySingleLine`` when the
     statement has SETTINGS); a statement the parser rejects raises :class:`QueryError`.
+    ``verdicts``: where allowed statements are remembered (``None``: check every time).
     """
+    params = dict(params or {})
+    limits = limits or QueryLimits()
+    table_functions = engine.table_functions()
+    key = VerdictCache.key(sql, params, limits, table_functions) if verdicts is not None else None
+    if key is not None and verdicts is not None:
+        cached = verdicts.get(key)
+        if cached is not None:
+            return cached
+    statement = _check(sql, engine, params, limits, table_functions)
+    if key is not None and verdicts is not None:
+        verdicts.put(key, statement)
+    return statement
+
+
+def _check(
+    sql: str,
+    engine: Engine,
+    params: dict[str, Any],
+    limits: QueryLimits,
+    table_functions: frozenset[str],
+) -> str:
     statement = check_read_only(sql)
     for quoted in re.finditer(r"[`\"][^`\"]*[`\"]", skeleton(statement)):
         text = statement[quoted.start() : quoted.end()]
         if "\n" in text or "\r" in text:
             raise ReadOnlyError("quoted names with line breaks are refused")
-    roots = parse_ast(engine.explain_ast(statement, dict(params or {})))
-    found = check_tree(roots, engine.table_functions())
+    roots = parse_ast(engine.explain_ast(statement, params))
+    found = check_tree(roots, table_functions)
     if found.sets:
         clauses, options = settings_in(engine.format_query(statement))
         if len(clauses) != found.sets - found.explain_options or bool(options) != bool(
             found.explain_options
         ):
             raise ReadOnlyError("could not read the statement's SETTINGS; remove them")
-        check_settings(clauses, options, limits or QueryLimits())
+        check_settings(clauses, options, limits)
     return statement
 
 
