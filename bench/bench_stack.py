@@ -1,6 +1,7 @@
 """Graph restart-to-ready: AOF with an RDB preamble (compacted at stop) vs plain AOF replay.
 
-    python bench/bench_stack.py [--events 1000000] [--run-len 250] [--budget-s 300]
+    python bench/bench_stack.py [--events 1000000] [--run-len 250] [--batch 25000]
+                                [--budget-s 600] [--replay-cap-s 300]
 
 Why: `agentstream up` after `down` must have the graph ready in <= 10 s with 1M events in
 it. FalkorDB (redis-server) replays its append-only file at start; a graph written by the
@@ -12,8 +13,12 @@ Steps, all in this process, one graph:
 
 1. build: a fresh FalkorDB with plain AOF (no preamble, no automatic rewrite) gets
    ``--events`` synthetic events (chains of ``--run-len`` per run, the same generator as
-   bench_graph) through the graph projection's bulk writes, in batches of 10,000, until done
-   or ``--budget-s`` is spent (the size reached is reported). Then SIGTERM.
+   bench_graph) through the graph projection's own writes (``projection.project``, what
+   ``GraphProjection.apply`` runs), in batches of ``--batch``, until done or ``--budget-s``
+   is spent (the size reached is reported). Not through Kafka: the graph is the same
+   whatever the batch boundaries (tests/test_graph_projection.py replays with other
+   boundaries and compares complete dumps). The build server runs with ``appendfsync no``:
+   the AOF holds the same commands, the kernel only flushes it when it likes. Then SIGTERM.
 2. the data directory is copied: both restarts load the very same graph.
 3. baseline: start on copy A as written (plain AOF): time from spawn to ready (PING + the
    graph module answering, the stack's own readiness check), with the loading progress
@@ -21,12 +26,17 @@ Steps, all in this process, one graph:
 4. compacted: start on copy B, run the stack's stop hook (``BGREWRITEAOF`` with the RDB
    preamble, timed: that is the cost added to `down`), SIGTERM, start again: time to ready.
 5. both graphs must hold the same node and relationship counts as the original.
+
+Where the time goes: FalkorDB logs each phase of loading a graph (nodes decoded, edges
+decoded, matrices loaded, "Constructing indexes", "Done decoding"); ``load_phases`` reads
+those timestamps from the snapshot restart's own log, so the JSON says which phase took what.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -54,13 +64,52 @@ def settings_for(port: int, data: Path) -> Settings:
     return Settings(data_dir=data, graph_url=f"falkordb://{HOST}:{port}")
 
 
-def start(data: Path, rdb_preamble: bool) -> tuple[ManagedProcess, int]:
+def start(
+    data: Path, rdb_preamble: bool, log: str = "falkordb", extra: tuple[str, ...] = ()
+) -> tuple[ManagedProcess, int]:
     port = free_port(HOST)
     (data / "falkordb").mkdir(parents=True, exist_ok=True)
     argv = falkordb_argv(HOST, port, data / "falkordb", rdb_preamble=rdb_preamble)
-    proc = ManagedProcess("graph", argv, data / "falkordb.log")
+    proc = ManagedProcess("graph", [*argv, *extra], data / f"{log}.log")
     proc.start()
     return proc, port
+
+
+_STAMP = re.compile(r" (\d\d:\d\d:\d\d\.\d{3}) ")
+_PHASES = (  # (name, a line that ends it); each phase starts where the previous one ended
+    ("nodes", re.compile(r"processed (\d+)/\1 nodes")),
+    ("edges", re.compile(r"processed (\d+)/\1 edges")),
+    ("matrices", re.compile(r"Constructing indexes|Indexes are constructed")),
+    ("indexes", re.compile(r"Done decoding graph")),
+)
+
+
+def load_phases(log: Path) -> dict[str, float]:
+    """Seconds per phase of FalkorDB loading its graph, from the timestamps of its log:
+    decoding nodes, decoding edges, loading the matrices, building the indexes (FalkorDB
+    keeps no index in the snapshot: it rebuilds each one at every load)."""
+    lines = log.read_text(errors="replace").splitlines()
+    start = next((ln for ln in lines if "processing virtual key: 1/" in ln), None)
+    if start is None or not _STAMP.search(start):
+        return {}
+
+    def at(line: str) -> float:
+        stamp = _STAMP.search(line)
+        assert stamp is not None
+        h, mi, sec = stamp.group(1).split(":")
+        return int(h) * 3600 + int(mi) * 60 + float(sec)
+
+    t0 = prev = at(start)
+    phases: dict[str, float] = {}
+    for name, end in _PHASES:
+        hit = [ln for ln in lines if end.search(ln)]
+        if not hit:
+            return phases
+        t = at(hit[-1])
+        phases[name] = (t - prev) % 86_400
+        prev = t
+    phases["total"] = (prev - t0) % 86_400
+    return phases
 
 
 def cpu_seconds(pid: int) -> float:
@@ -71,12 +120,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def ready_time(
-    data: Path, rdb_preamble: bool, cap_s: float | None = None
+    data: Path, rdb_preamble: bool, cap_s: float | None = None, log: str = "falkordb"
 ) -> tuple[float, float, ManagedProcess, int, bool]:
     """Seconds from spawn to ready, the highest loading percentage seen, the process, its
     port, and whether it got ready (False: ``cap_s`` passed first, still loading)."""
     t0 = time.perf_counter()
-    proc, port = start(data, rdb_preamble)
+    proc, port = start(data, rdb_preamble, log=log)
     seen = {"perc": 0.0, "reports": 0}
 
     def report(text: str, done: float | None, total: float | None) -> None:
@@ -112,12 +161,27 @@ def counts(port: int) -> tuple[int, int]:
     return int(nodes), int(rels)
 
 
+def shape(port: int) -> dict[str, dict[str, int]]:
+    """Nodes per label, relationships per type, and the Event properties stored."""
+    store = FalkorDBStore(HOST, port, GRAPH)
+    c = store.counts()
+    props = store.read("MATCH (e:Event) WITH e LIMIT 1000 RETURN avg(size(keys(e)))")[0][0]
+    store.close()
+    return {
+        "nodes": c.nodes,
+        "relationships": c.relationships,
+        "event_properties": {"avg_of_first_1000": float(props or 0)},
+    }
+
+
 def aof_bytes(data: Path) -> int:
     return sum(f.stat().st_size for f in (data / "falkordb").rglob("*") if f.is_file())
 
 
-def build(data: Path, total: int, run_len: int, budget_s: float) -> tuple[int, float]:
-    proc, port = start(data, rdb_preamble=False)
+def build(
+    data: Path, total: int, run_len: int, budget_s: float, batch_size: int
+) -> tuple[int, float]:
+    proc, port = start(data, rdb_preamble=False, log="build", extra=("--appendfsync", "no"))
     proc.wait_for_port(HOST, port, 15)
     _graph_wait_ready(settings_for(port, data), 15.0)
     store = FalkorDBStore(HOST, port, GRAPH)
@@ -127,11 +191,11 @@ def build(data: Path, total: int, run_len: int, budget_s: float) -> tuple[int, f
     runs = (total + run_len - 1) // run_len
     for e in deep_events(total, run_len, max(1, runs // 20), {}):
         batch.append(e)
-        if len(batch) == 10_000:
+        if len(batch) == batch_size:
             project(store, batch)
             built += len(batch)
             batch = []
-            if built % 100_000 == 0:
+            if built % 100_000 < batch_size:
                 rate = built / (time.perf_counter() - t0)
                 print(f"  built {built:,} events ({rate:,.0f}/s)", flush=True)
             if time.perf_counter() - t0 > budget_s:
@@ -176,11 +240,13 @@ def snapshot_copy(src: Path, dst: Path) -> float:
     return took
 
 
-def measure(root: Path, events: int, run_len: int, budget_s: float, cap_s: float) -> dict:
+def measure(
+    root: Path, events: int, run_len: int, budget_s: float, cap_s: float, batch_size: int
+) -> dict:
     """Build one graph; restart it from the plain AOF and from the compacted one."""
     original = root / f"original-{events}"
     print(f"building a graph of up to {events:,} events (plain AOF) ...", flush=True)
-    built, build_s = build(original, events, run_len, budget_s)
+    built, build_s = build(original, events, run_len, budget_s, batch_size)
     written = aof_bytes(original)
     print(f"  {built:,} events in {build_s:.0f}s; on disk {written / 1e6:,.1f} MB", flush=True)
 
@@ -188,20 +254,25 @@ def measure(root: Path, events: int, run_len: int, budget_s: float, cap_s: float
     rewrite_s = snapshot_copy(original, b)
     print(f"compacted copy: rewrite with the RDB preamble took {rewrite_s:.2f}s", flush=True)
     load_before = os.getloadavg()[0]
-    snap_s, _, proc, port, _ = ready_time(b, rdb_preamble=True)
+    snap_s, _, proc, port, _ = ready_time(b, rdb_preamble=True, log="snapshot-restart")
     snap_cpu = cpu_seconds(proc.proc.pid)  # the server's CPU time up to ready
     load_after = os.getloadavg()[0]
+    phases = load_phases(b / "snapshot-restart.log")
     snap_counts = counts(port)
+    graph_shape = shape(port)
     t0 = time.perf_counter()
     note = _graph_compact(settings_for(port, b))  # what `down` runs: nothing new to write
     down_hook_s = time.perf_counter() - t0
     proc.stop(timeout_s=120)
     print(f"  restart with the snapshot: ready in {snap_s:.2f}s; {snap_counts[0]:,} nodes")
+    print("  load phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
 
     a = root / f"replay-{events}"
     shutil.copytree(original, a)
     print(f"baseline: start on the AOF as written (replays every write; cap {cap_s:.0f}s) ...")
-    replay_s, replay_perc, proc, port, done = ready_time(a, rdb_preamble=False, cap_s=cap_s)
+    replay_s, replay_perc, proc, port, done = ready_time(
+        a, rdb_preamble=False, cap_s=cap_s, log="replay-restart"
+    )
     replay_cpu = cpu_seconds(proc.proc.pid)
     if done:
         replay_counts = counts(port)
@@ -223,6 +294,10 @@ def measure(root: Path, events: int, run_len: int, budget_s: float, cap_s: float
         "down_hook_note": note,
         "snapshot_ready_s": snap_s,
         "snapshot_ready_cpu_s": snap_cpu,
+        "snapshot_load_phases_s": phases,
+        "snapshot_mb": aof_bytes(b) / 1e6,
+        "shape": graph_shape,
+        "batch": batch_size,
         "load_avg_1m_around_snapshot_restart": [load_before, load_after],
         "replay_cpu_s": replay_cpu,
         "nodes": snap_counts[0],
@@ -249,15 +324,20 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--small", type=int, default=5_000, help="a graph whose replay completes")
     ap.add_argument("--run-len", type=int, default=250)
-    ap.add_argument("--budget-s", type=float, default=300.0)
+    ap.add_argument("--batch", type=int, default=25_000, help="events per projection batch")
+    ap.add_argument("--budget-s", type=float, default=600.0)
     ap.add_argument("--replay-cap-s", type=float, default=300.0)
     ap.add_argument("--results-name", default="bench_stack", help="bench/results/NAME.json")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-stack-") as tmp:
         root = Path(tmp)
-        small = measure(root, args.small, args.run_len, args.budget_s, args.replay_cap_s * 2)
-        large = measure(root, args.events, args.run_len, args.budget_s, args.replay_cap_s)
+        small = measure(
+            root, args.small, args.run_len, args.budget_s, args.replay_cap_s * 2, args.batch
+        )
+        large = measure(
+            root, args.events, args.run_len, args.budget_s, args.replay_cap_s, args.batch
+        )
 
     figures = []
     for m in (small, large):
@@ -283,6 +363,12 @@ def main() -> None:
             "s",
         )
     )
+    phases = large["snapshot_load_phases_s"]
+    figures += [
+        Figure(f"  of the load: {name} ({large['events']:,} events)", phases[name], "s")
+        for name in ("nodes", "edges", "matrices", "indexes")
+        if name in phases
+    ]
     figures += [
         Figure(
             f"AOF rewrite with RDB preamble ({large['events']:,} events)", large["rewrite_s"], "s"
@@ -295,6 +381,7 @@ def main() -> None:
         "events_asked": args.events,
         "run_len": args.run_len,
         "budget_s": args.budget_s,
+        "batch": args.batch,
         "replay_cap_s": args.replay_cap_s,
         "ready_goal_s": READY_GOAL_S,
         "ready_goal_met": large["snapshot_ready_s"] <= READY_GOAL_S,
