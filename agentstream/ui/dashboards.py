@@ -1,11 +1,11 @@
 """The dashboards' data: each chart runs one named query (``projections/analytics/
 dashboards.py``, the same text ``agentstream query --named`` runs) with the page's time
 range, tenant and bucket, and says which query and parameters it ran so the page can
-open it in the SQL workspace. The learning trends are fitted here (pure functions)."""
+open it in the SQL workspace. The learning trends (slices and fits) come fitted from
+``dash_learning``; they are only reshaped here for the charts."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -73,60 +73,35 @@ def dashboard(b: Backends, which: str, rng: Range) -> dict[str, Any]:
     return out
 
 
-def fit(ys: Sequence[float]) -> dict[str, Any]:
-    """Least-squares slope per run and the change from the first to the last tenth of
-    runs (means of each tenth; a tenth is at least one run)."""
-    n = len(ys)
-    if n == 0:
-        return {"n": 0, "slope": None, "first_tenth": None, "last_tenth": None, "change": None}
-    tenth = max(1, math.ceil(n / 10))
-    first = sum(ys[:tenth]) / tenth
-    last = sum(ys[-tenth:]) / tenth
-    slope = None
-    if n >= 2:
-        mx = (n - 1) / 2
-        my = sum(ys) / n
-        sxx = sum((i - mx) ** 2 for i in range(n))
-        slope = sum((i - mx) * (y - my) for i, y in enumerate(ys)) / sxx
-    return {
-        "n": n,
-        "slope": None if slope is None else round(slope, 6),
-        "first_tenth": round(first, 6),
-        "last_tenth": round(last, 6),
-        "change": round(last - first, 6),
-        "tenth": tenth,
-    }
+LEARNING_METRICS: dict[str, tuple[str, str]] = {
+    "success_rate": ("success_rate", "success"),
+    "feedback": ("feedback_score", "feedback"),
+    "recall_rate": ("recall_rate", "recall"),
+}
+"""Trend name -> (dash_learning's per-slice column, the prefix of its fit columns)."""
+
+_FIT = ("slope", "first_tenth", "last_tenth", "change")
 
 
 def learning_trends(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per agent and fleet-wide, over successive runs (start order): the series of action
-    success rates and feedback scores with their fits. Runs without actions (or without
-    feedback) are left out of that series."""
-    agents: dict[str, list[dict[str, Any]]] = {}
+    """``dash_learning``'s rows as chart series: per scope (the fleet, each agent) and
+    trend, the slices' values (x: the slice's last run number for an agent, the slice
+    number for the fleet) and the fit of the whole series (its row with point NULL). Only
+    reshaped here: every number is the named query's."""
+
+    def empty() -> dict[str, dict[str, Any]]:
+        return {t: {"x": [], "values": [], "n": 0, **dict.fromkeys(_FIT)} for t in LEARNING_METRICS}
+
+    fleet = empty()
+    agents: dict[str, dict[str, dict[str, Any]]] = {}
     for r in rows:
-        agents.setdefault(r["agent_id"], []).append(r)
-
-    def series(rs: Sequence[dict[str, Any]], field: str) -> dict[str, Any]:
-        pts = [(i, float(r[field])) for i, r in enumerate(rs) if r[field] is not None]
-        ys = [y for _, y in pts]
-        return {"runs": [r["run_id"] for r in rs if r[field] is not None], "values": ys, **fit(ys)}
-
-    out = {
-        agent: {
-            "success_rate": series(rs, "success_rate"),
-            "feedback": series(rs, "feedback_score"),
-        }
-        for agent, rs in sorted(agents.items())
-    }
-    return {
-        "fleet": {
-            "success_rate": series(rows, "success_rate"),
-            "feedback": series(rows, "feedback_score"),
-        },
-        "agents": out,
-        "recall_share": None,
-        "recall_note": (
-            "decisions do not say yet which recalled episode they used: the event contract "
-            "has no field for it (see docs/ui.md)"
-        ),
-    }
+        series = fleet if r["scope"] == "fleet" else agents.setdefault(r["agent_id"], empty())
+        for trend, (column, prefix) in LEARNING_METRICS.items():
+            s = series[trend]
+            if r["point"] is None:
+                s["n"] = r[f"{prefix}_runs"] or 0
+                s.update({k: r[f"{prefix}_{k}"] for k in _FIT})
+            elif r[column] is not None:
+                s["x"].append(r["point"] + 1 if r["scope"] == "fleet" else r["run_to"])
+                s["values"].append(r[column])
+    return {"fleet": fleet, "agents": dict(sorted(agents.items()))}

@@ -3,8 +3,7 @@
 
 Every query takes a time range (``since`` inclusive, ``until`` exclusive), a tenant (``''``:
 all) and, for series, a bucket width in seconds. They read the rollups where one exists
-(``agent_minute``, ``model_minute``, ``tool_minute``, ``run_agent``); feedback scores are
-only on ``events``.
+(``agent_minute``, ``model_minute``, ``tool_minute``, ``run_agent``).
 """
 
 from __future__ import annotations
@@ -181,37 +180,145 @@ LIMIT {{limit:UInt32}}
     },
 )
 
-DASH_LEARNING = NamedQuery(
-    "dash_learning",
-    "Dashboard: every (agent, run) in start order with its action success rate "
-    "(1 - (errors + mismatches) / actions) and mean feedback score",
-    f"""
-WITH feedback AS
+# Learning: per agent and for the fleet, three per-run values over successive runs.
+# metric (column prefix) -> (has a value in this run, the value), from one run_agent row.
+_LEARNING_METRICS: dict[str, tuple[str, str]] = {
+    "success": ("a.actions > 0", "1 - (a.errors + a.mismatches) / a.actions"),
+    "feedback": ("a.feedback_events > 0", "a.feedback_score_sum / a.feedback_events"),
+    "recall": ("a.decisions > 0", "a.decisions_with_recall / a.decisions"),
+}
+# Additive sums per metric, from which a point's mean and a scope's least-squares fit over
+# its runs are exact: n, sum y, sum x, sum x^2, sum xy (x = the run's number in its agent's
+# history), and n and sum y over the first and the last tenth of the agent's runs.
+_SUMS: dict[str, str] = {
+    "n": "h_{m}",
+    "sy": "y_{m}",
+    "sx": "x * h_{m}",
+    "sxx": "x * x * h_{m}",
+    "sxy": "x * y_{m}",
+    "nf": "h_{m} * first",
+    "sf": "y_{m} * first",
+    "nl": "h_{m} * last",
+    "sl": "y_{m} * last",
+}
+
+
+def _learning_sql() -> str:
+    per_run = ",\n".join(
+        f"        toUInt8({has}) AS h_{m},\n        if(h_{m}, {value}, 0) AS y_{m}"
+        for m, (has, value) in _LEARNING_METRICS.items()
+    )
+    cell_sums = ",\n".join(
+        f"        sum({expr.format(m=m)}) AS c_{m}_{k}"
+        for m in _LEARNING_METRICS
+        for k, expr in _SUMS.items()
+    )
+    point_sums = ",\n".join(
+        f"        sum(c_{m}_{k}) AS {m}_{k}" for m in _LEARNING_METRICS for k in _SUMS
+    )
+    labels = {"success": "success_rate", "feedback": "feedback_score", "recall": "recall_rate"}
+    means = ",\n".join(
+        f"    round({m}_sy / nullIf({m}_n, 0), 4) AS {label}" for m, label in labels.items()
+    )
+    fits = ",\n".join(
+        f"""    if(whole, {m}_n, NULL) AS {m}_runs,
+    if(whole AND {m}_n >= 2,
+        round(({m}_n * {m}_sxy - {m}_sx * {m}_sy)
+            / nullIf({m}_n * {m}_sxx - {m}_sx * {m}_sx, 0), 6),
+        NULL) AS {m}_slope,
+    if(whole, round({m}_sf / nullIf({m}_nf, 0), 6), NULL) AS {m}_first_tenth,
+    if(whole, round({m}_sl / nullIf({m}_nl, 0), 6), NULL) AS {m}_last_tenth,
+    round({m}_last_tenth - {m}_first_tenth, 6) AS {m}_change"""
+        for m in _LEARNING_METRICS
+    )
+    start = "ifNull(a.run_started_at, a.first_time)"
+    return f"""
+WITH
+runs AS
 (
-    SELECT f.tenant AS tenant, assumeNotNull(f.run_id) AS run_id, f.agent_id AS agent_id,
-        avg(JSONExtractFloat(f.payload, 'score')) AS score, count() AS n
-    FROM events AS f
-    WHERE f.kind = 'agent.learn.feedback' AND f.run_id IS NOT NULL
-      AND {_between("f.time")} AND {_tenant("f")}
-    GROUP BY tenant, run_id, agent_id
+    SELECT
+        a.agent_id AS agent,
+        a.run_id AS run,
+        {start} AS run_start,
+        toUInt64(a.decisions) AS n_decisions,
+        toUInt64(a.decisions_with_recall) AS n_recalled,
+{per_run}
+    FROM run_agent AS a FINAL
+    WHERE {_between(start)} AND {_tenant("a")}
+),
+numbered AS
+(
+    SELECT
+        *,
+        row_number() OVER w AS x,
+        count() OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS total,
+        toUInt64(ceil(total / 10)) AS tenth,
+        toUInt8(x <= tenth) AS first,
+        toUInt8(x > total - tenth) AS last,
+        intDiv((x - 1) * {{points:UInt32}}, total) AS at
+    FROM runs
+    WINDOW w AS (PARTITION BY agent ORDER BY run_start, cityHash64(run))
+),
+cells AS
+(
+    SELECT
+        agent,
+        at,
+        min(x) AS c_from,
+        max(x) AS c_to,
+        min(run_start) AS c_started,
+        count() AS c_runs,
+        sum(n_decisions) AS c_decisions,
+        sum(n_recalled) AS c_recalled,
+{cell_sums}
+    FROM numbered
+    GROUP BY agent, at
+),
+points AS
+(
+    SELECT
+        tupleElement(k, 1) AS scope,
+        tupleElement(k, 2) AS who,
+        tupleElement(k, 3) = 1 AS whole,
+        if(whole, NULL, at) AS pt,
+        min(c_from) AS run_from,
+        max(c_to) AS run_to,
+        min(c_started) AS started,
+        sum(c_runs) AS n_runs,
+        sum(c_decisions) AS decisions,
+        sum(c_recalled) AS decisions_with_recall,
+{point_sums}
+    FROM cells
+    ARRAY JOIN [('agent', agent, 0), ('fleet', '', 0), ('agent', agent, 1), ('fleet', '', 1)] AS k
+    GROUP BY scope, who, whole, pt
 )
 SELECT
-    a.agent_id AS agent_id,
-    a.run_id AS run_id,
-    a.tenant AS tenant,
-    ifNull(a.run_started_at, a.first_time) AS started,
-    a.actions AS actions,
-    a.errors + a.mismatches AS failed,
-    if(a.actions = 0, NULL, round(1 - failed / a.actions, 4)) AS success_rate,
-    if(x.n = 0, NULL, round(x.score, 4)) AS feedback_score,
-    x.n AS feedback_events
-FROM run_agent AS a FINAL
-LEFT JOIN feedback AS x
-    ON x.tenant = a.tenant AND x.run_id = a.run_id AND x.agent_id = a.agent_id
-WHERE {_between("ifNull(a.run_started_at, a.first_time)")} AND {_tenant("a")}
-ORDER BY started, agent_id, run_id
-""",
-    _RANGE,
+    scope,
+    who AS agent_id,
+    pt AS point,
+    run_from,
+    run_to,
+    started,
+    n_runs AS runs,
+{means},
+    decisions,
+    decisions_with_recall,
+{fits}
+FROM points
+ORDER BY scope = 'agent', agent_id, point NULLS FIRST
+"""
+
+
+DASH_LEARNING = NamedQuery(
+    "dash_learning",
+    "Dashboard: learning over successive runs, per agent and for the fleet (run_agent alone). "
+    "A row with a point is one of `points` slices of each agent's runs in start order (fleet: "
+    "that slice of every agent) with the mean per-run success rate (1 - (errors + mismatches) "
+    "/ actions), feedback score and recall rate (decisions citing a recalled episode / "
+    "decisions); the row with point NULL is the whole series, with each metric's "
+    "least-squares slope per run and its mean over the first and the last tenth of the runs",
+    _learning_sql(),
+    {**_RANGE, "points": Param("UInt32", "20", "slices of each agent's runs (chart points)")},
 )
 
 DASHBOARD_QUERIES: tuple[NamedQuery, ...] = (

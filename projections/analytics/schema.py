@@ -293,7 +293,7 @@ RUN_STARTED_PREFIX = "agent.lifecycle.run_started."
 STATUS_RANK = {"succeeded": 1, "cancelled": 2, "failed": 3}
 """Rank of a ``run_finished`` status: on equal event times the higher rank wins."""
 
-_RUN_AGENT_SELECT = f"""
+_RUN_AGENT_SELECT_V3 = f"""
 SELECT
     e.tenant AS tenant,
     assumeNotNull(e.run_id) AS run_id,
@@ -329,7 +329,7 @@ WHERE e.run_id IS NOT NULL {{and_where}}
 GROUP BY tenant, run_id, agent_id
 """
 
-_RUN_AGENT_VIOLATIONS_SELECT = """
+_RUN_AGENT_VIOLATIONS_SELECT_V3 = """
 SELECT
     v.tenant AS tenant,
     assumeNotNull(v.run_id) AS run_id,
@@ -353,6 +353,35 @@ FROM {db}.violations AS v
 WHERE v.run_id IS NOT NULL {and_where}
 GROUP BY tenant, run_id, agent_id
 """
+
+DECISION_PREFIX = "agent.think.decision."
+FEEDBACK_PREFIX = "agent.learn.feedback."
+
+# Migration 7: what the learning dashboard needs per agent and run, so it reads run_agent
+# alone. ``if`` keeps the JSON parsing to the decision and feedback rows.
+_RUN_AGENT_LEARNING = f"""    countIf(startsWith(e.type, '{DECISION_PREFIX}')) AS decisions,
+    countIf(
+        startsWith(e.type, '{DECISION_PREFIX}')
+        AND JSONLength(e.payload, 'recalled_episodes') > 0
+    ) AS decisions_with_recall,
+    sum(if(startsWith(e.type, '{FEEDBACK_PREFIX}'), JSONExtractFloat(e.payload, 'score'), 0))
+        AS feedback_score_sum,
+    countIf(startsWith(e.type, '{FEEDBACK_PREFIX}')) AS feedback_events
+"""
+_RUN_AGENT_SELECT = _RUN_AGENT_SELECT_V3.replace(
+    "    ) AS reported\nFROM", "    ) AS reported,\n" + _RUN_AGENT_LEARNING + "FROM"
+)
+assert _RUN_AGENT_SELECT != _RUN_AGENT_SELECT_V3
+_RUN_AGENT_VIOLATIONS_SELECT = _RUN_AGENT_VIOLATIONS_SELECT_V3.replace(
+    "    toUInt8(0) AS reported\nFROM",
+    """    toUInt8(0) AS reported,
+    toUInt64(0) AS decisions,
+    toUInt64(0) AS decisions_with_recall,
+    toFloat64(0) AS feedback_score_sum,
+    toUInt64(0) AS feedback_events
+FROM""",
+)
+assert _RUN_AGENT_VIOLATIONS_SELECT != _RUN_AGENT_VIOLATIONS_SELECT_V3
 
 _RUN_TOTALS_SELECT = f"""
 SELECT
@@ -701,6 +730,51 @@ def _views_v1(db: str) -> list[str]:
     return [_view(r, db) for r in (ROLLUP_BY_VIEW["agent_minute_mv"], tool_minute, RUN_SUMMARY_V1)]
 
 
+def _views_v3(db: str) -> list[str]:
+    """The run views of migration 3 as they were then (``run_agent`` without the learning
+    counts of migration 7)."""
+    then = {
+        "run_agent_mv": _RUN_AGENT_SELECT_V3,
+        "run_agent_violations_mv": _RUN_AGENT_VIOLATIONS_SELECT_V3,
+    }
+    return [
+        _view(replace(r, select=then.get(r.view, r.select)), db)
+        for r in ROLLUPS
+        if r.table in ("run_agent", "run_totals")
+    ]
+
+
+def _run_agent_learning(db: str) -> list[str]:
+    """Migration 7: ``run_agent`` counts decisions, decisions with recall and feedback.
+
+    Rows already there would read 0 for the new columns, which is wrong for every run with
+    history, so the table is recomputed from ``events`` and ``violations`` (aside, then
+    swapped in with EXCHANGE TABLES: readers see the old or the new table, never half; the
+    views follow the name).
+    Events inserted while this runs are caught by the rollup check that follows
+    ``migrate`` in ``setup()``.
+    """
+    t = f"{db}.run_agent"
+    scratch = f"{db}._migrate_run_agent"
+    return [
+        f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS decisions SimpleAggregateFunction(sum, UInt64)",
+        f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS decisions_with_recall "
+        "SimpleAggregateFunction(sum, UInt64)",
+        f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS feedback_score_sum "
+        "SimpleAggregateFunction(sum, Float64)",
+        f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS feedback_events "
+        "SimpleAggregateFunction(sum, UInt64)",
+        f"DROP VIEW IF EXISTS {db}.run_agent_mv",
+        f"DROP VIEW IF EXISTS {db}.run_agent_violations_mv",
+        *_views(db, ("run_agent",)),
+        f"DROP TABLE IF EXISTS {scratch} SYNC",
+        f"CREATE TABLE {scratch} AS {t}",
+        *(rollup_rebuild_sql(r, db, scratch, None) for r in ROLLUPS_BY_TABLE["run_agent"]),
+        f"EXCHANGE TABLES {t} AND {scratch}",
+        f"DROP TABLE IF EXISTS {scratch} SYNC",
+    ]
+
+
 def _vocabulary(db: str) -> list[str]:
     """Migration 4: one meaning per word (errors, mismatches, failed) in stored columns."""
     t = f"{db}.agent_state"
@@ -751,7 +825,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         lambda db: [
             _run_agent(db),
             _run_totals(db),
-            *_views(db, ("run_agent", "run_totals")),
+            *_views_v3(db),
             _runs_view(db),
         ],
     ),
@@ -774,6 +848,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "rollup model_minute: cost and tokens per model and minute (filled from events at the "
         "next start)",
         lambda db: [_model_minute(db), *_views(db, ("model_minute",))],
+    ),
+    Migration(
+        7,
+        "run_agent: decisions, decisions_with_recall, feedback_score_sum, feedback_events "
+        "(views recreated, table recomputed from events and violations)",
+        _run_agent_learning,
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

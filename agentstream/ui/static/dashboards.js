@@ -86,25 +86,31 @@
   }
 
   const signed = (v, digits) => (v === null || v === undefined ? '–' : (v > 0 ? '+' : '') + Number(v).toFixed(digits));
+  const fixed = (v, digits) => (v === null || v === undefined ? '–' : Number(v).toFixed(digits));
+  /* the fit of one series, as dash_learning's row with point NULL gives it (slope per run,
+   * the means of the first and the last tenth of the runs, their change) */
   function Fit({ s, what }) {
-    if (!s || !s.n) return html`<div class="fit">${what}: no runs with one yet</div>`;
+    if (!s || !s.n) return html`<div class="fit" data-fit=${what} data-n="0">${what}: no runs with one yet</div>`;
     const dir = s.slope > 0 ? 'up' : s.slope < 0 ? 'down' : '';
-    return html`<div class="fit" data-fit=${what}><span><b>${what}</b></span><span>runs <b>${s.n}</b></span><span>slope <b class=${dir} data-slope=${s.slope}>${signed(s.slope, 4)}</b> per run</span>
-      <span>first tenth <b>${s.first_tenth.toFixed(3)}</b> → last tenth <b>${s.last_tenth.toFixed(3)}</b> (<b class=${s.change > 0 ? 'up' : s.change < 0 ? 'down' : ''} data-change=${s.change}>${signed(s.change, 3)}</b>)</span></div>`;
+    return html`<div class="fit" data-fit=${what} data-n=${s.n} data-first=${s.first_tenth} data-last=${s.last_tenth}><span><b>${what}</b></span><span>runs <b>${s.n}</b></span><span>slope <b class=${dir} data-slope=${s.slope}>${signed(s.slope, 4)}</b> per run</span>
+      <span>first tenth <b>${fixed(s.first_tenth, 3)}</b> → last tenth <b>${fixed(s.last_tenth, 3)}</b> (<b class=${s.change > 0 ? 'up' : s.change < 0 ? 'down' : ''} data-change=${s.change}>${signed(s.change, 3)}</b>)</span></div>`;
   }
-  const line = (s, label) => ({ x: s.values.map((_, i) => i + 1), series: [{ label, values: s.values }] });
+  /* a series' slices as a line; the values are also on the element, for checking */
+  function Trend({ s, name, label, height }) {
+    return html`<div data-trend=${name} data-x=${JSON.stringify(s.x)} data-values=${JSON.stringify(s.values)}><${Chart} name=${name} height=${height} x=${s.x} series=${[{ label, values: s.values }]} label=${label} /></div>`;
+  }
+  const TRENDS = [['success_rate', 'success rate', 'action success rate'], ['feedback', 'feedback', 'feedback score'], ['recall_rate', 'recall rate', 'decisions citing a recalled episode']];
   function LearningTab({ d }) {
     const t = d.trends, p = d.panels.dash_learning;
-    const fs = line(t.fleet.success_rate, 'success rate'), ff = line(t.fleet.feedback, 'feedback score');
-    return html`<div class="grid2">
-      <${Panel} title="Fleet: action success rate over successive runs" panel=${p} name="fleet-success"><${Chart} name="fleet-success" x=${fs.x} series=${fs.series} label="success rate" /><${Fit} s=${t.fleet.success_rate} what="success rate" /><//>
-      <${Panel} title="Fleet: feedback score over successive runs" panel=${p} name="fleet-feedback"><${Chart} name="fleet-feedback" x=${ff.x} series=${ff.series} label="score" /><${Fit} s=${t.fleet.feedback} what="feedback" /><//>
+    return html`<p class="dim">Each agent's runs are numbered in start order and cut into ${p.params.points} slices; a point is the mean per-run value of a slice (fleet: that slice of every agent's runs). Slope and tenths are over every run.</p>
+    <div class="grid2">${TRENDS.map(([k, what, title]) => html`
+      <${Panel} title=${'Fleet: ' + title + ' over successive runs'} panel=${p} name=${'fleet-' + k}><${Trend} s=${t.fleet[k]} name=${'fleet-' + k} label=${what} /><${Fit} s=${t.fleet[k]} what=${what} /><//>`)}
     </div>
     <h2>Per agent</h2>
-    <div class="grid2">${Object.entries(t.agents).map(([agent, a]) => { const s = line(a.success_rate, 'success rate'); return html`<div class="panel" data-agent-trend=${agent}>
-      <div class="panel-head"><h3><${A} to=${href.agent(agent)}>${agent}<//></h3></div>
-      <div class="pad"><${Chart} name=${'agent-' + agent} height=${140} x=${s.x} series=${s.series} label="success rate" /><${Fit} s=${a.success_rate} what="success rate" /><${Fit} s=${a.feedback} what="feedback" /></div></div>`; })}</div>
-    <p class="dim">Recall reuse: ${t.recall_share === null ? t.recall_note : pct(t.recall_share)}</p>`;
+    <div class="grid2">${Object.entries(t.agents).map(([agent, a]) => html`<div class="panel" data-agent-trend=${agent}>
+      <div class="panel-head"><h3><${A} to=${href.agent(agent)}>${agent}<//></h3><span class="dim">x: run number</span></div>
+      <div class="pad"><${Trend} s=${a.success_rate} name=${'agent-' + agent} height=${140} label="success rate" /><${Trend} s=${a.recall_rate} name=${'agent-recall-' + agent} height=${110} label="recall rate" />
+        ${TRENDS.map(([k, what]) => html`<${Fit} s=${a[k]} what=${what} />`)}</div></div>`)}</div>`;
   }
 
   function DashboardsPage({ which }) {
