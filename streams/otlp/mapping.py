@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -164,6 +165,7 @@ class MappedBatch:
     skipped: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
     event_spans: list[int] = field(default_factory=list)  # events[i] came from span #n
+    altered: int = 0  # mapped spans with a U+0000 replaced in their texts (see _denul)
 
     @property
     def rejected_count(self) -> int:
@@ -185,6 +187,11 @@ class MappedBatch:
             parts.append(
                 f"skipped {self.skipped_count} spans that are not agent steps: "
                 + "; ".join(f"{r}: {n}" for r, n in self.skipped.most_common())
+            )
+        if self.altered:
+            parts.append(
+                f"replaced U+0000 (which the log's stores cannot hold) by U+FFFD in the "
+                f"texts of {self.altered} spans"
             )
         return ". ".join(parts)
 
@@ -252,10 +259,10 @@ def _time(ns: int, _at: Any = datetime.fromtimestamp, _utc: Any = UTC) -> dateti
 
 
 def _any(v: Any) -> Any:
-    """An OTLP AnyValue as a Python value."""
+    """An OTLP AnyValue as a Python value (U+0000 in a string or key replaced: _denul)."""
     which = v.WhichOneof("value")
     if which == "string_value":
-        return v.string_value
+        return _denul(v.string_value)
     if which == "int_value":
         return v.int_value
     if which == "double_value":
@@ -265,10 +272,37 @@ def _any(v: Any) -> Any:
     if which == "array_value":
         return [_any(x) for x in v.array_value.values]
     if which == "kvlist_value":
-        return {kv.key: _any(kv.value) for kv in v.kvlist_value.values}
+        return {_denul(kv.key): _any(kv.value) for kv in v.kvlist_value.values}
     if which == "bytes_value":
         return v.bytes_value.hex()
     return None
+
+
+# --- U+0000 --------------------------------------------------------------------------------
+# The contract refuses U+0000 in any string (the graph store holds C strings), so an event
+# carrying one would be dead-lettered by every consumer. A span's texts are kept with each
+# U+0000 replaced by U+FFFD (the replacement character) and the span is counted in the
+# export's answer ("altered"): a stray NUL in a tool's output is no reason to lose the tool
+# call. Literal NULs are caught where strings are read from the protobuf; JSON escapes
+# (\u0000) where the mapping parses an attribute's JSON.
+
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # \u0000 not preceded by an odd \
+
+
+class _NulCount(threading.local):
+    """Texts altered so far in this thread (map_request compares it around each span)."""
+
+    n = 0
+
+
+_nul = _NulCount()
+
+
+def _denul(s: str) -> str:
+    if "\x00" in s:
+        _nul.n += 1
+        return s.replace("\x00", "\ufffd")
+    return s
 
 
 def attributes(kvs: Iterable[Any]) -> dict[str, Any]:
@@ -276,8 +310,12 @@ def attributes(kvs: Iterable[Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kv in kvs:
         v = kv.value
+        s = v.string_value
         # a non-empty string_value is the string case; only the rest needs WhichOneof
-        out[kv.key] = v.string_value or _any(v)
+        if s:
+            out[kv.key] = _denul(s) if "\x00" in s else s
+        else:
+            out[kv.key] = _any(v)
     return out
 
 
@@ -318,7 +356,8 @@ def _sfirst(a: dict[str, Any], names: tuple[str, ...]) -> str | None:
     return None
 
 
-def _first(a: dict[str, Any], *names: str) -> Any:
+def _vfirst(a: dict[str, Any], names: tuple[str, ...]) -> Any:
+    """The first of ``names`` that is set (any value)."""
     for n in names:
         v = a.get(n)
         if v is not None and v != "":
@@ -328,6 +367,11 @@ def _first(a: dict[str, Any], *names: str) -> Any:
 
 def _loads(v: Any) -> Any:
     if isinstance(v, str):
+        if "\\u0000" in v:  # a JSON-escaped NUL: replaced before decoding (see _denul)
+            fixed = _NUL_ESCAPE.sub(r"\1\\ufffd", v)
+            if fixed != v:
+                _nul.n += 1
+                v = fixed
         try:
             return _json.decode(v)
         except (msgspec.DecodeError, UnicodeDecodeError):
@@ -365,18 +409,28 @@ def _plainly_safe(raw: Any) -> bool:
 
 
 def _json_safe(v: Any, depth: int) -> bool:
+    """Nesting within 32 levels, integers within int64, floats finite. Exact type checks:
+    the values come from JSON or OTLP attributes (no subclasses), and strings, the usual
+    leaves, are passed over without a call."""
     if depth > 32:
         return False
-    if isinstance(v, dict):
-        return all(_json_safe(x, depth + 1) for x in v.values())
-    if isinstance(v, list):
-        return all(_json_safe(x, depth + 1) for x in v)
-    if isinstance(v, bool):
+    t = type(v)
+    if (t is dict or t is list) and depth == 32:
+        return not v  # a child would be at depth 33, whatever it is
+    if t is dict:
+        for x in v.values():  # noqa: SIM110 (all() of a generator: the cost this avoids)
+            if type(x) is not str and not _json_safe(x, depth + 1):
+                return False
         return True
-    if isinstance(v, int):
-        return -(2**63) <= v < 2**63
-    if isinstance(v, float):
-        return v == v and abs(v) != float("inf")
+    if t is list:
+        for x in v:  # noqa: SIM110
+            if type(x) is not str and not _json_safe(x, depth + 1):
+                return False
+        return True
+    if t is int:
+        return -(2**63) <= v < 2**63  # type: ignore[no-any-return]
+    if t is float:
+        return v == v and abs(v) != float("inf")  # type: ignore[no-any-return]
     return True
 
 
@@ -484,18 +538,38 @@ def _indexed(a: dict[str, Any], prefix: str) -> dict[int, dict[str, Any]]:
     return dict(sorted(out.items()))
 
 
-@dataclass(slots=True)
-class _LlmView:
-    """What a model call said: its output text and the tool calls it chose. (The prompt
-    messages are not read: no event carries them, see docs/otel.md.)"""
+_Call = tuple[str | None, str | None, Any]
+"""A tool call a model call chose: (call id, tool name, arguments)."""
 
-    text: str
-    tool_calls: list[dict[str, Any]]
+_LlmView = tuple[str, tuple[str, ...]]
+"""What a model call said: its output text and the ids of the tool calls it chose. (The
+prompt messages are not read: no event carries them, see docs/otel.md.)"""
 
 
-def _genai_messages(v: Any) -> list[dict[str, Any]]:
-    v = _loads(v)
-    return [m for m in v if isinstance(m, dict)] if isinstance(v, list) else []
+def _genai_output(raw: Any, texts: list[str], calls: list[_Call]) -> None:
+    """``gen_ai.output.messages``: each message's text parts, and its tool calls."""
+    msgs = _loads(raw)
+    if type(msgs) is not list:
+        return
+    for m in msgs:
+        if type(m) is not dict:
+            continue
+        parts = m.get("parts")
+        if type(parts) is not list:
+            content = m.get("content")
+            texts.append(content if isinstance(content, str) else "")
+            continue
+        # one pass over the parts: the text parts' content and the tool calls
+        chunks: list[str] = []
+        for pt in parts:
+            if type(pt) is not dict:
+                continue
+            kind = pt.get("type")
+            if kind == "text":
+                chunks.append(str(pt.get("content", "")))
+            elif kind == "tool_call":
+                calls.append((_str(pt.get("id")), _str(pt.get("name")), pt.get("arguments")))
+        texts.append(chunks[0] if len(chunks) == 1 else "".join(chunks))
 
 
 def _llm_view(a: dict[str, Any]) -> _LlmView:
@@ -504,67 +578,35 @@ def _llm_view(a: dict[str, Any]) -> _LlmView:
     One convention per span (the latest GenAI attributes, else OpenInference's, else
     OpenLLMetry's), so each span's attributes are scanned once.
     """
-    calls: list[dict[str, Any]] = []
+    calls: list[_Call] = []
     texts: list[str] = []
     raw_out = a.get("gen_ai.output.messages")
     if raw_out is not None:
-        for m in _genai_messages(raw_out):
-            parts = m.get("parts")
-            if not isinstance(parts, list):
-                content = m.get("content")
-                texts.append(content if isinstance(content, str) else "")
-                continue
-            # one pass over the parts: the text parts' content and the tool calls
-            chunks: list[str] = []
-            for pt in parts:
-                if not isinstance(pt, dict):
-                    continue
-                kind = pt.get("type")
-                if kind == "text":
-                    chunks.append(str(pt.get("content", "")))
-                elif kind == "tool_call":
-                    calls.append(
-                        {
-                            "id": _str(pt.get("id")),
-                            "name": _str(pt.get("name")),
-                            "arguments": pt.get("arguments"),
-                        }
-                    )
-            texts.append("".join(chunks))
+        _genai_output(raw_out, texts, calls)
     elif OI_KIND in a:
         for m in _indexed(a, "llm.output_messages.").values():
             texts.append(_str(m.get("message.content")) or "")
             for tc in _indexed(m, "message.tool_calls.").values():
                 calls.append(
-                    {
-                        "id": _str(tc.get("tool_call.id")),
-                        "name": _str(tc.get("tool_call.function.name")),
-                        "arguments": _loads(tc.get("tool_call.function.arguments")),
-                    }
+                    (
+                        _str(tc.get("tool_call.id")),
+                        _str(tc.get("tool_call.function.name")),
+                        _loads(tc.get("tool_call.function.arguments")),
+                    )
                 )
     else:
         for m in _indexed(a, "gen_ai.completion.").values():
             texts.append(_str(m.get("content")) or "")
             for tc in _indexed(m, "tool_calls.").values():
                 calls.append(
-                    {
-                        "id": _str(tc.get("id")),
-                        "name": _str(tc.get("name")),
-                        "arguments": _loads(tc.get("arguments")),
-                    }
+                    (_str(tc.get("id")), _str(tc.get("name")), _loads(tc.get("arguments")))
                 )
-    text = "\n".join(t for t in texts if t)
+    text = texts[0] if len(texts) == 1 else "\n".join([x for x in texts if x])
     if not text and calls:
-        text = "calls " + ", ".join(
-            f"{c.get('name') or '?'}({_str(c.get('arguments')) or ''})" for c in calls
-        )
+        text = "calls " + ", ".join([f"{c[1] or '?'}({_str(c[2]) or ''})" for c in calls])
     if not text:
         text = _sfirst(a, ("output.value", "traceloop.entity.output")) or ""
-    return _LlmView(text, calls)
-
-
-def _tool_call_ids(view: _LlmView) -> tuple[str, ...]:
-    return tuple(c["id"] for c in view.tool_calls if c.get("id"))
+    return text, tuple([c[0] for c in calls if c[0]])
 
 
 # --- the mapping ---------------------------------------------------------------------------
@@ -579,6 +621,7 @@ class _Ctx:
     source: str
     resource_agent: str | None
     schema_problem: str | None
+    altered: bool = False  # a U+0000 replaced in the resource's or scope's texts
 
 
 _ZERO16, _ZERO8 = bytes(16), bytes(8)
@@ -600,6 +643,9 @@ def _valid_ids(tid: bytes, sid: bytes, psid: bytes, start: int, end: int) -> str
     return None
 
 
+_GROUPING = "GenAI grouping span (nested chain or task): no event"
+
+
 def map_request(
     request: Any,
     memory: TraceMemory,
@@ -613,23 +659,30 @@ def map_request(
     start before its end), so one agent's events are applied in the order they happened.
     """
     batch = MappedBatch()
+    nul = _nul
+    skipped, rejected = batch.skipped, batch.rejected
+    remember = memory.remember
     last_tid = b""
     t = _Trace()
-    pending: list[tuple[_S, dict[str, Any], Kind, _Ctx, _LlmView | None]] = []
+    n_spans = 0
+    pending: list[tuple[_S, dict[str, Any], Kind, _Ctx, _LlmView | None, bool]] = []
     # pass 1: validate, classify and remember every span, so that spans of the same
     # batch can be linked whatever their order in the request
     for rs in request.resource_spans:
+        n0 = nul.n
         ra = attributes(rs.resource.attributes)
         service = _str(ra.get("service.name")) or "unknown_service"
         res_tenant = tenant or _str(ra.get("agentstream.tenant")) or "default"
         res_agent = _sfirst(ra, _AGENT_NAMES)
         res_problem = _unsupported_schema(rs.schema_url)
         for ss in rs.scope_spans:
-            scope = ss.scope.name or "unknown-scope"
+            scope = _denul(ss.scope.name) or "unknown-scope"
             problem = _unsupported_schema(ss.schema_url) or res_problem
-            ctx = _Ctx(service, res_tenant, f"/otlp/{service}/{scope}", res_agent, problem)
+            ctx = _Ctx(
+                service, res_tenant, f"/otlp/{service}/{scope}", res_agent, problem, nul.n != n0
+            )
             for span in ss.spans:
-                batch.spans += 1
+                n_spans += 1
                 tid, sid, psid = span.trace_id, span.span_id, span.parent_span_id
                 start, end = span.start_time_unix_nano, span.end_time_unix_nano
                 if not (  # the usual case in one expression; _valid_ids says what is wrong
@@ -642,60 +695,70 @@ def map_request(
                 ):
                     bad = _valid_ids(tid, sid, psid, start, end)
                     if bad is not None:
-                        batch.rejected[bad] += 1
+                        rejected[bad] += 1
                         continue
                 if tid != last_tid:  # a request's spans come grouped by trace, mostly
                     t, last_tid = memory.trace(tid), tid
+                n1 = nul.n
                 a = attributes(span.attributes)
                 kind, why = classify(a)
                 if kind is _OTHER:
-                    batch.skipped[why or _other_reason(span)] += 1
-                    memory.remember(tid, sid, SpanNode(kind, psid, start, end), t)
+                    skipped[why or _other_reason(span)] += 1
+                    remember(tid, sid, SpanNode(kind, psid, start, end), t)
                     continue
                 if ctx.schema_problem is not None:
-                    batch.rejected[ctx.schema_problem] += 1
+                    rejected[ctx.schema_problem] += 1
                     continue
-                if kind is _STRUCTURAL and _is_root(memory, tid, psid):
-                    kind = _WORKFLOW  # a root chain is the run
-                elif kind is _AGENT and _agent_of(a, kind) is None:
+                agent = _agent_of(a, kind)
+                if kind is _STRUCTURAL:
+                    parent = t.spans.get(psid) if psid else None
+                    if not psid or (parent is not None and parent.kind is _OTHER):
+                        kind = _WORKFLOW  # a root chain is the run
+                        agent = _agent_of(a, kind)
+                elif kind is _AGENT and agent is None:
                     kind = _WORKFLOW  # no agent named: a workflow (the Agents SDK's root)
-                node = SpanNode(kind, psid, start, end, _agent_of(a, kind), _sfirst(a, _RUN_KEYS))
+                    agent = _agent_of(a, kind)
+                node = SpanNode(kind, psid, start, end, agent, _sfirst(a, _RUN_KEYS))
                 view = None
                 if kind is _LLM:
                     view = _llm_view(a)
-                    node.tool_call_ids = _tool_call_ids(view)
+                    node.tool_call_ids = view[1]
                     node.tools = _tool_definitions(a) or None
-                memory.remember(tid, sid, node, t)
+                remember(tid, sid, node, t)
                 if kind is _STRUCTURAL:
-                    batch.skipped["GenAI grouping span (nested chain or task): no event"] += 1
+                    skipped[_GROUPING] += 1
                     continue
-                pending.append(((span, t, tid, sid, psid, start, end), a, kind, ctx, view))
-    # pass 2: build the events
-    # time order; at the same instant what ends (a thought, a completion) goes before what
-    # starts (the tool call it led to), and a span's own events keep their order
-    keyed: list[tuple[int, int, int, int, int]] = []
+                pending.append(
+                    ((span, t, tid, sid, psid, start, end), a, kind, ctx, view, nul.n != n1)
+                )
+    batch.spans = n_spans
+    # pass 2: build the events, in time order; at the same instant what ends (a thought, a
+    # completion) goes before what starts (the tool call it led to), and a span's own events
+    # keep their order. The order key (time, ends first, span, rank) is unique, packed in
+    # one int: sorting ints is far cheaper than sorting tuples.
+    keys: list[int] = []
     built: list[Event] = []
-    for n, (sv, a, kind, ctx, view) in enumerate(pending):
+    spans_of: list[int] = []
+    altered = 0
+    for n, (sv, a, kind, ctx, view, alt) in enumerate(pending):
         start, end = sv[5], sv[6]
-        for rank, (is_start, event) in enumerate(_events(sv, a, kind, ctx, memory, view)):
-            keyed.append(
-                (start if is_start else end, 1 if is_start or start == end else 0, n, rank,
-                 len(built))
-            )  # fmt: skip
+        n1 = nul.n
+        events = _events(sv, a, kind, ctx, view)
+        if alt or ctx.altered or nul.n != n1:
+            altered += 1
+        for rank, (is_start, event) in enumerate(events):
+            if is_start:
+                keys.append((((start << 1) | 1) << 34 | n) << 2 | rank)
+            else:
+                keys.append((((end << 1) | (start == end)) << 34 | n) << 2 | rank)
             built.append(event)
-        batch.mapped += 1
-    keyed.sort()  # (time, ends first, span, rank) is unique: no key function needed
-    batch.events = [built[k[4]] for k in keyed]
-    batch.event_spans = [k[2] for k in keyed]
+            spans_of.append(n)
+    batch.mapped = len(pending)
+    batch.altered = altered
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    batch.events = [built[i] for i in order]
+    batch.event_spans = [spans_of[i] for i in order]
     return batch
-
-
-def _is_root(memory: TraceMemory, tid: bytes, psid: bytes) -> bool:
-    """No parent, or a parent known not to be a GenAI span."""
-    if not psid:
-        return True
-    node = memory.trace(tid).spans.get(psid)
-    return node is not None and node.kind is _OTHER
 
 
 def _identity(
@@ -771,6 +834,8 @@ def _status(span: Any, a: dict[str, Any]) -> tuple[bool, str | None, str]:
     failed = status.code == 2  # STATUS_CODE_ERROR
     err_type = _str(a.get("error.type"))
     message = status.message
+    if message and "\x00" in message:
+        message = _denul(message)
     for ev in span.events:
         if ev.name == "exception":
             ea = attributes(ev.attributes)
@@ -779,125 +844,151 @@ def _status(span: Any, a: dict[str, Any]) -> tuple[bool, str | None, str]:
     return failed or err_type is not None, err_type, message
 
 
+# the event class and dataschema of each payload, looked up once
+_THOUGHT = _BY_PAYLOAD[p.Thought]
+_ACT_STARTED = _BY_PAYLOAD[p.ActionStarted]
+_ACT_COMPLETED = _BY_PAYLOAD[p.ActionCompleted]
+_RUN_STARTED = _BY_PAYLOAD[p.RunStarted]
+_RUN_FINISHED = _BY_PAYLOAD[p.RunFinished]
+_MODEL_KEYS = (
+    "gen_ai.response.model",
+    "gen_ai.request.model",
+    "llm.model_name",
+    "llm.request.model_name",
+)
+_PROVIDER_KEYS = ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
+_INPUT_TOKEN_KEYS = (
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.prompt_tokens",
+    "llm.token_count.prompt",
+)
+_OUTPUT_TOKEN_KEYS = (
+    "gen_ai.usage.output_tokens",
+    "gen_ai.usage.completion_tokens",
+    "llm.token_count.completion",
+)
+_COST_KEYS = ("llm.cost.total", "gen_ai.usage.cost")
+_CALL_ID_KEYS = ("gen_ai.tool.call.id", "tool_call.id", "tool.id")
+_TOOL_KEYS = ("gen_ai.tool.name", "tool.name", "traceloop.entity.name")
+_ARGUMENT_KEYS = ("gen_ai.tool.call.arguments", "input.value", "traceloop.entity.input")
+_RESULT_KEYS = ("gen_ai.tool.call.result", "output.value", "traceloop.entity.output")
+_GOAL_KEYS = ("input.value", "traceloop.entity.input", "gen_ai.agent.description")
+_SUMMARY_KEYS = ("output.value", "traceloop.entity.output")
+_FLAGS_HEX = [f"{f:02x}" for f in range(256)]  # the traceparent's flags (a format is slower)
+
+
 def _events(
     sv: _S,
     a: dict[str, Any],
     kind: Kind,
     ctx: _Ctx,
-    memory: TraceMemory,
     view: _LlmView | None = None,
 ) -> list[tuple[bool, Event]]:
+    """The events of one span: (at its start?, event)."""
     span, t, trace_id, span_id, psid, start_ns, end_ns = sv
     node = t.spans.get(span_id)
-    if t.hex is None:
-        t.hex = trace_id.hex()
+    trace_hex = t.hex
+    if trace_hex is None:
+        trace_hex = t.hex = trace_id.hex()
     # ``own``: this span's memory node, whose ``ref`` (see _ref) is one of the ids below;
     # share it both ways rather than hash twice (same inputs, so the same id)
     own = node
     if node is None:  # the trace outgrew the memory: map without links
-        node = SpanNode(
-            kind,
-            psid,
-            start_ns,
-            end_ns,
-            _agent_of(a, kind),
-            _sfirst(a, _RUN_KEYS),
-        )
+        node = SpanNode(kind, psid, start_ns, end_ns, _agent_of(a, kind), _sfirst(a, _RUN_KEYS))
     elif node.kind is not kind or node.start_ns != start_ns or node.end_ns != end_ns:
         own = None  # a later span reused the span id
-    trace_hex = t.hex
     agent, run, parent = _identity(t, node, ctx, trace_hex)
-    start_ms, end_ms = start_ns // 1_000_000, end_ns // 1_000_000
-    duration_ms = min(_MAX_DURATION_MS, (end_ns - start_ns) / 1e6)
-    flags = span.flags & 0xFF
-    common = (agent, run, ctx.tenant, f"00-{trace_hex}-{span_id.hex()}-{flags:02x}", ctx.source)
+    duration_ms = (end_ns - start_ns) / 1e6
+    if duration_ms > _MAX_DURATION_MS:
+        duration_ms = _MAX_DURATION_MS
+    tenant, source = ctx.tenant, ctx.source
+    traceparent = f"00-{trace_hex}-{span_id.hex()}-{_FLAGS_HEX[span.flags & 0xFF]}"
     key = trace_id + span_id
 
-    def ref_id(phase: bytes, unix_ms: int) -> str:
-        """The id of the event that stands for this span (what _ref gives)."""
-        if own is not None and own.ref is not None:
-            return own.ref
-        eid = _eid(key + phase, unix_ms)
-        if own is not None:
-            own.ref = eid
-        return eid
-
-    parent_cause = [_ref(t, trace_id, parent)] if parent else []
-
     if kind is _LLM:
-        view = view or _llm_view(a)
-        causes = [
-            _ref(t, trace_id, s) for s in _inputs_of_llm(t, span_id, start_ns)
-        ] or parent_cause
-        data = p.Thought(
-            text=view.text,
-            model=_sfirst(
-                a,
-                (
-                    "gen_ai.response.model",
-                    "gen_ai.request.model",
-                    "llm.model_name",
-                    "llm.request.model_name",
-                ),
-            )
-            or "unknown",
-            provider=_sfirst(
-                a, ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
-            ),
-            input_tokens=_int(
-                _first(
-                    a,
-                    "gen_ai.usage.input_tokens",
-                    "gen_ai.usage.prompt_tokens",
-                    "llm.token_count.prompt",
-                )
-            ),
-            output_tokens=_int(
-                _first(
-                    a,
-                    "gen_ai.usage.output_tokens",
-                    "gen_ai.usage.completion_tokens",
-                    "llm.token_count.completion",
-                )
-            ),
-            latency_ms=duration_ms,
-            cost_usd=_float(_first(a, "llm.cost.total", "gen_ai.usage.cost")),
-        )
+        if view is None:
+            view = _llm_view(a)
+        inputs = _inputs_of_llm(t, span_id, start_ns)
+        if inputs:
+            causes = tuple([_ref(t, trace_id, s) for s in inputs])
+        else:
+            causes = (_ref(t, trace_id, parent),) if parent else ()
+        end_ms = end_ns // 1_000_000
+        if own is not None and own.ref is not None:
+            eid = own.ref
+        else:
+            eid = _eid(key + b"open", end_ms)
+            if own is not None:
+                own.ref = eid
+        cls, dataschema = _THOUGHT
         return [
             (
                 False,
-                _build(data, ref_id(b"open", end_ms), _time(end_ns), causes, common),
+                cls(
+                    specversion=SPECVERSION,
+                    id=eid,
+                    time=_time(end_ns),
+                    causes=causes,
+                    dataschema=dataschema,
+                    data=p.Thought(
+                        text=view[0],
+                        model=_sfirst(a, _MODEL_KEYS) or "unknown",
+                        provider=_sfirst(a, _PROVIDER_KEYS),
+                        input_tokens=_int(_vfirst(a, _INPUT_TOKEN_KEYS)),
+                        output_tokens=_int(_vfirst(a, _OUTPUT_TOKEN_KEYS)),
+                        latency_ms=duration_ms,
+                        cost_usd=_float(_vfirst(a, _COST_KEYS)),
+                    ),
+                    agentid=agent,
+                    runid=run,
+                    tenant=tenant,
+                    traceparent=traceparent,
+                    source=source,
+                ),
             )
         ]
 
     if kind is _TOOL:
-        call_id = _sfirst(a, ("gen_ai.tool.call.id", "tool_call.id", "tool.id")) or (
-            f"span-{span_id.hex()}"
-        )
-        tool = _sfirst(a, ("gen_ai.tool.name", "tool.name", "traceloop.entity.name")) or (
-            span.name or "tool"
-        )
+        call_id = _sfirst(a, _CALL_ID_KEYS) or f"span-{span_id.hex()}"
+        tool = _sfirst(a, _TOOL_KEYS) or _denul(span.name) or "tool"
         chooser = _chooser(t, start_ns, call_id)
-        causes = [_ref(t, trace_id, chooser)] if chooser is not None else parent_cause
-        started = _build(
-            p.ActionStarted(
-                call_id=call_id,
-                tool=tool,
-                arguments=_as_arguments(
-                    _first(a, "gen_ai.tool.call.arguments", "input.value", "traceloop.entity.input")
-                ),
+        if chooser is not None:
+            causes = (_ref(t, trace_id, chooser),)
+        else:
+            causes = (_ref(t, trace_id, parent),) if parent else ()
+        started_id = _eid(key + b"open", start_ns // 1_000_000)
+        cls, dataschema = _ACT_STARTED
+        started = cls(
+            specversion=SPECVERSION,
+            id=started_id,
+            time=_time(start_ns),
+            causes=causes,
+            dataschema=dataschema,
+            data=p.ActionStarted(
+                call_id=call_id, tool=tool, arguments=_as_arguments(_vfirst(a, _ARGUMENT_KEYS))
             ),
-            _eid(key + b"open", start_ms),
-            _time(start_ns),
-            causes,
-            common,
+            agentid=agent,
+            runid=run,
+            tenant=tenant,
+            traceparent=traceparent,
+            source=source,
         )
         failed, err_type, message = _status(span, a)
-        result = (
-            _sfirst(a, ("gen_ai.tool.call.result", "output.value", "traceloop.entity.output")) or ""
-        )
-        completed = _build(
-            p.ActionCompleted(
+        result = _sfirst(a, _RESULT_KEYS) or ""
+        if own is not None and own.ref is not None:
+            eid = own.ref
+        else:
+            eid = _eid(key + b"close", end_ns // 1_000_000)
+            if own is not None:
+                own.ref = eid
+        cls, dataschema = _ACT_COMPLETED
+        completed = cls(
+            specversion=SPECVERSION,
+            id=eid,
+            time=_time(end_ns),
+            causes=(started_id,),
+            dataschema=dataschema,
+            data=p.ActionCompleted(
                 call_id=call_id,
                 tool=tool,
                 status="error" if failed else "ok",
@@ -905,61 +996,46 @@ def _events(
                 error_type=err_type or ("error" if failed else None),
                 duration_ms=duration_ms,
             ),
-            ref_id(b"close", end_ms),
-            _time(end_ns),
-            [started.id],
-            common,
+            agentid=agent,
+            runid=run,
+            tenant=tenant,
+            traceparent=traceparent,
+            source=source,
         )
         return [(True, started), (False, completed)]
 
+    common = (agent, run, tenant, traceparent, source)
+    parent_cause = [_ref(t, trace_id, parent)] if parent else []
+    start_ms = start_ns // 1_000_000
+    if own is not None and own.ref is not None:
+        ref = own.ref
+    else:
+        ref = _eid(key + b"open", start_ms)
+        if own is not None:
+            own.ref = ref
+
     if kind is _CREATE_AGENT:
-        return [
-            (
-                True,
-                _agent_started(
-                    a,
-                    agent,
-                    ref_id(b"open", start_ms),
-                    start_ns,
-                    parent_cause,
-                    common,
-                    t,
-                    span_id,
-                ),
-            )
-        ]
+        return [(True, _agent_started(a, agent, ref, start_ns, parent_cause, common, t, span_id))]
 
     # an agent invocation, a workflow or a root chain: the run
     out: list[tuple[bool, Event]] = []
     run_causes = parent_cause
     if kind is _AGENT:
         lifecycle = _agent_started(
-            a,
-            agent,
-            _eid(key + b"agent", start_ms),
-            start_ns,
-            parent_cause,
-            common,
-            t,
-            span_id,
+            a, agent, _eid(key + b"agent", start_ms), start_ns, parent_cause, common, t, span_id
         )
         out.append((True, lifecycle))
         run_causes = [lifecycle.id]
-    goal = _sfirst(a, ("input.value", "traceloop.entity.input", "gen_ai.agent.description"))
+    goal = _sfirst(a, _GOAL_KEYS)
     if goal is None:
-        goal = f"{span.name}" if span.name else f"agent {agent}"
-    started = _build(
-        p.RunStarted(goal=goal),
-        ref_id(b"open", start_ms),
-        _time(start_ns),
-        run_causes,
-        common,
-    )
+        name = span.name
+        goal = _denul(name) if name else f"agent {agent}"
+    started = _build(p.RunStarted(goal=goal), ref, _time(start_ns), run_causes, common)
     failed, err_type, message = _status(span, a)
-    summary = _sfirst(a, ("output.value", "traceloop.entity.output")) or message or ""
+    summary = _sfirst(a, _SUMMARY_KEYS) or message or ""
     finished = _build(
         p.RunFinished(status="failed" if failed else "succeeded", summary=summary),
-        _eid(key + b"close", end_ms),
+        _eid(key + b"close", end_ns // 1_000_000),
         _time(end_ns),
         [started.id],
         common,

@@ -139,6 +139,7 @@ class ReceiverStats:
     spans_mapped: int = 0
     spans_skipped: int = 0
     spans_rejected: int = 0
+    spans_altered: int = 0  # mapped with U+0000 replaced by U+FFFD in a text
     events_published: int = 0
     events_deduplicated: int = 0
 
@@ -199,6 +200,7 @@ class OtlpReceiver:
         st = self.stats
         st.spans_received += batch.spans
         st.spans_skipped += batch.skipped_count
+        st.spans_altered += batch.altered
         for reason, n in batch.skipped.items():
             self.skipped[reason] = self.skipped.get(reason, 0) + n
         records, too_large = self._records(batch)
@@ -453,18 +455,24 @@ def _size_bound(event: Event) -> int:
     """An upper bound of the encoded size (UTF-8 is at most 4 bytes a character, JSON escapes
     at most 6), without encoding: most events are far below the limit."""
     d = event.data
-    n = _ENVELOPE_BOUND + 6 * len(event.agentid) + 6 * len(event.runid or "")
-    if isinstance(d, p.Thought):
-        return n + 6 * len(d.text)
-    if isinstance(d, p.ActionCompleted):
-        return n + 6 * (len(d.result) + len(d.error_type or ""))
-    if isinstance(d, p.ActionStarted):
-        return n + (len(_encode(d.arguments)) if d.arguments else 0)
-    if isinstance(d, p.RunStarted):
-        return n + 6 * len(d.goal)
-    if isinstance(d, p.RunFinished):
-        return n + 6 * len(d.summary)
+    t = type(d)
+    n = _ENVELOPE_BOUND + 6 * (len(event.agentid) + len(event.runid or ""))
+    if t is _THOUGHT:
+        return n + 6 * len(d.text)  # type: ignore[union-attr]
+    if t is _COMPLETED:
+        return n + 6 * (len(d.result) + len(d.error_type or ""))  # type: ignore[union-attr]
+    if t is _STARTED:
+        args = d.arguments  # type: ignore[union-attr]
+        return n + (len(_encode(args)) if args else 0)
+    if t is _RUN_STARTED:
+        return n + 6 * len(d.goal)  # type: ignore[union-attr]
+    if t is _RUN_FINISHED:
+        return n + 6 * len(d.summary)  # type: ignore[union-attr]
     return n + len(_encode(d))  # agent_started and anything rarer: exact
+
+
+_THOUGHT, _COMPLETED, _STARTED = p.Thought, p.ActionCompleted, p.ActionStarted
+_RUN_STARTED, _RUN_FINISHED = p.RunStarted, p.RunFinished
 
 
 def _grpc_address(host: str, port: int) -> str:
