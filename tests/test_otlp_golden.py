@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -425,3 +426,32 @@ def test_the_corpus_covers_each_convention_and_outcome() -> None:
     for name in ("openinference", "openllmetry", "genai corners"):
         assert by_name[name]["events"] and by_name[name]["skipped"], name
     assert by_name["genai corners"]["rejected"]
+
+
+def test_every_span_attribute_the_mapping_reads_is_kept() -> None:
+    """``span_attributes`` reads only SPAN_ATTRIBUTES and SPAN_ATTRIBUTE_PREFIXES: every
+    attribute name spelled in the mapping's code must be one of them (or a resource or
+    exception-event attribute, read in full), else a span would lose it silently."""
+    import ast
+
+    from streams.otlp import mapping
+
+    source = Path(mapping.__file__).read_text()
+    names = {
+        node.value
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and re.fullmatch(r"[a-z_]+(\.[a-z_0-9]+)+\.?", node.value)
+    }
+    not_span = {"service.name", "agentstream.tenant", "exception.type", "exception.message"}
+    # keys inside the grouped lists (``_indexed``) and of the JSON they hold
+    nested = {"message.content", "tool.json_schema", "tool_call.function.arguments",
+              "tool_call.function.name", "message.tool_calls.", "tool_calls."}  # fmt: skip
+    missing = {
+        n
+        for n in names - not_span - nested
+        if n not in mapping.SPAN_ATTRIBUTES and not n.startswith(mapping.SPAN_ATTRIBUTE_PREFIXES)
+    }
+    assert not missing, missing
+    assert len(names) > 40

@@ -305,6 +305,83 @@ def _denul(s: str) -> str:
     return s
 
 
+SPAN_ATTRIBUTES = frozenset(
+    {
+        "agent.name",
+        "error.type",
+        "gen_ai.agent.description",
+        "gen_ai.agent.name",
+        "gen_ai.conversation.id",
+        "gen_ai.operation.name",
+        "gen_ai.output.messages",
+        "gen_ai.provider.name",
+        "gen_ai.request.model",
+        "gen_ai.response.model",
+        "gen_ai.system",
+        "gen_ai.system_instructions",
+        "gen_ai.tool.call.arguments",
+        "gen_ai.tool.call.id",
+        "gen_ai.tool.call.result",
+        "gen_ai.tool.definitions",
+        "gen_ai.tool.name",
+        "gen_ai.usage.completion_tokens",
+        "gen_ai.usage.cost",
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.output_tokens",
+        "gen_ai.usage.prompt_tokens",
+        "input.value",
+        "llm.cost.total",
+        "llm.model_name",
+        "llm.provider",
+        "llm.request.model_name",
+        "llm.request.type",
+        "llm.system",
+        "llm.token_count.completion",
+        "llm.token_count.prompt",
+        "openinference.span.kind",
+        "output.value",
+        "session.id",
+        "tool.id",
+        "tool.name",
+        "tool_call.id",
+        "traceloop.entity.input",
+        "traceloop.entity.name",
+        "traceloop.entity.output",
+        "traceloop.span.kind",
+        "traceloop.workflow.name",
+    }
+)
+"""Every span attribute the mapping reads (tests/test_otlp_golden.py checks the list against
+this module's code); with SPAN_ATTRIBUTE_PREFIXES, the only ones whose values are read."""
+
+SPAN_ATTRIBUTE_PREFIXES = (
+    "gen_ai.prompt.",
+    "gen_ai.completion.",
+    "llm.output_messages.",
+    "llm.tools.",
+    "llm.request.functions.",
+)
+
+
+def span_attributes(kvs: Iterable[Any]) -> dict[str, Any]:
+    """The span attributes the mapping reads, as a dict. Reading an attribute's value out of
+    the protobuf builds two objects; prompts, HTTP details and the like, a third or more of a
+    GenAI span's attributes, are never read, so their values are left in the protobuf."""
+    out: dict[str, Any] = {}
+    read, prefixes = SPAN_ATTRIBUTES, SPAN_ATTRIBUTE_PREFIXES
+    for kv in kvs:
+        k = kv.key
+        if k in read or k.startswith(prefixes):
+            v = kv.value
+            s = v.string_value
+            # a non-empty string_value is the string case; only the rest needs WhichOneof
+            if s:
+                out[k] = _denul(s) if "\x00" in s else s
+            else:
+                out[k] = _any(v)
+    return out
+
+
 def attributes(kvs: Iterable[Any]) -> dict[str, Any]:
     """Span or resource attributes as a dict (strings, the common case, inline)."""
     out: dict[str, Any] = {}
@@ -700,7 +777,7 @@ def map_request(
                 if tid != last_tid:  # a request's spans come grouped by trace, mostly
                     t, last_tid = memory.trace(tid), tid
                 n1 = nul.n
-                a = attributes(span.attributes)
+                a = span_attributes(span.attributes)
                 kind, why = classify(a)
                 if kind is _OTHER:
                     skipped[why or _other_reason(span)] += 1
