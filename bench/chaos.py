@@ -463,6 +463,7 @@ class Observation:
     loss_report: str | None = None
     loss_reported: int = 0  # records the stack itself reports lost (archive loss report)
     errors: list[str] = field(default_factory=list)
+    wrong_agents: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Harness:
@@ -642,9 +643,10 @@ class Harness:
 
         truth = clean_fold(events)
         published = await read_states(self.bootstrap)
-        obs.wrong_states["agent-state"] = sum(
-            1 for a in set(truth) | set(published) if truth.get(a) != published.get(a)
-        )
+        wrong = sorted(a for a in set(truth) | set(published) if truth.get(a) != published.get(a))
+        obs.wrong_states["agent-state"] = len(wrong)
+        if wrong:  # what each wrong agent looks like: the truth, the reader, the raw topic
+            obs.wrong_agents = await self._wrong_agents(wrong, truth, published)
         try:
             obs.wrong_states["clickhouse"] = self._clickhouse_wrong_states(truth)
         except Exception as err:
@@ -652,6 +654,42 @@ class Harness:
         dlq = [decode_dead_letter(m.value) for m in await dump_topic(self.bootstrap, DLQ)]
         obs.dead_letters = dict(Counter(d.reason for d in dlq))
         return obs
+
+    async def _wrong_agents(
+        self, wrong: list[str], truth: dict[str, AgentState], published: dict[str, AgentState]
+    ) -> list[dict[str, Any]]:
+        """Per wrong agent (first 10): events_total in the clean fold, in what the state
+        reader returned, and in the record at the highest offset of ``agent-state`` for that
+        key; plus how many state records the topic holds for it and the highest events_total
+        any of them carries (a reader artefact and a stale last write look different)."""
+        from schemas.state import decode_state
+        from schemas.topics import STATE
+
+        by_agent: dict[str, list[tuple[int, int]]] = {}
+        for m in await dump_topic(self.bootstrap, STATE):
+            if m.key is None or m.value is None:
+                continue
+            try:
+                n = decode_state(m.value).events_total
+            except Exception:
+                continue
+            by_agent.setdefault(m.key.decode("utf-8", "replace"), []).append((m.offset, n))
+        out = []
+        for a in wrong[:10]:
+            recs = sorted(by_agent.get(a, []))
+            t, p = truth.get(a), published.get(a)
+            out.append(
+                {
+                    "agent": a,
+                    "truth_events_total": t.events_total if t else None,
+                    "reader_events_total": p.events_total if p else None,
+                    "last_offset_events_total": recs[-1][1] if recs else None,
+                    "max_events_total": max(n for _, n in recs) if recs else None,
+                    "state_records": len(recs),
+                    "last_offsets": recs[-5:],
+                }
+            )
+        return out
 
     def _reader(self) -> Any:
         from projections.analytics.service import ServiceReader, find_service
@@ -782,6 +820,8 @@ class ChaosConfig:
     converge_timeout_s: float = 240.0
     restart_deadline_s: float = 180.0  # a killed part must be running again within this
     only: tuple[str, ...] = ()
+    prefill: int = 0  # events published (as fast as acknowledged) before the first scenario
+    prefill_rate: float = 5000.0
 
 
 class Chaos:
@@ -803,6 +843,7 @@ class Chaos:
         self.results: list[ScenarioResult] = []
         self.clean_converge_s: float | None = None
         self.lost_so_far: set[str] = set()  # lost in earlier scenarios: not counted again
+        self.prefill_s: dict[str, float] = {}
         self.reported_so_far = 0
 
     def next_events(self, n: int) -> list[OutRecord]:
@@ -897,6 +938,7 @@ class Chaos:
                 "archive_dlq_by_reason": obs.archive_dlq,
                 "lost_ids": obs.lost_ids,
                 "loss_report": obs.loss_report,
+                "wrong_agents": obs.wrong_agents,
                 "log_records": obs.log_records,
                 "log_events": obs.log_events,
                 "errors": obs.errors,
@@ -987,8 +1029,28 @@ class Chaos:
     def wanted(self, name: str) -> bool:
         return not self.cfg.only or name in self.cfg.only or name == "clean"
 
+    async def prefill(self) -> None:
+        """Grow the log to ``cfg.prefill`` events before the scenarios (a long-running stack's
+        log), and wait until the stack has caught up with them; not a scenario."""
+        n = self.cfg.prefill
+        if n <= 0:
+            return
+        console.rule(f"[bold]prefill: {n:,} events")
+        t0 = time.monotonic()
+        await self.producer.send_all(
+            self.next_events(n), self.cfg.prefill_rate, chunk=500, drain_s=max(180.0, n / 100)
+        )
+        sent_s = time.monotonic() - t0
+        converged, took = await self.h.converge(max(600.0, n / 100))
+        self.prefill_s = {"produce_s": round(sent_s, 1), "converge_s": round(took, 1)}
+        console.print(
+            f"prefill: {n:,} events acknowledged in {sent_s:.1f}s; stack caught up: "
+            f"{converged} after {took:.1f}s more"
+        )
+
     async def run(self) -> None:
         cfg = self.cfg
+        await self.prefill()
         await self.scenario("clean", _no_fault)
         for part in KILLABLE:
             if self.wanted(f"kill-{part}"):
@@ -1103,6 +1165,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--engine", choices=("aiokafka", "faust"), default="aiokafka")
     ap.add_argument("--projections", default="analytics,graph")
     ap.add_argument("--only", default="", help="comma-separated scenario names")
+    ap.add_argument(
+        "--prefill", type=int, default=0, help="events in the log before the first scenario"
+    )
+    ap.add_argument("--prefill-rate", type=float, default=5000.0, help="events/s of the prefill")
     ap.add_argument("--data-dir", type=Path, default=None, help="default: a fresh temp dir")
     ap.add_argument("--port-base", type=int, default=None, help="default: free ports")
     ap.add_argument("--keep", action="store_true", help="keep the data directory")
@@ -1127,6 +1193,8 @@ def main(argv: list[str] | None = None) -> int:
         engine=args.engine,
         projections=tuple(p for p in args.projections.split(",") if p),
         only=tuple(p for p in args.only.split(",") if p),
+        prefill=args.prefill,
+        prefill_rate=args.prefill_rate,
     )
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="agentstream-chaos-"))
     try:
