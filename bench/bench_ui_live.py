@@ -14,9 +14,12 @@
      by-model panel's SQL as it was before the ``model_minute`` rollup (a scan of
      ``events``), bare, for the before/after of the query itself.
    - SQL workspace: ``GET /api/v1/sql?…&fresh=true`` (the guarded read path, paging, JSON)
-     against the bare chDB query, for ``SELECT 1`` and a named query: the overhead is the
-     median of the paired differences. Goal: <= 20 ms. The response's ``server_ms`` and
-     ``engine_ms`` split it: in the server (check, run, Arrow, paging) and HTTP + JSON.
+     against the bare chDB query, for ``SELECT 1`` and a named query. Goal: overhead <= 20
+     ms. The overhead is the median of (request time - the engine's own elapsed time for
+     that statement, ``engine_ms`` in the response): what HTTP, the read-only check,
+     Arrow, paging and JSON add, free of the engine's run-to-run noise under load. Also
+     recorded: the median of (request - a bare query run right after it), the difference of
+     the p50s, and the split at ``server_ms`` (in the server / HTTP + JSON).
 2. Freshness: Tansu + ``agentstream ui`` (own process); a child process produces thought
    events at each rate for ``--seconds`` (record timestamp = wall clock at send); Chromium
    shows /live and a MutationObserver records, for every tail row put on the page,
@@ -234,14 +237,21 @@ def dashboards_and_sql(root: Path, rows: int, port: int, repeats: int) -> tuple[
             page = json.loads(body)
             in_app.append(page["server_ms"])
             engine.append(page["engine_ms"] if page["engine_ms"] is not None else float("nan"))
-        overhead = statistics.median(u - r for u, r in zip(ui, raw, strict=True))
+        # what the request adds to the engine's own run of the statement, measured inside the
+        # same request (the engine's elapsed time): free of the engine's run-to-run noise
+        overhead = statistics.median(u - e for u, e in zip(ui, engine, strict=True))
+        paired = statistics.median(u - r for u, r in zip(ui, raw, strict=True))
         in_server = statistics.median(s - e for s, e in zip(in_app, engine, strict=True))
         http_json = statistics.median(u - s for u, s in zip(ui, in_app, strict=True))
         details["sql"][label] = {
             "ui_p50_ms": statistics.median(ui),
+            "engine_p50_ms": statistics.median(engine),
             "bare_p50_ms": statistics.median(raw),
             "overhead_ms": overhead,
-            "overhead_ms_is": "median of (request - bare query), interleaved pairs",
+            "overhead_ms_is": "median of (request - the engine's elapsed time for it)",
+            "vs_bare_paired_ms": paired,
+            "vs_bare_paired_ms_is": "median of (request - bare query run right after it)",
+            "vs_bare_p50_diff_ms": statistics.median(ui) - statistics.median(raw),
             "server_minus_engine_p50_ms": in_server,
             "request_minus_server_p50_ms": http_json,
             "goal_overhead_ms": 20,
@@ -258,13 +268,17 @@ def dashboards_and_sql(root: Path, rows: int, port: int, repeats: int) -> tuple[
         )
         figures.append(
             Figure(
-                f"SQL workspace {label}: overhead (median of paired request - bare; goal <= 20)",
+                f"SQL workspace {label}: overhead, median of request - engine time (goal <= 20)",
                 overhead,
                 "ms",
             )
         )
         figures.append(
-            Figure(f"SQL workspace {label}: in the server beyond the engine (p50)", in_server, "ms")
+            Figure(
+                f"SQL workspace {label}: median of request - bare query run right after it",
+                paired,
+                "ms",
+            )
         )
     details["load_avg_1m_end"] = load_avg()
     server.should_exit = True
