@@ -236,34 +236,34 @@ def test_dash_learning_equals_the_computation_over_raw_events(projection, worklo
         starts[agent].append(r.started)
     assert all(len(set(v)) == len(v) for v in starts.values())  # no ties: order is by start
     q = NAMED_QUERIES["dash_learning"]
-    rows = [
-        dict(zip(names, row, strict=True))
-        for names, rows in [_query(projection.store, q.sql, q.bind({"points": POINTS}))]
-        for row in rows
-    ]
+    names, raw = _query(projection.store, q.sql, q.bind({"points": POINTS}))
+    rows = [dict(zip(names, row, strict=True)) for row in raw]
     want = reference(runs, POINTS)
-    assert {(r["scope"], r["agent_id"], r["point"]) for r in rows} == set(want)
-    labels = {"success": "success_rate", "feedback": "feedback_score", "recall": "recall_rate"}
+    metrics = {"success_rate": "success", "feedback_score": "feedback", "recall_rate": "recall"}
+    assert {(r["scope"], r["agent_id"], r["metric"], r["point"]) for r in rows} == {
+        (*key[:2], metric, key[2]) for key in want for metric in metrics
+    }
     for r in rows:
         w = want[(r["scope"], r["agent_id"], r["point"])]
         assert r["runs"] == w["runs"] and (r["run_from"], r["run_to"]) == (min(w["x"]), max(w["x"]))
         assert (r["decisions"], r["decisions_with_recall"]) == (w["decisions"], w["recalled"])
-        for m, label in labels.items():
-            pts = w["m"].get(m, [])
-            mean = sum(y for _, y, _, _ in pts) / len(pts) if pts else None
-            assert r[label] == (None if mean is None else pytest.approx(mean, abs=6e-5)), label
-            if r["point"] is not None:
-                assert r[f"{m}_slope"] is None and r[f"{m}_runs"] is None
-                continue
-            assert r[f"{m}_runs"] == len(pts)
-            slope = _slope(pts)
-            assert r[f"{m}_slope"] == (None if slope is None else pytest.approx(slope, abs=2e-6))
-            for part, flag in (("first_tenth", 2), ("last_tenth", 3)):
-                ys = [p[1] for p in pts if p[flag]]
-                exp = sum(ys) / len(ys) if ys else None
-                assert r[f"{m}_{part}"] == (None if exp is None else pytest.approx(exp, abs=2e-6))
-    fleet = next(r for r in rows if r["scope"] == "fleet" and r["point"] is None)
-    assert fleet["recall_change"] > 0  # the simulated agents recall more as they go on
+        pts = w["m"].get(metrics[r["metric"]], [])
+        assert r["runs_with_value"] == len(pts)
+        mean = sum(y for _, y, _, _ in pts) / len(pts) if pts else None
+        assert r["value"] == (None if mean is None else pytest.approx(mean, abs=6e-5))
+        if r["point"] is not None:
+            assert r["slope"] is None and r["first_tenth"] is None and r["change"] is None
+            continue
+        slope = _slope(pts)
+        assert r["slope"] == (None if slope is None else pytest.approx(slope, abs=2e-6))
+        for part, flag in (("first_tenth", 2), ("last_tenth", 3)):
+            ys = [p[1] for p in pts if p[flag]]
+            exp = sum(ys) / len(ys) if ys else None
+            assert r[part] == (None if exp is None else pytest.approx(exp, abs=2e-6))
+    (fleet,) = [
+        r for r in rows if (r["scope"], r["metric"], r["point"]) == ("fleet", "recall_rate", None)
+    ]
+    assert fleet["change"] > 0 and fleet["slope"] > 0  # the simulated agents recall more
 
 
 def test_dash_learning_filters_by_tenant_and_time(projection, workload) -> None:

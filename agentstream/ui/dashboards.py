@@ -73,35 +73,32 @@ def dashboard(b: Backends, which: str, rng: Range) -> dict[str, Any]:
     return out
 
 
-LEARNING_METRICS: dict[str, tuple[str, str]] = {
-    "success_rate": ("success_rate", "success"),
-    "feedback": ("feedback_score", "feedback"),
-    "recall_rate": ("recall_rate", "recall"),
-}
-"""Trend name -> (dash_learning's per-slice column, the prefix of its fit columns)."""
+LEARNING_METRICS: tuple[str, ...] = ("success_rate", "feedback_score", "recall_rate")
+"""The metrics of ``dash_learning`` (its ``metric`` column), one trend each."""
 
 _FIT = ("slope", "first_tenth", "last_tenth", "change")
 
 
 def learning_trends(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """``dash_learning``'s rows as chart series: per scope (the fleet, each agent) and
-    trend, the slices' values (x: the slice's last run number for an agent, the slice
+    metric, the slices' values (x: the slice's last run number for an agent, the slice
     number for the fleet) and the fit of the whole series (its row with point NULL). Only
     reshaped here: every number is the named query's."""
 
     def empty() -> dict[str, dict[str, Any]]:
-        return {t: {"x": [], "values": [], "n": 0, **dict.fromkeys(_FIT)} for t in LEARNING_METRICS}
+        return {m: {"x": [], "values": [], "n": 0, **dict.fromkeys(_FIT)} for m in LEARNING_METRICS}
 
     fleet = empty()
     agents: dict[str, dict[str, dict[str, Any]]] = {}
     for r in rows:
         series = fleet if r["scope"] == "fleet" else agents.setdefault(r["agent_id"], empty())
-        for trend, (column, prefix) in LEARNING_METRICS.items():
-            s = series[trend]
-            if r["point"] is None:
-                s["n"] = r[f"{prefix}_runs"] or 0
-                s.update({k: r[f"{prefix}_{k}"] for k in _FIT})
-            elif r[column] is not None:
-                s["x"].append(r["point"] + 1 if r["scope"] == "fleet" else r["run_to"])
-                s["values"].append(r[column])
+        s = series.get(r["metric"])
+        if s is None:
+            continue
+        if r["point"] is None:
+            s["n"] = r["runs_with_value"]
+            s.update({k: r[k] for k in _FIT})
+        elif r["value"] is not None:
+            s["x"].append(r["point"] + 1 if r["scope"] == "fleet" else r["run_to"])
+            s["values"].append(r["value"])
     return {"fleet": fleet, "agents": dict(sorted(agents.items()))}

@@ -181,56 +181,33 @@ LIMIT {{limit:UInt32}}
 )
 
 # Learning: per agent and for the fleet, three per-run values over successive runs.
-# metric (column prefix) -> (has a value in this run, the value), from one run_agent row.
+# metric name -> (has a value in this run, the value), from one run_agent row.
 _LEARNING_METRICS: dict[str, tuple[str, str]] = {
-    "success": ("a.actions > 0", "1 - (a.errors + a.mismatches) / a.actions"),
-    "feedback": ("a.feedback_events > 0", "a.feedback_score_sum / a.feedback_events"),
-    "recall": ("a.decisions > 0", "a.decisions_with_recall / a.decisions"),
+    "success_rate": ("a.actions > 0", "1 - (a.errors + a.mismatches) / a.actions"),
+    "feedback_score": ("a.feedback_events > 0", "a.feedback_score_sum / a.feedback_events"),
+    "recall_rate": ("a.decisions > 0", "a.decisions_with_recall / a.decisions"),
 }
-# Additive sums per metric, from which a point's mean and a scope's least-squares fit over
-# its runs are exact: n, sum y, sum x, sum x^2, sum xy (x = the run's number in its agent's
-# history), and n and sum y over the first and the last tenth of the agent's runs.
-_SUMS: dict[str, str] = {
-    "n": "h_{m}",
-    "sy": "y_{m}",
-    "sx": "x * h_{m}",
-    "sxx": "x * x * h_{m}",
-    "sxy": "x * y_{m}",
-    "nf": "h_{m} * first",
-    "sf": "y_{m} * first",
-    "nl": "h_{m} * last",
-    "sl": "y_{m} * last",
-}
+# Per metric, nine additive sums from which a slice's mean and a series' least-squares fit
+# over its runs are exact: n, sum y, sum x, sum x^2, sum xy (x = the run's number in its
+# agent's history), n and sum y over the first tenth of the agent's runs, and over the last.
+# Each is (value, weight): has-a-value flag h or value y, times 1, x, x^2, first or last.
+_SUMS = (("h", "1"), ("y", "1"), ("h", "x"), ("h", "xx"), ("y", "x"))
+_SUMS += (("h", "first"), ("y", "first"), ("h", "last"), ("y", "last"))
 
 
 def _learning_sql() -> str:
+    """The query is written to be cheap to plan as well as to run: chDB spends about a
+    millisecond per expression analysing it, so the sums travel as one array (one
+    ``sumForEach``) and the three metrics share one set of expressions (rows, not columns)."""
     per_run = ",\n".join(
-        f"        toUInt8({has}) AS h_{m},\n        if(h_{m}, {value}, 0) AS y_{m}"
-        for m, (has, value) in _LEARNING_METRICS.items()
+        f"        toUInt8({has}) AS h{i},\n        if(h{i}, {value}, 0) AS y{i}"
+        for i, (has, value) in enumerate(_LEARNING_METRICS.values())
     )
-    cell_sums = ",\n".join(
-        f"        sum({expr.format(m=m)}) AS c_{m}_{k}"
-        for m in _LEARNING_METRICS
-        for k, expr in _SUMS.items()
-    )
-    point_sums = ",\n".join(
-        f"        sum(c_{m}_{k}) AS {m}_{k}" for m in _LEARNING_METRICS for k in _SUMS
-    )
-    labels = {"success": "success_rate", "feedback": "feedback_score", "recall": "recall_rate"}
-    means = ",\n".join(
-        f"    round({m}_sy / nullIf({m}_n, 0), 4) AS {label}" for m, label in labels.items()
-    )
-    fits = ",\n".join(
-        f"""    if(whole, {m}_n, NULL) AS {m}_runs,
-    if(whole AND {m}_n >= 2,
-        round(({m}_n * {m}_sxy - {m}_sx * {m}_sy)
-            / nullIf({m}_n * {m}_sxx - {m}_sx * {m}_sx, 0), 6),
-        NULL) AS {m}_slope,
-    if(whole, round({m}_sf / nullIf({m}_nf, 0), 6), NULL) AS {m}_first_tenth,
-    if(whole, round({m}_sl / nullIf({m}_nl, 0), 6), NULL) AS {m}_last_tenth,
-    round({m}_last_tenth - {m}_first_tenth, 6) AS {m}_change"""
-        for m in _LEARNING_METRICS
-    )
+    n = len(_LEARNING_METRICS)
+    values = ", ".join(f"{v}{i}" for i in range(n) for v, _ in _SUMS)
+    weights = ", ".join(w for _ in range(n) for _, w in _SUMS)
+    offsets = ", ".join(f"('{m}', {i * len(_SUMS)})" for i, m in enumerate(_LEARNING_METRICS))
+    last = n * len(_SUMS)
     start = "ifNull(a.run_started_at, a.first_time)"
     return f"""
 WITH
@@ -238,10 +215,10 @@ runs AS
 (
     SELECT
         a.agent_id AS agent,
-        a.run_id AS run,
+        cityHash64(a.run_id) AS run_key,
         {start} AS run_start,
-        toUInt64(a.decisions) AS n_decisions,
-        toUInt64(a.decisions_with_recall) AS n_recalled,
+        toFloat64(a.decisions) AS decided,
+        toFloat64(a.decisions_with_recall) AS recalled,
 {per_run}
     FROM run_agent AS a FINAL
     WHERE {_between(start)} AND {_tenant("a")}
@@ -251,13 +228,14 @@ numbered AS
     SELECT
         *,
         row_number() OVER w AS x,
+        x * x AS xx,
         count() OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS total,
         toUInt64(ceil(total / 10)) AS tenth,
         toUInt8(x <= tenth) AS first,
         toUInt8(x > total - tenth) AS last,
         intDiv((x - 1) * {{points:UInt32}}, total) AS at
     FROM runs
-    WINDOW w AS (PARTITION BY agent ORDER BY run_start, cityHash64(run))
+    WINDOW w AS (PARTITION BY cityHash64(agent), agent ORDER BY run_start, run_key)
 ),
 cells AS
 (
@@ -268,9 +246,9 @@ cells AS
         max(x) AS c_to,
         min(run_start) AS c_started,
         count() AS c_runs,
-        sum(n_decisions) AS c_decisions,
-        sum(n_recalled) AS c_recalled,
-{cell_sums}
+        sumForEach(arrayMap((v, w) -> v * w,
+            [{values}, decided, recalled],
+            [{weights}, 1, 1])) AS c
     FROM numbered
     GROUP BY agent, at
 ),
@@ -285,38 +263,50 @@ points AS
         max(c_to) AS run_to,
         min(c_started) AS started,
         sum(c_runs) AS n_runs,
-        sum(c_decisions) AS decisions,
-        sum(c_recalled) AS decisions_with_recall,
-{point_sums}
+        sumForEach(c) AS t
     FROM cells
     ARRAY JOIN [('agent', agent, 0), ('fleet', '', 0), ('agent', agent, 1), ('fleet', '', 1)] AS k
     GROUP BY scope, who, whole, pt
+),
+series AS
+(
+    SELECT *, tupleElement(m, 1) AS metric, tupleElement(m, 2) AS b
+    FROM points
+    ARRAY JOIN [{offsets}] AS m
 )
 SELECT
     scope,
     who AS agent_id,
+    metric,
     pt AS point,
     run_from,
     run_to,
     started,
     n_runs AS runs,
-{means},
-    decisions,
-    decisions_with_recall,
-{fits}
-FROM points
-ORDER BY scope = 'agent', agent_id, point NULLS FIRST
+    toUInt64(t[b + 1]) AS runs_with_value,
+    round(t[b + 2] / nullIf(t[b + 1], 0), 4) AS value,
+    if(whole AND t[b + 1] >= 2,
+        round((t[b + 1] * t[b + 5] - t[b + 3] * t[b + 2])
+            / nullIf(t[b + 1] * t[b + 4] - t[b + 3] * t[b + 3], 0), 6),
+        NULL) AS slope,
+    if(whole, round(t[b + 7] / nullIf(t[b + 6], 0), 6), NULL) AS first_tenth,
+    if(whole, round(t[b + 9] / nullIf(t[b + 8], 0), 6), NULL) AS last_tenth,
+    round(last_tenth - first_tenth, 6) AS change,
+    toUInt64(t[{last + 1}]) AS decisions,
+    toUInt64(t[{last + 2}]) AS decisions_with_recall
+FROM series
+ORDER BY scope = 'agent', agent_id, metric, point NULLS FIRST
 """
 
 
 DASH_LEARNING = NamedQuery(
     "dash_learning",
-    "Dashboard: learning over successive runs, per agent and for the fleet (run_agent alone). "
-    "A row with a point is one of `points` slices of each agent's runs in start order (fleet: "
-    "that slice of every agent) with the mean per-run success rate (1 - (errors + mismatches) "
-    "/ actions), feedback score and recall rate (decisions citing a recalled episode / "
-    "decisions); the row with point NULL is the whole series, with each metric's "
-    "least-squares slope per run and its mean over the first and the last tenth of the runs",
+    "Dashboard: learning over successive runs, per agent and for the fleet (run_agent alone), "
+    "for each metric (success_rate: 1 - (errors + mismatches) / actions; feedback_score; "
+    "recall_rate: decisions citing a recalled episode / decisions). A row with a point is one "
+    "of `points` slices of each agent's runs in start order (fleet: that slice of every "
+    "agent) with the mean per-run value; the row with point NULL is the whole series, with "
+    "the least-squares slope per run and the means over the first and the last tenth of runs",
     _learning_sql(),
     {**_RANGE, "points": Param("UInt32", "20", "slices of each agent's runs (chart points)")},
 )

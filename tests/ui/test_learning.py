@@ -27,16 +27,23 @@ def cli_learning(stack: UIStack, **params: str) -> list[dict]:
     return [json.loads(line) for line in res.stdout.decode().splitlines() if line]
 
 
-def whole(rows: list[dict], scope: str, agent: str = "") -> dict:
-    (row,) = [r for r in rows if (r["scope"], r["agent_id"], r["point"]) == (scope, agent, None)]
+def whole(rows: list[dict], scope: str, agent: str, metric: str) -> dict:
+    (row,) = [
+        r
+        for r in rows
+        if (r["scope"], r["agent_id"], r["metric"], r["point"]) == (scope, agent, metric, None)
+    ]
     return row
 
 
-def slices(rows: list[dict], scope: str, agent: str, column: str) -> list[float]:
+def slices(rows: list[dict], scope: str, agent: str, metric: str) -> list[float]:
     pts = [
-        r for r in rows if (r["scope"], r["agent_id"]) == (scope, agent) and r["point"] is not None
+        r
+        for r in rows
+        if (r["scope"], r["agent_id"], r["metric"]) == (scope, agent, metric)
+        and r["point"] is not None
     ]
-    return [r[column] for r in sorted(pts, key=lambda r: r["point"]) if r[column] is not None]
+    return [r["value"] for r in sorted(pts, key=lambda r: r["point"]) if r["value"] is not None]
 
 
 def test_trends_are_the_named_querys_rows_reshaped(stack: UIStack) -> None:
@@ -46,45 +53,44 @@ def test_trends_are_the_named_querys_rows_reshaped(stack: UIStack) -> None:
     assert panel["params"]["points"] == "20"
     t = d["trends"]
     assert set(t["agents"]) == {r["agent_id"] for r in rows if r["scope"] == "agent"}
-    for trend, (column, prefix) in LEARNING_METRICS.items():
-        fleet = whole(rows, "fleet")
-        assert t["fleet"][trend]["n"] == fleet[f"{prefix}_runs"]
-        assert [t["fleet"][trend][k] for k in FIT] == [fleet[f"{prefix}_{k}"] for k in FIT]
-        assert t["fleet"][trend]["values"] == slices(rows, "fleet", "", column)
+    for metric in LEARNING_METRICS:
+        fleet = whole(rows, "fleet", "", metric)
+        assert t["fleet"][metric]["n"] == fleet["runs_with_value"]
+        assert [t["fleet"][metric][k] for k in FIT] == [fleet[k] for k in FIT]
+        assert t["fleet"][metric]["values"] == slices(rows, "fleet", "", metric)
         for agent, series in t["agents"].items():
-            row = whole(rows, "agent", agent)
-            assert [series[trend][k] for k in FIT] == [row[f"{prefix}_{k}"] for k in FIT]
-            assert series[trend]["values"] == slices(rows, "agent", agent, column)
+            row = whole(rows, "agent", agent, metric)
+            assert [series[metric][k] for k in FIT] == [row[k] for k in FIT]
+            assert series[metric]["values"] == slices(rows, "agent", agent, metric)
     # and the pure reshaping on its own: a slice without a value is left out of its line
+    base = {"scope": "agent", "agent_id": "a", "metric": "recall_rate"}
+    fit = {"runs_with_value": 2, "slope": 0.5, "first_tenth": 0.0, "last_tenth": 1.0}
     one = [
-        {"scope": "agent", "agent_id": "a", "point": None, "run_to": 3}
-        | {f"{p}_{k}": 0.5 for _, p in LEARNING_METRICS.values() for k in FIT}
-        | {f"{p}_runs": 2 for _, p in LEARNING_METRICS.values()},
-        {"scope": "agent", "agent_id": "a", "point": 0, "run_to": 1}
-        | {"success_rate": 1.0, "feedback_score": None, "recall_rate": 0.0},
-        {"scope": "agent", "agent_id": "a", "point": 1, "run_to": 3}
-        | {"success_rate": 0.5, "feedback_score": 0.2, "recall_rate": 1.0},
+        base | {"point": None, "run_to": 3, "value": 0.5} | fit | {"change": 1.0},
+        base | {"point": 0, "run_to": 1, "value": 0.0},
+        base | {"point": 1, "run_to": 2, "value": None},
+        base | {"point": 2, "run_to": 3, "value": 1.0},
     ]
-    a = learning_trends(one)["agents"]["a"]
-    assert a["feedback"]["x"] == [3] and a["recall_rate"]["values"] == [0.0, 1.0]
-    assert a["success_rate"]["n"] == 2 and a["success_rate"]["slope"] == 0.5
+    a = learning_trends(one)["agents"]["a"]["recall_rate"]
+    assert (a["x"], a["values"]) == ([1, 3], [0.0, 1.0])
+    assert (a["n"], a["slope"], a["change"]) == (2, 0.5, 1.0)
 
 
 def test_recall_reaches_the_dashboard(stack: UIStack) -> None:
     rows = cli_learning(stack)
-    fleet = whole(rows, "fleet")
+    fleet = whole(rows, "fleet", "", "recall_rate")
     decisions = [e for e in stack.events if e.type == "agent.think.decision.v2" and e.runid]
     cited = sum(1 for e in decisions if e.data.recalled_episodes)
     assert cited > 0
     assert (fleet["decisions"], fleet["decisions_with_recall"]) == (len(decisions), cited)
-    assert fleet["recall_runs"] > 0 and fleet["recall_slope"] is not None
+    assert fleet["runs_with_value"] > 0 and fleet["slope"] is not None
 
 
 def test_recall_figures_on_the_page_equal_the_cli(page, stack: UIStack) -> None:  # noqa: F811
     rows = cli_learning(stack)
     page.goto(stack.url + "/dashboards/learning")
     page.wait_for_selector('[data-chart="fleet-recall_rate"] canvas')
-    fleet = whole(rows, "fleet")
+    fleet = whole(rows, "fleet", "", "recall_rate")
 
     def shown(root: str) -> dict:
         el = page.locator(f'{root} [data-fit="recall rate"]')
@@ -97,7 +103,7 @@ def test_recall_figures_on_the_page_equal_the_cli(page, stack: UIStack) -> None:
         }
 
     def expected(row: dict) -> dict:
-        return {"n": row["recall_runs"]} | {k: row[f"recall_{k}"] for k in FIT}
+        return {"n": row["runs_with_value"]} | {k: row[k] for k in FIT}
 
     assert shown('[data-panel="fleet-recall_rate"]') == expected(fleet)
     values = page.locator('[data-trend="fleet-recall_rate"]').get_attribute("data-values")
@@ -105,8 +111,8 @@ def test_recall_figures_on_the_page_equal_the_cli(page, stack: UIStack) -> None:
     agents = sorted({r["agent_id"] for r in rows if r["scope"] == "agent"})
     checked = 0
     for agent in agents:
-        row = whole(rows, "agent", agent)
-        if not row["recall_runs"] or row["recall_slope"] is None:
+        row = whole(rows, "agent", agent, "recall_rate")
+        if not row["runs_with_value"] or row["slope"] is None:
             continue  # an agent that never decides (the planner) shows "no runs with one yet"
         assert shown(f'[data-agent-trend="{agent}"]') == expected(row), agent
         series = page.locator(f'[data-trend="agent-recall-{agent}"]').get_attribute("data-values")

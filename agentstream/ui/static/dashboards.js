@@ -99,7 +99,7 @@
   function Trend({ s, name, label, height }) {
     return html`<div data-trend=${name} data-x=${JSON.stringify(s.x)} data-values=${JSON.stringify(s.values)}><${Chart} name=${name} height=${height} x=${s.x} series=${[{ label, values: s.values }]} label=${label} /></div>`;
   }
-  const TRENDS = [['success_rate', 'success rate', 'action success rate'], ['feedback', 'feedback', 'feedback score'], ['recall_rate', 'recall rate', 'decisions citing a recalled episode']];
+  const TRENDS = [['success_rate', 'success rate', 'action success rate'], ['feedback_score', 'feedback', 'feedback score'], ['recall_rate', 'recall rate', 'decisions citing a recalled episode']];
   function LearningTab({ d }) {
     const t = d.trends, p = d.panels.dash_learning;
     return html`<p class="dim">Each agent's runs are numbered in start order and cut into ${p.params.points} slices; a point is the mean per-run value of a slice (fleet: that slice of every agent's runs). Slope and tenths are over every run.</p>
