@@ -132,7 +132,9 @@ def load_store(url: str, rows: int, agents: int) -> float:
     return time.perf_counter() - t0
 
 
-def dashboards_and_sql(root: Path, rows: int, port: int, repeats: int) -> tuple[list[Figure], dict]:
+def dashboards_and_sql(
+    root: Path, rows: int, port: int, repeats: int, only: list[str] | None = None
+) -> tuple[list[Figure], dict]:
     import uvicorn
 
     from agentstream.ui.app import create_app
@@ -168,6 +170,8 @@ def dashboards_and_sql(root: Path, rows: int, port: int, repeats: int) -> tuple[
         "sql": {},
     }
     for which, names in DASHBOARDS.items():
+        if only and which not in only:
+            continue
         try:
             http_ms(f"{base}/api/v1/dashboards/{which}")  # warm
         except urllib.error.HTTPError as err:  # reported, and the other figures still measured
@@ -430,6 +434,7 @@ def main() -> None:
     ap.add_argument("--ports", default="29192,29710,29711", help="broker, in-process UI, UI")
     ap.add_argument("--skip-freshness", action="store_true")
     ap.add_argument("--skip-dashboards", action="store_true")
+    ap.add_argument("--dashboards", default="", help="only these, e.g. cost,tools (default: all)")
     args = ap.parse_args()
     kport, dport, uport = (int(x) for x in args.ports.split(","))
     root = Path(tempfile.mkdtemp(prefix="bench_ui_live_"))
@@ -437,7 +442,8 @@ def main() -> None:
     details: dict[str, Any] = {}
     try:
         if not args.skip_dashboards:
-            f, d = dashboards_and_sql(root, args.rows, dport, args.repeats)
+            only = [d for d in args.dashboards.split(",") if d]
+            f, d = dashboards_and_sql(root, args.rows, dport, args.repeats, only)
             figures += f
             details["dashboards_sql"] = d
         if not args.skip_freshness:
