@@ -283,6 +283,7 @@ def measure(
     else:
         print(f"  still loading after {replay_s:.0f}s, at {replay_perc:.1f}%", flush=True)
         stop_pid_hard(proc)
+    snapshot_mb = aof_bytes(b) / 1e6
     for d in (original, a, b):
         shutil.rmtree(d, ignore_errors=True)
     return {
@@ -295,7 +296,7 @@ def measure(
         "snapshot_ready_s": snap_s,
         "snapshot_ready_cpu_s": snap_cpu,
         "snapshot_load_phases_s": phases,
-        "snapshot_mb": aof_bytes(b) / 1e6,
+        "snapshot_mb": snapshot_mb,
         "shape": graph_shape,
         "batch": batch_size,
         "load_avg_1m_around_snapshot_restart": [load_before, load_after],
