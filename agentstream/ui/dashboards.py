@@ -2,11 +2,10 @@
 dashboards.py``, the same text ``agentstream query --named`` runs) with the page's time
 range, tenant and bucket, and says which query and parameters it ran so the page can
 open it in the SQL workspace. The learning trends (slices and fits) come fitted from
-``dash_learning``; they are only reshaped here for the charts."""
+``dash_learning``; the page only reshapes its rows into lines."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -67,38 +66,4 @@ def dashboard(b: Backends, which: str, rng: Range) -> dict[str, Any]:
     out: dict[str, Any] = {"dashboard": which, "bucket_s": rng.bucket_s, "panels": {}}
     for name in DASHBOARDS[which]:
         out["panels"][name] = run_named(b, name, rng)
-    if which == "learning":
-        rows = out["panels"]["dash_learning"]["rows"]
-        out["trends"] = learning_trends(rows)
     return out
-
-
-LEARNING_METRICS: tuple[str, ...] = ("success_rate", "feedback_score", "recall_rate")
-"""The metrics of ``dash_learning`` (its ``metric`` column), one trend each."""
-
-_FIT = ("slope", "first_tenth", "last_tenth", "change")
-
-
-def learning_trends(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """``dash_learning``'s rows as chart series: per scope (the fleet, each agent) and
-    metric, the slices' values (x: the slice's last run number for an agent, the slice
-    number for the fleet) and the fit of the whole series (its row with point NULL). Only
-    reshaped here: every number is the named query's."""
-
-    def empty() -> dict[str, dict[str, Any]]:
-        return {m: {"x": [], "values": [], "n": 0, **dict.fromkeys(_FIT)} for m in LEARNING_METRICS}
-
-    fleet = empty()
-    agents: dict[str, dict[str, dict[str, Any]]] = {}
-    for r in rows:
-        series = fleet if r["scope"] == "fleet" else agents.setdefault(r["agent_id"], empty())
-        s = series.get(r["metric"])
-        if s is None:
-            continue
-        if r["point"] is None:
-            s["n"] = r["runs_with_value"]
-            s.update({k: r[k] for k in _FIT})
-        elif r["value"] is not None:
-            s["x"].append(r["point"] + 1 if r["scope"] == "fleet" else r["run_to"])
-            s["values"].append(r["value"])
-    return {"fleet": fleet, "agents": dict(sorted(agents.items()))}

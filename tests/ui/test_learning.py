@@ -1,7 +1,7 @@
-"""The learning dashboard: its trends are ``dash_learning``'s rows reshaped (fits included),
-the simulated recall reaches it, and in Chromium the recall figures shown (per agent and
-fleet: slices, slope, first and last tenth, change) equal ``agentstream query --named
-dash_learning``'s output."""
+"""The learning dashboard: its panel is ``dash_learning``'s rows, the simulated recall
+reaches it, and in Chromium the figures shown (per agent and fleet: slices, slope, first
+and last tenth, change; recall for every agent, the other two for the fleet) equal
+``agentstream query --named dash_learning``'s output."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import json
 import pytest
 from part2kit import cli, get, page  # noqa: F401 (fixtures)
 from uistack import UIStack
-
-from agentstream.ui.dashboards import LEARNING_METRICS, learning_trends
 
 pytestmark = pytest.mark.integration
 
@@ -46,34 +44,11 @@ def slices(rows: list[dict], scope: str, agent: str, metric: str) -> list[float]
     return [r["value"] for r in sorted(pts, key=lambda r: r["point"]) if r["value"] is not None]
 
 
-def test_trends_are_the_named_querys_rows_reshaped(stack: UIStack) -> None:
+def test_the_panel_is_the_named_query(stack: UIStack) -> None:
     d = get(stack, "/api/v1/dashboards/learning")
     panel = d["panels"]["dash_learning"]
-    rows = cli_learning(stack, **panel["params"])
-    assert panel["params"]["points"] == "20"
-    t = d["trends"]
-    assert set(t["agents"]) == {r["agent_id"] for r in rows if r["scope"] == "agent"}
-    for metric in LEARNING_METRICS:
-        fleet = whole(rows, "fleet", "", metric)
-        assert t["fleet"][metric]["n"] == fleet["runs_with_value"]
-        assert [t["fleet"][metric][k] for k in FIT] == [fleet[k] for k in FIT]
-        assert t["fleet"][metric]["values"] == slices(rows, "fleet", "", metric)
-        for agent, series in t["agents"].items():
-            row = whole(rows, "agent", agent, metric)
-            assert [series[metric][k] for k in FIT] == [row[k] for k in FIT]
-            assert series[metric]["values"] == slices(rows, "agent", agent, metric)
-    # and the pure reshaping on its own: a slice without a value is left out of its line
-    base = {"scope": "agent", "agent_id": "a", "metric": "recall_rate"}
-    fit = {"runs_with_value": 2, "slope": 0.5, "first_tenth": 0.0, "last_tenth": 1.0}
-    one = [
-        base | {"point": None, "run_to": 3, "value": 0.5} | fit | {"change": 1.0},
-        base | {"point": 0, "run_to": 1, "value": 0.0},
-        base | {"point": 1, "run_to": 2, "value": None},
-        base | {"point": 2, "run_to": 3, "value": 1.0},
-    ]
-    a = learning_trends(one)["agents"]["a"]["recall_rate"]
-    assert (a["x"], a["values"]) == ([1, 3], [0.0, 1.0])
-    assert (a["n"], a["slope"], a["change"]) == (2, 0.5, 1.0)
+    assert panel["params"]["points"] == "20" and "trends" not in d
+    assert panel["rows"] == cli_learning(stack, **panel["params"])
 
 
 def test_recall_reaches_the_dashboard(stack: UIStack) -> None:
@@ -86,39 +61,55 @@ def test_recall_reaches_the_dashboard(stack: UIStack) -> None:
     assert fleet["runs_with_value"] > 0 and fleet["slope"] is not None
 
 
-def test_recall_figures_on_the_page_equal_the_cli(page, stack: UIStack) -> None:  # noqa: F811
+LABELS = {
+    "success_rate": "success rate",
+    "feedback_score": "feedback",
+    "recall_rate": "recall rate",
+}
+
+
+def test_figures_on_the_page_equal_the_cli(page, stack: UIStack) -> None:  # noqa: F811
     rows = cli_learning(stack)
     page.goto(stack.url + "/dashboards/learning")
     page.wait_for_selector('[data-chart="fleet-recall_rate"] canvas')
-    fleet = whole(rows, "fleet", "", "recall_rate")
 
-    def shown(root: str) -> dict:
-        el = page.locator(f'{root} [data-fit="recall rate"]')
+    def num(v: str | None) -> float | None:
+        return float(v) if v else None  # '' on the page: no value
+
+    def shown(root: str, metric: str) -> dict:
+        el = page.locator(f'{root} [data-fit="{LABELS[metric]}"]')
         return {
-            "n": int(el.get_attribute("data-n")),
-            "slope": float(el.locator("[data-slope]").get_attribute("data-slope")),
-            "change": float(el.locator("[data-change]").get_attribute("data-change")),
-            "first_tenth": float(el.get_attribute("data-first")),
-            "last_tenth": float(el.get_attribute("data-last")),
+            "n": int(el.get_attribute("data-n") or 0),
+            "slope": num(el.get_attribute("data-slope")),
+            "change": num(el.get_attribute("data-change")),
+            "first_tenth": num(el.get_attribute("data-first")),
+            "last_tenth": num(el.get_attribute("data-last")),
         }
 
     def expected(row: dict) -> dict:
         return {"n": row["runs_with_value"]} | {k: row[k] for k in FIT}
 
-    assert shown('[data-panel="fleet-recall_rate"]') == expected(fleet)
-    values = page.locator('[data-trend="fleet-recall_rate"]').get_attribute("data-values")
-    assert json.loads(values) == slices(rows, "fleet", "", "recall_rate")
+    for metric in LABELS:  # the fleet: all three trends, line and fit
+        row = whole(rows, "fleet", "", metric)
+        assert row["runs_with_value"] and row["slope"] is not None, metric
+        assert shown(f'[data-panel="fleet-{metric}"]', metric) == expected(row), metric
+        line = page.locator(f'[data-trend="fleet-{metric}"]')
+        assert json.loads(line.get_attribute("data-values")) == slices(rows, "fleet", "", metric)
     agents = sorted({r["agent_id"] for r in rows if r["scope"] == "agent"})
-    checked = 0
-    for agent in agents:
+    recalling = 0
+    for agent in agents:  # every agent: the recall line, and the fit of each trend it has
+        for metric in LABELS:
+            row = whole(rows, "agent", agent, metric)
+            if not row["runs_with_value"] or row["slope"] is None:
+                continue  # e.g. the planner never decides: "no runs with one yet"
+            assert shown(f'[data-agent-trend="{agent}"]', metric) == expected(row), agent
         row = whole(rows, "agent", agent, "recall_rate")
-        if not row["runs_with_value"] or row["slope"] is None:
-            continue  # an agent that never decides (the planner) shows "no runs with one yet"
-        assert shown(f'[data-agent-trend="{agent}"]') == expected(row), agent
-        series = page.locator(f'[data-trend="agent-recall-{agent}"]').get_attribute("data-values")
-        assert json.loads(series) == slices(rows, "agent", agent, "recall_rate")
-        checked += 1
-    assert checked >= 2
+        line = page.locator(f'[data-trend="agent-recall-{agent}"]')
+        assert json.loads(line.get_attribute("data-values")) == slices(
+            rows, "agent", agent, "recall_rate"
+        )
+        recalling += bool(row["runs_with_value"] and row["slope"] is not None)
+    assert recalling >= 2
     # the panel's SQL link opens dash_learning in the workspace
     link = page.locator('[data-panel="fleet-recall_rate"] a[data-sql-for="dash_learning"]')
     assert "named=dash_learning" in (link.get_attribute("href") or "")

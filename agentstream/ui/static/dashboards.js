@@ -92,7 +92,8 @@
   function Fit({ s, what }) {
     if (!s || !s.n) return html`<div class="fit" data-fit=${what} data-n="0">${what}: no runs with one yet</div>`;
     const dir = s.slope > 0 ? 'up' : s.slope < 0 ? 'down' : '';
-    return html`<div class="fit" data-fit=${what} data-n=${s.n} data-first=${s.first_tenth} data-last=${s.last_tenth}><span><b>${what}</b></span><span>runs <b>${s.n}</b></span><span>slope <b class=${dir} data-slope=${s.slope}>${signed(s.slope, 4)}</b> per run</span>
+    const attr = (v) => (v === null || v === undefined ? '' : String(v));  /* '' = none */
+    return html`<div class="fit" data-fit=${what} data-n=${s.n} data-slope=${attr(s.slope)} data-first=${attr(s.first_tenth)} data-last=${attr(s.last_tenth)} data-change=${attr(s.change)}><span><b>${what}</b></span><span>runs <b>${s.n}</b></span><span>slope <b class=${dir} data-slope=${s.slope}>${signed(s.slope, 4)}</b> per run</span>
       <span>first tenth <b>${fixed(s.first_tenth, 3)}</b> → last tenth <b>${fixed(s.last_tenth, 3)}</b> (<b class=${s.change > 0 ? 'up' : s.change < 0 ? 'down' : ''} data-change=${s.change}>${signed(s.change, 3)}</b>)</span></div>`;
   }
   /* a series' slices as a line; the values are also on the element, for checking */
@@ -100,14 +101,30 @@
     return html`<div data-trend=${name} data-x=${JSON.stringify(s.x)} data-values=${JSON.stringify(s.values)}><${Chart} name=${name} height=${height} x=${s.x} series=${[{ label, values: s.values }]} label=${label} /></div>`;
   }
   const TRENDS = [['success_rate', 'success rate', 'action success rate'], ['feedback_score', 'feedback', 'feedback score'], ['recall_rate', 'recall rate', 'decisions citing a recalled episode']];
+  const FIT = ['slope', 'first_tenth', 'last_tenth', 'change'];
+  /* dash_learning's rows (sorted by scope, agent, metric, point; the whole series first)
+   * as lines per scope and metric: the slices' values (x: an agent's run number, the
+   * fleet's slice number) and the fit from the row with point null. Only reshaped. */
+  function learningTrends(rows) {
+    const empty = () => Object.fromEntries(TRENDS.map(([m]) => [m, { x: [], values: [], n: 0, slope: null, first_tenth: null, last_tenth: null, change: null }]));
+    const fleet = empty(), agents = {};
+    for (const r of rows) {
+      const series = r.scope === 'fleet' ? fleet : (agents[r.agent_id] = agents[r.agent_id] || empty());
+      const s = series[r.metric];
+      if (!s) continue;
+      if (r.point === null) { s.n = r.runs_with_value; for (const k of FIT) s[k] = r[k]; }
+      else if (r.value !== null) { s.x.push(r.scope === 'fleet' ? r.point + 1 : r.run_to); s.values.push(r.value); }
+    }
+    return { fleet, agents };
+  }
   function LearningTab({ d }) {
-    const t = d.trends, p = d.panels.dash_learning;
+    const p = d.panels.dash_learning, t = learningTrends(p.rows);
     return html`<p class="dim">Each agent's runs are numbered in start order and cut into ${p.params.points} slices; a point is the mean per-run value of a slice (fleet: that slice of every agent's runs). Slope and tenths are over every run.</p>
     <div class="grid2">${TRENDS.map(([k, what, title]) => html`
       <${Panel} title=${'Fleet: ' + title + ' over successive runs'} panel=${p} name=${'fleet-' + k}><${Trend} s=${t.fleet[k]} name=${'fleet-' + k} label=${what} /><${Fit} s=${t.fleet[k]} what=${what} /><//>`)}
     </div>
     <h2>Per agent</h2>
-    <div class="grid2">${Object.entries(t.agents).map(([agent, a]) => html`<div class="panel" data-agent-trend=${agent}>
+    <div class="grid2">${Object.entries(t.agents).sort((a, b) => (a[0] < b[0] ? -1 : 1)).map(([agent, a]) => html`<div class="panel" data-agent-trend=${agent}>
       <div class="panel-head"><h3><${A} to=${href.agent(agent)}>${agent}<//></h3><span class="dim">x: run number</span></div>
       <div class="pad"><${Trend} s=${a.success_rate} name=${'agent-' + agent} height=${140} label="success rate" /><${Trend} s=${a.recall_rate} name=${'agent-recall-' + agent} height=${110} label="recall rate" />
         ${TRENDS.map(([k, what]) => html`<${Fit} s=${a[k]} what=${what} />`)}</div></div>`)}</div>`;
