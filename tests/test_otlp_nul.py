@@ -173,3 +173,30 @@ def test_receiver_answers_with_the_count_and_writes_decodable_events(
     events = read_log(kafka.bootstrap)  # decoded by the processors' codec
     assert len(events) == 10
     assert any(getattr(e.data, "result", None) == "row\ufffdrow" for e in events)
+
+
+def test_only_texts_that_reach_an_event_count() -> None:
+    """A NUL in an attribute the mapping never reads (a prompt, a host name) alters nothing;
+    a NUL in one scope's name counts that scope's spans only."""
+    from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+
+    req = ExportTraceServiceRequest(
+        resource_spans=[
+            ResourceSpans(
+                resource=Resource(attributes=[kv("service.name", "svc"), kv("host.name", "h\x00")]),
+                scope_spans=[
+                    ScopeSpans(
+                        scope=InstrumentationScope(name="sc\x00ope"),
+                        spans=[span(1, CHAT, start=0, end=1)],
+                    ),
+                    ScopeSpans(
+                        spans=[span(2, {**CHAT, "gen_ai.input.messages": "p\x00"}, start=2, end=3)]
+                    ),
+                ],
+            )
+        ]
+    )
+    batch = map_request(req, TraceMemory())
+    assert batch.mapped == 2 and batch.altered == 1
+    first, second = batch.events
+    assert first.source == "/otlp/svc/sc\ufffdope" and second.source == "/otlp/svc/unknown-scope"

@@ -363,12 +363,16 @@ SPAN_ATTRIBUTE_PREFIXES = (
 )
 
 
-def span_attributes(kvs: Iterable[Any]) -> dict[str, Any]:
-    """The span attributes the mapping reads, as a dict. Reading an attribute's value out of
-    the protobuf builds two objects; prompts, HTTP details and the like, a third or more of a
-    GenAI span's attributes, are never read, so their values are left in the protobuf."""
+def span_attributes(
+    kvs: Iterable[Any],
+    read: frozenset[str] = SPAN_ATTRIBUTES,
+    prefixes: tuple[str, ...] = SPAN_ATTRIBUTE_PREFIXES,
+) -> dict[str, Any]:
+    """The attributes the mapping reads (``read``, or starting with one of ``prefixes``), as
+    a dict. Reading an attribute's value out of the protobuf builds two objects; prompts,
+    HTTP details and the like, a third or more of a GenAI span's attributes, are never read,
+    so their values are left in the protobuf (and a U+0000 in them alters nothing)."""
     out: dict[str, Any] = {}
-    read, prefixes = SPAN_ATTRIBUTES, SPAN_ATTRIBUTE_PREFIXES
     for kv in kvs:
         k = kv.key
         if k in read or k.startswith(prefixes):
@@ -721,6 +725,9 @@ def _valid_ids(tid: bytes, sid: bytes, psid: bytes, start: int, end: int) -> str
 
 
 _GROUPING = "GenAI grouping span (nested chain or task): no event"
+_RESOURCE_KEYS = frozenset(
+    {"service.name", "agentstream.tenant", "gen_ai.agent.name", "agent.name"}
+)
 
 
 def map_request(
@@ -747,16 +754,23 @@ def map_request(
     # batch can be linked whatever their order in the request
     for rs in request.resource_spans:
         n0 = nul.n
-        ra = attributes(rs.resource.attributes)
+        ra = span_attributes(rs.resource.attributes, _RESOURCE_KEYS, ())
         service = _str(ra.get("service.name")) or "unknown_service"
         res_tenant = tenant or _str(ra.get("agentstream.tenant")) or "default"
         res_agent = _sfirst(ra, _AGENT_NAMES)
         res_problem = _unsupported_schema(rs.schema_url)
+        res_altered = nul.n != n0
         for ss in rs.scope_spans:
+            n0 = nul.n
             scope = _denul(ss.scope.name) or "unknown-scope"
             problem = _unsupported_schema(ss.schema_url) or res_problem
             ctx = _Ctx(
-                service, res_tenant, f"/otlp/{service}/{scope}", res_agent, problem, nul.n != n0
+                service,
+                res_tenant,
+                f"/otlp/{service}/{scope}",
+                res_agent,
+                problem,
+                res_altered or nul.n != n0,
             )
             for span in ss.spans:
                 n_spans += 1
