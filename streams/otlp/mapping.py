@@ -725,6 +725,7 @@ def _valid_ids(tid: bytes, sid: bytes, psid: bytes, start: int, end: int) -> str
 
 
 _GROUPING = "GenAI grouping span (nested chain or task): no event"
+_EXCEPTION_KEYS = frozenset({"exception.type", "exception.message"})
 _RESOURCE_KEYS = frozenset(
     {"service.name", "agentstream.tenant", "gen_ai.agent.name", "agent.name"}
 )
@@ -929,7 +930,7 @@ def _status(span: Any, a: dict[str, Any]) -> tuple[bool, str | None, str]:
         message = _denul(message)
     for ev in span.events:
         if ev.name == "exception":
-            ea = attributes(ev.attributes)
+            ea = span_attributes(ev.attributes, _EXCEPTION_KEYS, ())
             err_type = err_type or _str(ea.get("exception.type"))
             message = message or _str(ea.get("exception.message")) or ""
     return failed or err_type is not None, err_type, message
