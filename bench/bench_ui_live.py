@@ -19,7 +19,9 @@
      that statement, ``engine_ms`` in the response): what HTTP, the read-only check,
      Arrow, paging and JSON add, free of the engine's run-to-run noise under load. Also
      recorded: the median of (request - a bare query run right after it), the difference of
-     the p50s, and the split at ``server_ms`` (in the server / HTTP + JSON).
+     the p50s, and the split at ``server_ms`` (in the server / HTTP + JSON). Measured twice:
+     the UI opening chDB itself, and the route of a running pipeline, where the UI asks the
+     chDB owner's query service (one more loopback HTTP hop; served here by this process).
 2. Freshness: Tansu + ``agentstream ui`` (own process); a child process produces thought
    events at each rate for ``--seconds`` (record timestamp = wall clock at send); Chromium
    shows /live and a MutationObserver records, for every tail row put on the page,
@@ -230,6 +232,50 @@ def dashboards_and_sql(
             NAMED_QUERIES["agent_leaderboard"].bind(),
         ),
     }
+    f, details["sql"] = sql_overhead(base, cases, repeats, bare_ms, "")
+    figures += f
+    server.should_exit = True
+    thread.join(10)
+    # the route of a running pipeline: the UI asks the chDB owner's query service
+    # (another loopback HTTP hop, Arrow IPC back), here served by this process too
+    from projections.analytics.projection import AnalyticsProjection
+
+    run_dir = settings.data_dir.resolve() / "run"  # where the UI looks for the owner
+    run_dir.mkdir(parents=True, exist_ok=True)
+    owner = AnalyticsProjection(url, database="agentstream", serve_queries_in=run_dir)
+    owner.setup()
+    app2 = create_app(settings, analytics_direct=False)
+    server = uvicorn.Server(uvicorn.Config(app2, log_level="warning", lifespan="on"))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [bind(HOST, port)]}, daemon=True
+    )
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        f, details["sql_via_service"] = sql_overhead(
+            base, cases, repeats, bare_ms, " via the owner's query service"
+        )
+        figures += f
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        owner.close()
+    details["load_avg_1m_end"] = load_avg()
+    bare.close()
+    return figures, details
+
+
+def sql_overhead(
+    base: str,
+    cases: dict[str, tuple[dict[str, str], str, dict[str, Any]]],
+    repeats: int,
+    bare_ms: Any,
+    route: str,
+) -> tuple[list[Figure], dict[str, Any]]:
+    """``GET /api/v1/sql`` for each case, interleaved with the bare query."""
+    figures: list[Figure] = []
+    out: dict[str, Any] = {}
     for label, (args, sql, params) in cases.items():
         q = urllib.parse.urlencode({**args, "fresh": "true"})
         http_ms(f"{base}/api/v1/sql?{q}")
@@ -247,7 +293,7 @@ def dashboards_and_sql(
         paired = statistics.median(u - r for u, r in zip(ui, raw, strict=True))
         in_server = statistics.median(s - e for s, e in zip(in_app, engine, strict=True))
         http_json = statistics.median(u - s for u, s in zip(ui, in_app, strict=True))
-        details["sql"][label] = {
+        out[label] = {
             "ui_p50_ms": statistics.median(ui),
             "engine_p50_ms": statistics.median(engine),
             "bare_p50_ms": statistics.median(raw),
@@ -263,7 +309,7 @@ def dashboards_and_sql(
         }
         figures.append(
             Figure(
-                f"SQL workspace {label}: request p50",
+                f"SQL workspace{route} {label}: request p50",
                 statistics.median(ui),
                 "ms",
                 baseline=statistics.median(raw),
@@ -272,23 +318,20 @@ def dashboards_and_sql(
         )
         figures.append(
             Figure(
-                f"SQL workspace {label}: overhead, median of request - engine time (goal <= 20)",
+                f"SQL workspace{route} {label}: overhead, median of request - engine time "
+                "(goal <= 20)",
                 overhead,
                 "ms",
             )
         )
         figures.append(
             Figure(
-                f"SQL workspace {label}: median of request - bare query run right after it",
+                f"SQL workspace{route} {label}: median of request - bare query run right after it",
                 paired,
                 "ms",
             )
         )
-    details["load_avg_1m_end"] = load_avg()
-    server.should_exit = True
-    thread.join(10)
-    bare.close()
-    return figures, details
+    return figures, out
 
 
 # --- 2. live-view freshness ----------------------------------------------------------------
