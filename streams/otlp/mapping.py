@@ -18,6 +18,9 @@ Which convention a span follows (first match wins):
 
 Anything else (HTTP, DB, ...) is not an event: it is skipped and counted by reason.
 
+U+0000 in a text that reaches an event is replaced by U+FFFD (the contract refuses it) and
+the span counted as altered (see ``_denul``).
+
 Event ids are UUIDv7-shaped but derived, not random: the time bits are the event's time
 and the "random" bits a hash of (trace id, span id, phase). A retried export therefore
 produces the very same ids, and every consumer deduplicates by id.
