@@ -582,10 +582,17 @@ def test_a_remembered_verdict_is_only_reused_for_the_same_text_params_and_limits
     assert not (Path.cwd() / "stolen.csv").exists()
 
 
-def test_the_verdict_cache_is_bounded():
+def test_the_verdict_cache_is_bounded(store):
     verdicts = VerdictCache(size=2)
     keys = [VerdictCache.key(f"SELECT {i}", {}, QueryLimits(), frozenset()) for i in range(3)]
     for i, k in enumerate(keys):
         verdicts.put(k, f"SELECT {i}")
     assert len(verdicts) == 2
     assert verdicts.get(keys[0]) is None and verdicts.get(keys[2]) == "SELECT 2"
+    _, url, _ = store
+    long_text = "SELECT 1 AS x" + " " * VerdictCache.MAX_TEXT  # too long to keep
+    with connect(url=url) as db:
+        assert isinstance(db, DirectReader)
+        empty = VerdictCache()
+        assert check(long_text, db.engine, {}, None, empty) == "SELECT 1 AS x"
+        assert len(empty) == 0

@@ -567,6 +567,8 @@ class VerdictCache:
     statements are kept: a refusal is checked again every time.
     """
 
+    MAX_TEXT = 16 << 10  # longer statements are checked every time (bounds the memory)
+
     def __init__(self, size: int = 512) -> None:
         self.size = size
         self._items: collections.OrderedDict[Hashable, str] = collections.OrderedDict()
@@ -622,6 +624,8 @@ def check(
     params = dict(params or {})
     limits = limits or QueryLimits()
     table_functions = engine.table_functions()
+    if verdicts is not None and len(sql) > VerdictCache.MAX_TEXT:
+        verdicts = None
     key = VerdictCache.key(sql, params, limits, table_functions) if verdicts is not None else None
     if key is not None and verdicts is not None:
         cached = verdicts.get(key)
