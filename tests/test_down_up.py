@@ -11,13 +11,25 @@ topic-partition.
 
 from __future__ import annotations
 
-import pytest
-from conftest import Broker
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
 
+import pytest
+from conftest import HOST, Broker
+
+from agentstream.processes import free_port
+from agentstream.settings import Settings, load_settings
+from agentstream.stack import Stack
 from schemas.topics import EPISODES, STATE, VIOLATIONS
-from streams.processor import OutRecord, Publisher
-from streams.producer import partition_for_key
-from streams.state_reader import fetch_high_watermarks
+from streams.archive import archive_state
+from streams.processor import KafkaProcessor, OutRecord, Publisher, processor_progress
+from streams.producer import EventProducer, partition_for_key
+from streams.reducer import fold
+from streams.simulator import SimulationConfig, generate
+from streams.state_reader import fetch_high_watermarks, read_states
 
 pytestmark = pytest.mark.integration
 
@@ -70,3 +82,110 @@ async def test_an_output_larger_than_a_batch_still_goes_out_alone(kafka: Broker)
         await publisher.stop()
     hw = await fetch_high_watermarks(kafka.bootstrap, EPISODES)
     assert sum(hw.values()) == 1 + sum(1 for r in small if r.topic == EPISODES)
+
+
+# --- the whole stack: a worker left running across `agentstream down && up` ---------------
+
+
+class CountingPublisher(Publisher):
+    """The worker's own publisher, noting how many record batches each batch's outputs took."""
+
+    def __init__(self, bootstrap: str) -> None:
+        super().__init__(bootstrap)
+        self.sends: list[tuple[int, int, int]] = []  # (records, record batches, topic-partitions)
+
+    async def send(self, records: Iterable[OutRecord]) -> list[asyncio.Future[Any]]:
+        records = list(records)
+        futures = await super().send(records)
+        destinations = {
+            (r.topic, partition_for_key(r.key, await self._partitions_of(r.topic)) if r.key else 0)
+            for r in records
+        }
+        self.sends.append((len(records), len(futures), len(destinations)))
+        return futures
+
+
+def _stack_settings(data_dir: Path) -> Settings:
+    return load_settings(
+        data_dir=data_dir,
+        kafka_url=f"kafka://{HOST}:{free_port(HOST)}",
+        graph_url=f"falkordb://{HOST}:{free_port(HOST)}",
+        metrics_port_base=0,
+        worker_enabled=True,
+        worker_engine="aiokafka",
+        projections_enabled=False,
+        ui_enabled=False,
+        otlp_enabled=False,
+        archive_flush_s=0.3,
+    )
+
+
+async def _until(pred: Callable[[], Awaitable[bool]], deadline_s: float, what: str) -> None:
+    end = time.monotonic() + deadline_s
+    while not await pred():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.25)
+
+
+async def _caught_up(bootstrap: str, total: int) -> bool:
+    try:
+        progress = await processor_progress(bootstrap)
+    except Exception:  # the broker is restarting
+        return False
+    return progress.caught_up and sum(progress.highwater.values()) == total
+
+
+async def test_a_worker_left_running_across_stack_down_and_up_re_emits_in_few_batches_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: each worker batch's re-emitted outputs went out as dozens of 16 KB batches."""
+    monkeypatch.setenv("AGENTSTREAM_CONFIG", str(tmp_path / "no-such-config.toml"))
+    settings = _stack_settings(tmp_path / "data")
+    stack = Stack(settings)
+    bootstrap = settings.bootstrap_servers
+    first = list(generate(SimulationConfig(agents=6, runs=None, seed=41, max_events=12_000)))
+    second = list(generate(SimulationConfig(agents=6, runs=None, seed=42, max_events=1_000)))
+    left = KafkaProcessor(bootstrap, session_timeout_s=6)  # the worker nobody restarts
+    counting = left.publisher = CountingPublisher(bootstrap)
+    stop = asyncio.Event()
+    task: asyncio.Task[None] | None = None
+    try:
+        await asyncio.to_thread(stack.up)
+        async with EventProducer(bootstrap, linger_ms=5) as producer:
+            await producer.send_many(first)
+        task = asyncio.create_task(left.run(stop))
+        await _until(lambda: _caught_up(bootstrap, len(first)), 120, "the first log processed")
+        archive = settings.archive_location
+
+        async def archived() -> bool:
+            last = archive_state(archive).last_offsets
+            return sum(n + 1 for n in last.values()) == len(first)
+
+        await _until(archived, 60, "the first log archived")
+
+        await asyncio.to_thread(stack.down)  # the left-running worker keeps its positions
+        counting.sends.clear()
+        await asyncio.to_thread(stack.up)  # a fresh broker, restored from the archive
+        async with EventProducer(bootstrap, linger_ms=5) as producer:
+            await producer.send_many(second)
+        truth = first + second
+        expected, _ = fold(truth)
+
+        async def exact() -> bool:
+            return await _caught_up(bootstrap, len(truth)) and (
+                await read_states(bootstrap) == expected
+            )
+
+        await _until(exact, 150, "agent states equal to a clean fold of the new log")
+        assert not task.done()
+        assert left.stats.log_changes >= 1  # it noticed the new log instead of skipping it
+        # it re-emitted what it folds from the new log, one record batch per topic-partition
+        reemitted = [s for s in counting.sends if s[0] > 0]
+        assert sum(n for n, _, _ in reemitted) > 500
+        assert all(batches <= parts for _, batches, parts in reemitted), reemitted
+    finally:
+        stop.set()
+        if task is not None:
+            await asyncio.wait_for(task, 30)
+        await asyncio.to_thread(stack.down)
