@@ -110,12 +110,17 @@ span id, start and end, read from the protobuf once (each read of a protobuf fie
 a new Python object). A plain tuple: the cheapest to build and unpack."""
 
 
-@dataclass(slots=True)
 class _Trace:
-    spans: dict[bytes, SpanNode] = field(default_factory=dict)
-    llms: list[bytes] = field(default_factory=list)
-    tools: list[bytes] = field(default_factory=list)
-    hex: str | None = None  # the trace id as hex, computed once
+    """One trace's spans, and its model and tool calls in the order they were seen (a plain
+    class: a dataclass's default factories cost a microsecond a trace)."""
+
+    __slots__ = ("hex", "llms", "spans", "tools")
+
+    def __init__(self) -> None:
+        self.spans: dict[bytes, SpanNode] = {}
+        self.llms: list[bytes] = []
+        self.tools: list[bytes] = []
+        self.hex: str | None = None  # the trace id as hex, computed once
 
 
 class TraceMemory:
@@ -589,11 +594,16 @@ def classify(a: dict[str, Any]) -> tuple[Kind, str | None]:
     return _OTHER, None
 
 
-def _other_reason(span: Any) -> str:
-    kind = {1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}.get(
-        span.kind, "unspecified"
+_OTHER_REASONS = {
+    k: f"not a GenAI span ({name})"
+    for k, name in enumerate(
+        ("unspecified", "internal", "server", "client", "producer", "consumer")
     )
-    return f"not a GenAI span ({kind})"
+}
+
+
+def _other_reason(span: Any) -> str:
+    return _OTHER_REASONS.get(span.kind, "not a GenAI span (unspecified)")
 
 
 # --- what a span says (each convention's spelling) -------------------------------------------
