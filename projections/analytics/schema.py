@@ -358,13 +358,14 @@ DECISION_PREFIX = "agent.think.decision."
 FEEDBACK_PREFIX = "agent.learn.feedback."
 
 # Migration 7: what the learning dashboard needs per agent and run, so it reads run_agent
-# alone. ``if`` keeps the JSON parsing to the decision and feedback rows.
+# alone. The view parses JSON on every row it is given (no short-circuit inside aggregate
+# arguments), so the score is read from the feedback rows' payload only, '' elsewhere.
 _RUN_AGENT_LEARNING = f"""    countIf(startsWith(e.type, '{DECISION_PREFIX}')) AS decisions,
     countIf(
         startsWith(e.type, '{DECISION_PREFIX}')
         AND JSONLength(e.payload, 'recalled_episodes') > 0
     ) AS decisions_with_recall,
-    sum(if(startsWith(e.type, '{FEEDBACK_PREFIX}'), JSONExtractFloat(e.payload, 'score'), 0))
+    sum(JSONExtractFloat(if(startsWith(e.type, '{FEEDBACK_PREFIX}'), e.payload, ''), 'score'))
         AS feedback_score_sum,
     countIf(startsWith(e.type, '{FEEDBACK_PREFIX}')) AS feedback_events
 """
