@@ -283,6 +283,34 @@ def corpus() -> list[tuple[str, ExportTraceServiceRequest, str | None]]:
         service=None, resource={"agentstream.tenant": "globex"},
     ), "token-tenant"))  # fmt: skip
 
+    # a long trace (past the mapping's scan limit: links found through its index), with
+    # model calls ending at the same instant, a span id reused, and a second batch
+    t = tid(6)
+    long_spans = [span(t, 1, AGENT, start=0, end=100_000)]
+    clock = 1
+    for i in range(40):
+        end = clock + 5 if i % 7 else clock  # every 7th model call takes no time
+        long_spans.append(
+            span(t, 10 + 2 * i, {**CHAT, "gen_ai.output.messages": json.dumps(
+                [{"role": "assistant", "parts": [{"type": "tool_call", "id": f"lc{i % 30}",
+                                                  "name": "search"}]}])},
+                 start=clock, end=end, parent=1)
+        )  # fmt: skip
+        clock = end + 1
+        call = {"gen_ai.tool.call.id": f"lc{i}"} if i % 3 else {}
+        long_spans.append(
+            span(t, 11 + 2 * i, {**TOOL, **call}, start=clock, end=clock + 2, parent=1)
+        )
+        clock += 3 if i % 5 else 0  # some tools end where the next model call ends
+    long_spans.append(span(t, 12, CHAT, start=clock, end=clock + 4, parent=1))  # id reused
+    out.append(("long trace", request(*long_spans), None))
+    out.append(("long trace, next batch", request(
+        span(t, 500, {**TOOL, "gen_ai.tool.call.id": "lc3"}, start=clock + 5, end=clock + 6,
+             parent=1),
+        span(t, 501, CHAT, start=clock + 7, end=clock + 9, parent=1),
+        span(t, 502, TOOL, start=clock + 2, end=clock + 3, parent=1),
+    ), None))  # fmt: skip
+
     out.append(("unsupported versions", request(
         span(tid(2), 1, CHAT), span(tid(2), 2, {"http.method": "GET"}, start=2, end=3),
         schema_url="https://opentelemetry.io/schemas/1.20.0",
@@ -455,3 +483,37 @@ def test_every_span_attribute_the_mapping_reads_is_kept() -> None:
     }
     assert not missing, missing
     assert len(names) > 40
+
+
+def test_the_trace_index_finds_what_the_scans_find() -> None:
+    """Past the scan limit the links come from a trace's index: on random long traces (model
+    calls ending at the same instant, span ids reused by spans of another kind, tool call
+    ids named by several model calls) it must answer every query as the scans do."""
+    from streams.otlp import mapping as m
+
+    rng = random.Random(11)
+    for _ in range(60):
+        memory = m.TraceMemory()
+        trace = memory.trace(b"t" * 16)
+        n = rng.randint(m._SCAN_LIMIT // 2, 3 * m._SCAN_LIMIT)
+        sids = [i.to_bytes(8, "big") for i in range(1, n + 1)]
+        for _ in range(n + n // 4):  # some ids come back: the node is replaced
+            sid = rng.choice(sids)
+            kind = rng.choice([m.Kind.LLM, m.Kind.LLM, m.Kind.TOOL, m.Kind.OTHER])
+            start = rng.randint(1, 60) * 1000
+            node = m.SpanNode(kind, b"", start, start + rng.choice([0, 1000, 1000, 5000]))
+            if kind is m.Kind.LLM:
+                node.tool_call_ids = tuple(
+                    f"c{rng.randint(0, 20)}" for _ in range(rng.randint(0, 2))
+                )
+            memory.remember(b"t" * 16, sid, node, trace)
+        ix = m._Index(trace)
+        for _ in range(40):
+            at = rng.randint(0, 70) * 1000
+            call = rng.choice([None, "", f"c{rng.randint(0, 25)}"])
+            me = rng.choice(sids)
+            assert m._chooser_indexed(trace, ix, at, call) == m._chooser_scan(trace, at, call)
+            assert m._inputs_of_llm_indexed(trace, ix, me, at) == m._inputs_of_llm_scan(
+                trace, me, at
+            )
+        assert (m._index(trace) is not None) == (len(trace.llms) + len(trace.tools) > m._SCAN_LIMIT)

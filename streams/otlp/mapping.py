@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from bisect import bisect_left, bisect_right
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -114,13 +115,15 @@ class _Trace:
     """One trace's spans, and its model and tool calls in the order they were seen (a plain
     class: a dataclass's default factories cost a microsecond a trace)."""
 
-    __slots__ = ("hex", "llms", "spans", "tools")
+    __slots__ = ("hex", "index", "llms", "spans", "tools", "version")
 
     def __init__(self) -> None:
         self.spans: dict[bytes, SpanNode] = {}
         self.llms: list[bytes] = []
         self.tools: list[bytes] = []
         self.hex: str | None = None  # the trace id as hex, computed once
+        self.version = 0  # bumped by every change of ``spans`` (the index is rebuilt then)
+        self.index: _Index | None = None
 
 
 class TraceMemory:
@@ -150,10 +153,12 @@ class TraceMemory:
         t = t or self.trace(trace_id)
         if span_id in t.spans:
             t.spans[span_id] = node
+            t.version += 1
             return
         if len(t.spans) >= self.max_spans:
             return
         t.spans[span_id] = node
+        t.version += 1
         if node.kind is _LLM:
             t.llms.append(span_id)
         elif node.kind is _TOOL:
@@ -897,9 +902,73 @@ def _identity(
     return agent[:256], run or trace_hex, cause
 
 
+_SCAN_LIMIT = 48
+"""Up to this many model and tool calls in a trace, a scan of them is cheaper than building
+an index; past it the scans would make a long trace quadratic (each call scans them all)."""
+
+
+class _Index:
+    """A trace's model and tool calls sorted by (end time, order seen), and its model calls
+    by the tool call ids they chose: what _chooser and _inputs_of_llm look for, in
+    logarithmic time. Built from the trace as it is (``version``), so a span id reused by a
+    later span is seen exactly as the scans see it."""
+
+    __slots__ = ("by_call", "llm_ends", "llm_rows", "tool_ends", "tool_rows", "version")
+
+    def __init__(self, t: _Trace) -> None:
+        spans = t.spans
+        self.version = t.version
+        self.llm_rows = sorted([(spans[sid].end_ns, i, sid) for i, sid in enumerate(t.llms)])
+        self.llm_ends = [r[0] for r in self.llm_rows]
+        self.tool_rows = sorted([(spans[sid].end_ns, i, sid) for i, sid in enumerate(t.tools)])
+        self.tool_ends = [r[0] for r in self.tool_rows]
+        self.by_call: dict[str, list[bytes]] = {}
+        for sid in t.llms:  # in the order seen
+            for call in spans[sid].tool_call_ids:
+                self.by_call.setdefault(call, []).append(sid)
+
+    def latest(self, before_ns: int, exclude: bytes | None) -> tuple[int, int, bytes] | None:
+        """The model call that ended last at or before ``before_ns`` (the first seen among
+        those ending at the same time), other than ``exclude``."""
+        ends, rows = self.llm_ends, self.llm_rows
+        i = bisect_right(ends, before_ns)
+        while i > 0:
+            j = bisect_left(ends, ends[i - 1], 0, i)
+            for k in range(j, i):
+                if rows[k][2] != exclude:
+                    return rows[k]
+            i = j
+        return None
+
+
+def _index(t: _Trace) -> _Index | None:
+    if len(t.llms) + len(t.tools) <= _SCAN_LIMIT:
+        return None
+    ix = t.index
+    if ix is None or ix.version != t.version:
+        ix = t.index = _Index(t)
+    return ix
+
+
 def _chooser(t: _Trace, start_ns: int, call_id: str | None) -> bytes | None:
     """The model call that chose a tool: the one whose output names its call id, else the
     latest model call of the trace that ended before the tool started."""
+    ix = _index(t)
+    if ix is None:
+        return _chooser_scan(t, start_ns, call_id)
+    return _chooser_indexed(t, ix, start_ns, call_id)
+
+
+def _chooser_indexed(t: _Trace, ix: _Index, start_ns: int, call_id: str | None) -> bytes | None:
+    if call_id:
+        for sid in ix.by_call.get(call_id, ()):
+            if t.spans[sid].end_ns <= start_ns:
+                return sid
+    row = ix.latest(start_ns, None)
+    return row[2] if row is not None else None
+
+
+def _chooser_scan(t: _Trace, start_ns: int, call_id: str | None) -> bytes | None:
     best: tuple[int, bytes] | None = None
     for sid in t.llms:
         n = t.spans[sid]
@@ -915,6 +984,30 @@ def _chooser(t: _Trace, start_ns: int, call_id: str | None) -> bytes | None:
 def _inputs_of_llm(t: _Trace, span_id: bytes, start_ns: int) -> list[bytes]:
     """What a model call read: tool results that ended since the previous model call, or
     else that previous model call."""
+    ix = _index(t)
+    if ix is None:
+        return _inputs_of_llm_scan(t, span_id, start_ns)
+    return _inputs_of_llm_indexed(t, ix, span_id, start_ns)
+
+
+def _inputs_of_llm_indexed(t: _Trace, ix: _Index, span_id: bytes, start_ns: int) -> list[bytes]:
+    row = ix.latest(start_ns, span_id)
+    prev_end, prev = (row[0], row[2]) if row is not None else (-1, None)
+    spans = t.spans
+    lo = bisect_left(ix.tool_ends, prev_end)
+    hi = bisect_right(ix.tool_ends, start_ns)
+    found = [r for r in ix.tool_rows[lo:hi] if spans[r[2]].start_ns >= prev_end]
+    if found:
+        found.sort(key=_seen)  # in the order seen, as the scan gives them
+        return [r[2] for r in found]
+    return [prev] if prev is not None else []
+
+
+def _seen(row: tuple[int, int, bytes]) -> int:
+    return row[1]
+
+
+def _inputs_of_llm_scan(t: _Trace, span_id: bytes, start_ns: int) -> list[bytes]:
     prev_end = -1
     prev: bytes | None = None
     for sid in t.llms:
