@@ -116,7 +116,7 @@ async def violation_events(
 @router.get(
     "/dashboards/{which}",
     summary="One dashboard (cost, tools, violations, learning): its named queries' rows "
-    "(`agentstream query --named dash_…`), plus the learning trends' fits",
+    "(`agentstream query --named dash_…`); the learning trends' fits are rows of dash_learning",
 )
 async def dashboard(
     request: Request,
