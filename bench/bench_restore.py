@@ -12,7 +12,7 @@ Trials, each on a fresh broker (Tansu keeps everything in memory), alternating:
   names, read every segment (events and dlq files), produce per partition with
   ``create_batch``/``send_batch``, verify each partition's high watermark and last record,
   write the epoch marker.
-- ``raw send_batch`` (baseline): the same records (key, value, timestamp), already in
+- ``raw send_batch`` (baseline): the same records (key, value, timestamp, headers), already in
   memory in partition order, produced the same way by a plain ``AIOKafkaProducer``: no
   files, no checks.
 
@@ -64,13 +64,16 @@ async def build_archive(bootstrap: str, root: Path, events: int, flush_s: float)
     return total
 
 
-def load_records(root: Path) -> dict[int, list[tuple[bytes | None, bytes, int]]]:
+Row = tuple[bytes | None, bytes, int, list[tuple[str, bytes | None]] | None]
+
+
+def load_records(root: Path) -> dict[int, list[Row]]:
     """The archive's records per partition, in order: what the raw baseline produces."""
-    out: dict[int, list[tuple[bytes | None, bytes, int]]] = {}
+    out: dict[int, list[Row]] = {}
     for p, plan in plan_restore(root).items():
         rows = out.setdefault(p, [])
         for seg in plan.segments:
-            rows.extend((k, v, ts) for _, ts, k, v in _rows(read_segment(root, seg)))
+            rows.extend((k, v, ts, h) for _, ts, k, v, h in _rows(read_segment(root, seg)))
     return out
 
 
@@ -83,7 +86,7 @@ def restore_trial(root: Path, total: int) -> Callable[[str], Awaitable[float]]:
     return run
 
 
-def raw_trial(records: dict[int, list[tuple[bytes | None, bytes, int]]]) -> Callable:
+def raw_trial(records: dict[int, list[Row]]) -> Callable:
     async def run(bootstrap: str) -> float:
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
@@ -96,14 +99,14 @@ def raw_trial(records: dict[int, list[tuple[bytes | None, bytes, int]]]) -> Call
         try:
             t0 = time.perf_counter()
 
-            async def partition(p: int, rows: list[tuple[bytes | None, bytes, int]]) -> None:
+            async def partition(p: int, rows: list[Row]) -> None:
                 futs = []
                 batch = producer.create_batch()
-                for key, value, ts in rows:
-                    if batch.append(key=key, value=value, timestamp=ts) is None:
+                for key, value, ts, h in rows:
+                    if batch.append(key=key, value=value, timestamp=ts, headers=h) is None:
                         futs.append(await producer.send_batch(batch, EVENTS, partition=p))
                         batch = producer.create_batch()
-                        batch.append(key=key, value=value, timestamp=ts)
+                        batch.append(key=key, value=value, timestamp=ts, headers=h)
                 futs.append(await producer.send_batch(batch, EVENTS, partition=p))
                 await asyncio.gather(*futs)
 

@@ -12,9 +12,12 @@ Layout (hive-partitioned, readable by pyarrow.dataset, DuckDB, chDB, Spark)::
     ROOT/.lock     one archiver per directory (flock)
 
 ``events`` rows are :data:`ARCHIVE_SCHEMA`: the flat row of ``schemas.arrow`` (log
-partition/offset filled) plus the log generation, the record timestamp, the key and the
-original value bytes, so the archive is a byte-exact copy of the log (subject,
-dataschema and old event versions included). Their date/hour is the event's own time
+partition/offset filled) plus the log generation, the record timestamp, the key, the
+original value bytes and the record headers, so the archive is a byte-exact copy of the
+log (subject, dataschema, old event versions and any client's headers included). Files
+of format version 1 (footer ``agentstream.archive.version``) have no ``log_headers``
+column: readers read them with the current schema, which gives null headers ("not
+known", unlike ``[]``: "none"). Their date/hour is the event's own time
 (UTC). Records that fail validation go, with their bytes and the reason, to ``dlq`` rows
 (:data:`DLQ_SCHEMA`), bucketed by the record timestamp: nothing is dropped.
 
@@ -51,6 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -82,16 +86,35 @@ SEGMENT_KEY = b"agentstream.segment"
 DEFAULT_GROUP = "agentstream-archiver"
 STAGE = "archiver"  # in the detail of a dlq row whose event row could not be built
 
+ARCHIVE_VERSION = 2
+"""Version 2 added ``log_headers``; version-1 files lack the column (read as null)."""
+
+VERSION_KEY = b"agentstream.archive.version"
+
+RecordHeaders = Sequence[tuple[str, bytes | None]]
+"""Kafka record headers as aiokafka gives and takes them: (key, value or None), in order."""
+
+HEADERS_TYPE = pa.list_(
+    pa.field(
+        "element",
+        pa.struct([pa.field("key", pa.string(), nullable=False), pa.field("value", pa.binary())]),
+        nullable=False,
+    )
+)
+"""A record's headers in record order; repeated keys kept; a null value stays null."""
+
 LOG_COLUMNS = [
     pa.field("log_generation", pa.int32(), nullable=False),
     pa.field("log_timestamp", pa.timestamp("ms", tz="UTC"), nullable=False),
     pa.field("log_key", pa.binary()),
     pa.field("raw", pa.binary(), nullable=False),
+    # [] = no headers; null only for rows archived before version 2 (headers unknown)
+    pa.field("log_headers", HEADERS_TYPE),
 ]
 
 ARCHIVE_SCHEMA = pa.schema(
     list(EVENT_ROW_SCHEMA) + LOG_COLUMNS,
-    metadata={**(EVENT_ROW_SCHEMA.metadata or {}), b"agentstream.archive.version": b"1"},
+    metadata={**(EVENT_ROW_SCHEMA.metadata or {}), VERSION_KEY: str(ARCHIVE_VERSION).encode()},
 )
 """An archived valid event: the flat event row + where it was in the log + its bytes."""
 
@@ -104,9 +127,58 @@ DLQ_SCHEMA = pa.schema(
         pa.field("detail", pa.string(), nullable=False),
         pa.field("path", pa.string()),
     ],
-    metadata={b"agentstream.archive.version": b"1", b"agentstream.row": b"dlq"},
+    metadata={VERSION_KEY: str(ARCHIVE_VERSION).encode(), b"agentstream.row": b"dlq"},
 )
 """An archived invalid record: where it was, its bytes, and why it was rejected."""
+
+
+def headers_array(rows: Sequence[RecordHeaders | None]) -> pa.ListArray:
+    """The ``log_headers`` column of ``rows`` (None -> null), built from flat key and
+    value arrays: much faster than converting nested Python objects."""
+    offsets: list[int] = [0]
+    keys: list[str] = []
+    values: list[bytes | None] = []
+    nulls = False
+    for headers in rows:
+        if headers is None:
+            nulls = True
+        else:
+            for k, v in headers:
+                keys.append(k)
+                values.append(v)
+        offsets.append(len(keys))
+    item = HEADERS_TYPE.value_type
+    pairs = pa.StructArray.from_arrays(
+        [pa.array(keys, pa.string()), pa.array(values, pa.binary())], fields=list(item)
+    )
+    mask = pa.array([h is None for h in rows], pa.bool_()) if nulls else None
+    return pa.ListArray.from_arrays(
+        pa.array(offsets, pa.int32()), pairs, type=HEADERS_TYPE, mask=mask
+    )
+
+
+def headers_lists(
+    column: pa.Array | pa.ChunkedArray | None, rows: int
+) -> list[list[tuple[str, bytes | None]] | None]:
+    """Per row, the headers as aiokafka takes them; None where the archive does not know
+    them (a version-1 row, or ``column`` None: the file has no such column)."""
+    if column is None:
+        return [None] * rows
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], HEADERS_TYPE)
+    lengths = pc.list_value_length(column).to_pylist()
+    keys_arr, values_arr = column.flatten().flatten()
+    keys, values = keys_arr.to_pylist(), values_arr.to_pylist()
+    out: list[list[tuple[str, bytes | None]] | None] = []
+    pos = 0
+    for n in lengths:
+        if n is None:
+            out.append(None)
+            continue
+        out.append(list(zip(keys[pos : pos + n], values[pos : pos + n], strict=True)))
+        pos += n
+    return out
+
 
 _NAME_RE = re.compile(r"^g(?P<g>\d+)-p(?P<p>\d+)-o(?P<a>\d+)-o(?P<b>\d+)\.parquet$")
 
@@ -431,6 +503,7 @@ class _BucketBuffer:
     keys: list[bytes | None] = field(default_factory=list)
     raws: list[bytes] = field(default_factory=list)
     errors: list[InvalidEvent] = field(default_factory=list)
+    headers: list[RecordHeaders] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -444,6 +517,7 @@ def _event_table(generation: int, partition: int, buf: _BucketBuffer) -> pa.Tabl
         pa.array(buf.timestamps, pa.timestamp("ms", tz="UTC")),
         pa.array(buf.keys, pa.binary()),
         pa.array(buf.raws, pa.binary()),
+        headers_array(buf.headers),
     ]
     return pa.Table.from_arrays(list(table.columns) + extra, schema=ARCHIVE_SCHEMA)
 
@@ -458,6 +532,7 @@ def _dlq_table(generation: int, partition: int, buf: _BucketBuffer) -> pa.Table:
             pa.array(buf.timestamps, pa.timestamp("ms", tz="UTC")),
             pa.array(buf.keys, pa.binary()),
             pa.array(buf.raws, pa.binary()),
+            headers_array(buf.headers),
             pa.array([e.reason.value for e in buf.errors], pa.string()),
             pa.array([e.detail for e in buf.errors], pa.string()),
             pa.array([e.path for e in buf.errors], pa.string()),
@@ -516,6 +591,8 @@ class SegmentWriter:
         buf.timestamps.append(record.timestamp)
         buf.keys.append(record.key)
         buf.raws.append(value)
+        # a ConsumerRecord always has them; records built by hand (tests) may not
+        buf.headers.append(getattr(record, "headers", None) or ())
         if isinstance(outcome, InvalidEvent):
             buf.errors.append(outcome)
         else:
@@ -560,7 +637,12 @@ class SegmentWriter:
         dlq_keys: set[tuple[str, str]] = set()
         for i, event in enumerate(buf.events):
             one = _BucketBuffer(
-                [event], [buf.offsets[i]], [buf.timestamps[i]], [buf.keys[i]], [buf.raws[i]]
+                [event],
+                [buf.offsets[i]],
+                [buf.timestamps[i]],
+                [buf.keys[i]],
+                [buf.raws[i]],
+                headers=[buf.headers[i]],
             )
             try:
                 _event_table(self.generation, self.partition, one)
@@ -581,6 +663,7 @@ class SegmentWriter:
                 dlq.timestamps.append(buf.timestamps[i])
                 dlq.keys.append(buf.keys[i])
                 dlq.raws.append(buf.raws[i])
+                dlq.headers.append(buf.headers[i])
                 dlq.errors.append(processing_error(STAGE, row_err))
                 dlq_keys.add(dkey)
                 continue
@@ -589,6 +672,7 @@ class SegmentWriter:
             keep.timestamps.append(buf.timestamps[i])
             keep.keys.append(buf.keys[i])
             keep.raws.append(buf.raws[i])
+            keep.headers.append(buf.headers[i])
         if not dlq_keys:  # only together did they fail: nothing to single out
             raise err
         for dkey in dlq_keys:

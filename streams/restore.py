@@ -4,9 +4,9 @@ The embedded broker (Tansu, memory only) starts empty. ``agentstream up`` calls
 :func:`restore_log` right after it created the topics and before any consumer starts:
 every archived record of ``agent-events`` (valid events from ``events/`` *and* rejected
 records from ``dlq/``) is produced again into its original partition, in its original
-order, with its original key, value bytes and record timestamp. When the archive holds one
-generation per partition that starts at offset 0 and has no holes (the normal case), every
-record gets its original offset back, so the archive, the new log and every consumer's
+order, with its original key, value bytes, record timestamp and headers. When the archive
+holds one generation per partition that starts at offset 0 and has no holes (the normal
+case), every record gets its original offset back, so the archive, the new log and every consumer's
 stored position agree.
 
 When it cannot (an archive with several generations, one not starting at 0, or holes), the
@@ -21,9 +21,10 @@ marker (:mod:`streams.log_identity`). Records are written with ``create_batch`` 
 ``send_batch`` per partition (aiokafka keeps one request in flight per partition, so
 order holds), many batches in flight at once.
 
-Not restored: Kafka record headers (the archive does not keep them; no AgentStream
-consumer reads them), and the derived topics (``agent-state``, ``agent-episodes``, ...):
-the processor re-derives them from the restored log.
+Record headers are restored too (archive format version 2); records archived by version 1,
+which kept none, come back without headers (the restore log says how many). Not restored:
+the derived topics (``agent-state``, ``agent-episodes``, ...): the processor re-derives
+them from the restored log.
 """
 
 from __future__ import annotations
@@ -47,12 +48,14 @@ from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionErro
 
 from schemas.topics import EVENTS, TOPICS, TopicSpec
 from streams.archive import (
+    ARCHIVE_SCHEMA,
     DLQ_DIR,
     EVENTS_DIR,
     Segment,
     complete_segments,
     fetch_high_watermarks,
     fetch_record,
+    headers_lists,
 )
 from streams.log_identity import (
     EPOCH_TOPIC,
@@ -66,7 +69,9 @@ from streams.producer import partition_for_key
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = ["log_offset", "log_timestamp", "log_key", "raw"]
+_COLUMNS = ["log_offset", "log_timestamp", "log_key", "raw", "log_headers"]
+# read with this schema, a version-1 file (no log_headers column) gives null headers
+_READ_SCHEMA = pa.schema([ARCHIVE_SCHEMA.field(c) for c in _COLUMNS])
 
 EarlyRecord = tuple[bytes | None, bytes, int, list[tuple[str, bytes]]]
 """(key, value, timestamp ms, headers) of a record a client wrote before the restore."""
@@ -222,22 +227,27 @@ def plan_restore(root: Path) -> dict[int, PartitionPlan]:
 def read_segment(root: Path, seg: Segment) -> pa.Table:
     """The segment's records (events and dlq rows together) in offset order."""
     tables = [
-        pq.read_table(root / f.relpath, columns=_COLUMNS)
+        pq.read_table(root / f.relpath, schema=_READ_SCHEMA)
         for f in seg.files
         if f.kind in (EVENTS_DIR, DLQ_DIR)
     ]
     if not tables:
-        return pa.table({c: [] for c in _COLUMNS})
+        return _READ_SCHEMA.empty_table()
     table = pa.concat_tables(tables, promote_options="permissive")
     return table.sort_by("log_offset") if len(tables) > 1 else table
 
 
-def _rows(table: pa.Table) -> Iterator[tuple[int, int, bytes | None, bytes]]:
+def _rows(
+    table: pa.Table,
+) -> Iterator[tuple[int, int, bytes | None, bytes, list[tuple[str, bytes | None]] | None]]:
+    """(offset, timestamp ms, key, value, headers) per row; headers None: archived by
+    version 1 (not known)."""
     offsets = table.column("log_offset").to_pylist()
     stamps = pc.cast(table.column("log_timestamp"), pa.int64()).to_pylist()
     keys = table.column("log_key").to_pylist()
     raws = table.column("raw").to_pylist()
-    return zip(offsets, stamps, keys, raws, strict=True)
+    headers = headers_lists(table.column("log_headers"), table.num_rows)
+    return zip(offsets, stamps, keys, raws, headers, strict=True)
 
 
 # --- producing --------------------------------------------------------------------------------
@@ -247,6 +257,7 @@ class _Counter:
     def __init__(self, total: int, progress: Progress | None) -> None:
         self.done, self.total, self.progress = 0, total, progress
         self._last = 0.0
+        self.no_headers = 0  # records archived by format version 1: restored without headers
 
     def add(self, n: int) -> None:
         self.done += n
@@ -289,18 +300,19 @@ async def _restore_partition(
         table = await reading
         if i + 1 < len(segments):  # read the next segment while this one is produced
             reading = asyncio.ensure_future(asyncio.to_thread(read_segment, root, segments[i + 1]))
+        counter.no_headers += table.column("log_headers").null_count
         batch = producer.create_batch()
         n = 0
-        for offset, ts, key, raw in _rows(table):
+        for offset, ts, key, raw, headers in _rows(table):
             if plan.offsets_preserved and offset != produced and len(moved) < 5:
                 moved.append(f"archived offset {offset} would land at {produced}")
-            if batch.append(key=key, value=raw, timestamp=ts) is None:
+            if batch.append(key=key, value=raw, timestamp=ts, headers=headers) is None:
                 in_flight.append(
                     (await producer.send_batch(batch, topic, partition=plan.partition), n)
                 )
                 await settle(max_in_flight)
                 batch, n = producer.create_batch(), 0
-                if batch.append(key=key, value=raw, timestamp=ts) is None:
+                if batch.append(key=key, value=raw, timestamp=ts, headers=headers) is None:
                     raise RestoreError(
                         f"partition {plan.partition}: record at archived offset {offset} "
                         f"({len(raw)} bytes) is larger than a produce request allows"
@@ -661,6 +673,12 @@ async def _restore_partitions(
         finally:
             await producer.stop()
         results = dict(zip(plans, done, strict=True))
+        if counter.no_headers:
+            log.warning(
+                "%d records archived before version 2 have no headers (the archive did not "
+                "keep them); restored without",
+                counter.no_headers,
+            )
     checked = await _verify(
         bootstrap,
         topic,
@@ -705,8 +723,8 @@ def restore_log(
     Call it after the topics exist and before any consumer or producer touches the log.
     - fresh log (every partition of ``topic`` empty): produces every archived record
       (``events/`` and ``dlq/`` rows) into its partition in archived order with its key,
-      value bytes and timestamp; verifies each partition's fetch high watermark equals the
-      count and the last record's bytes; then writes the log's epoch marker (restored).
+      value bytes, timestamp and headers; verifies each partition's fetch high watermark
+      equals the count and the last record's bytes; then writes the log's epoch marker (restored).
     - log not empty: restores nothing (``report.skipped`` says why) and makes sure the log
       has an epoch marker. An empty or missing archive restores nothing and writes a
       fresh marker.
