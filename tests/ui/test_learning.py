@@ -14,6 +14,9 @@ from uistack import UIStack
 pytestmark = pytest.mark.integration
 
 FIT = ("slope", "first_tenth", "last_tenth", "change")
+# The simulated workload (January 2026), not what the live tests publish at wall-clock time
+# while the pipeline may still be projecting it: the page and the CLI see the same rows.
+UNTIL = "2026-06-01T00:00:00"
 
 
 def cli_learning(stack: UIStack, **params: str) -> list[dict]:
@@ -45,14 +48,14 @@ def slices(rows: list[dict], scope: str, agent: str, metric: str) -> list[float]
 
 
 def test_the_panel_is_the_named_query(stack: UIStack) -> None:
-    d = get(stack, "/api/v1/dashboards/learning")
+    d = get(stack, f"/api/v1/dashboards/learning?until={UNTIL}")
     panel = d["panels"]["dash_learning"]
     assert panel["params"]["points"] == "20" and "trends" not in d
     assert panel["rows"] == cli_learning(stack, **panel["params"])
 
 
 def test_recall_reaches_the_dashboard(stack: UIStack) -> None:
-    rows = cli_learning(stack)
+    rows = cli_learning(stack, until=UNTIL.replace("T", " "))
     fleet = whole(rows, "fleet", "", "recall_rate")
     decisions = [e for e in stack.events if e.type == "agent.think.decision.v2" and e.runid]
     cited = sum(1 for e in decisions if e.data.recalled_episodes)
@@ -69,8 +72,8 @@ LABELS = {
 
 
 def test_figures_on_the_page_equal_the_cli(page, stack: UIStack) -> None:  # noqa: F811
-    rows = cli_learning(stack)
-    page.goto(stack.url + "/dashboards/learning")
+    rows = cli_learning(stack, until=UNTIL.replace("T", " "))
+    page.goto(stack.url + f"/dashboards/learning?until={UNTIL}")
     page.wait_for_selector('[data-chart="fleet-recall_rate"] canvas')
 
     def num(v: str | None) -> float | None:
