@@ -109,6 +109,7 @@ class PartitionRestore:
     offsets_preserved: bool  # every record is at its archived offset
     gaps: tuple[Gap, ...] = ()
     appended: int = 0  # records clients wrote before the restore, put back after it
+    no_headers: int = 0  # records archived by format version 1: restored without headers
 
     @property
     def ok(self) -> bool:
@@ -144,6 +145,11 @@ class RestoreReport:
         return self.records / self.seconds if self.seconds > 0 else 0.0
 
     @property
+    def no_headers(self) -> int:
+        """Restored records whose headers the archive did not keep (format version 1)."""
+        return sum(p.no_headers for p in self.partitions.values())
+
+    @property
     def appended(self) -> int:
         """Records clients had written into the fresh broker before the restore: they were
         taken out and appended after the restored ones (new offsets)."""
@@ -159,6 +165,8 @@ class RestoreReport:
         )
         if not self.offsets_preserved:
             text += "; offsets renumbered (the archive has several generations or holes)"
+        if self.no_headers:
+            text += f"; {self.no_headers:,} records archived before version 2 have no headers"
         if self.appended:
             text += (
                 f"; {self.appended:,} records clients wrote before the restore were moved "
@@ -185,6 +193,7 @@ class RestoreReport:
             offsets_preserved=self.offsets_preserved,
             rate=self.rate,
             appended=self.appended,
+            no_headers=self.no_headers,
         )
         return d
 
@@ -257,7 +266,7 @@ class _Counter:
     def __init__(self, total: int, progress: Progress | None) -> None:
         self.done, self.total, self.progress = 0, total, progress
         self._last = 0.0
-        self.no_headers = 0  # records archived by format version 1: restored without headers
+        self.no_headers: dict[int, int] = {}  # partition -> records archived by version 1
 
     def add(self, n: int) -> None:
         self.done += n
@@ -300,7 +309,8 @@ async def _restore_partition(
         table = await reading
         if i + 1 < len(segments):  # read the next segment while this one is produced
             reading = asyncio.ensure_future(asyncio.to_thread(read_segment, root, segments[i + 1]))
-        counter.no_headers += table.column("log_headers").null_count
+        unknown = table.column("log_headers").null_count  # restored without headers
+        counter.no_headers[plan.partition] = counter.no_headers.get(plan.partition, 0) + unknown
         batch = producer.create_batch()
         n = 0
         for offset, ts, key, raw, headers in _rows(table):
@@ -673,11 +683,11 @@ async def _restore_partitions(
         finally:
             await producer.stop()
         results = dict(zip(plans, done, strict=True))
-        if counter.no_headers:
+        if sum(counter.no_headers.values()):
             log.warning(
                 "%d records archived before version 2 have no headers (the archive did not "
                 "keep them); restored without",
-                counter.no_headers,
+                sum(counter.no_headers.values()),
             )
     checked = await _verify(
         bootstrap,
@@ -702,6 +712,7 @@ async def _restore_partitions(
             plan.offsets_preserved,
             plan.gaps,
             len(early.get(p, ())),
+            counter.no_headers.get(p, 0),
         )
     return report_parts
 

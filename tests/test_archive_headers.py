@@ -232,6 +232,7 @@ async def test_headers_survive_archive_and_restore_into_a_fresh_broker(
     try:
         report = await restore_log_async(kafka.bootstrap, root)
         assert report.ok and report.offsets_preserved and report.records == total
+        assert report.no_headers == 0 and "headers" not in report.summary()
         assert await dump(kafka.bootstrap) == before  # partition, offset, key, value, ts, headers
     finally:
         proc.stop()
@@ -264,6 +265,8 @@ async def test_a_version_1_archive_still_restores_without_headers(
         with caplog.at_level(logging.WARNING, logger="streams.restore"):
             report = await restore_log_async(kafka.bootstrap, root)
         assert report.ok and report.offsets_preserved and report.records == total
+        assert report.no_headers == len(old_offsets)
+        assert f"{len(old_offsets):,} records archived before version 2" in report.summary()
         assert await dump(kafka.bootstrap) == expected
         said = [r.getMessage() for r in caplog.records if "before version 2" in r.getMessage()]
         assert len(said) == 1
