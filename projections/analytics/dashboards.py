@@ -3,7 +3,7 @@
 
 Every query takes a time range (``since`` inclusive, ``until`` exclusive), a tenant (``''``:
 all) and, for series, a bucket width in seconds. They read the rollups where one exists
-(``agent_minute``, ``model_minute``, ``tool_minute``, ``run_agent``).
+(``agent_minute``, ``model_minute``, ``tool_minute``, ``tool_hour``, ``run_agent``).
 """
 
 from __future__ import annotations
@@ -92,11 +92,25 @@ ORDER BY bucket, model
     _SERIES,
 )
 
+
+def _whole_hours(column: str) -> str:
+    """``column`` (an hour) is a whole hour inside the range: every minute of it passes
+    ``_between`` (the minute rollups' rule: a minute counts if it starts in the range)."""
+    return (
+        f"{column} >= {{since:DateTime64(6, 'UTC')}} "
+        f"AND {column} < {{until:DateTime64(6, 'UTC')}} - toIntervalSecond(3540)"
+    )
+
+
+# buckets of whole hours read tool_hour for the range's whole hours, tool_minute for the rest
+_HOURLY = "{bucket:UInt32} % 3600 = 0"
+
 DASH_TOOL_RELIABILITY = NamedQuery(
     "dash_tool_reliability",
     "Dashboard: per tool and time bucket, calls, errors, mismatches, success rate "
-    "(1 - failed / calls; failed = errors + mismatches) and p50/p95 duration (tool_minute "
-    "rollup, mismatches from wrong_result violations; bfloat16 quantiles)",
+    "(1 - failed / calls; failed = errors + mismatches) and p50/p95 duration (tool_hour "
+    "rollup for the whole hours of the range when the bucket is whole hours, tool_minute for "
+    "the rest; mismatches from wrong_result violations; bfloat16 quantiles)",
     f"""
 WITH mismatched AS
 (
@@ -105,6 +119,19 @@ WITH mismatched AS
     WHERE v.category = 'wrong_result' AND v.tool IS NOT NULL
       AND {_between("v.time")} AND {_tenant("v")}
     GROUP BY bucket, tool
+),
+states AS
+(
+    SELECT {_bucket("h.hour")} AS bucket, h.tool AS tool, h.calls AS calls, h.errors AS errors,
+        h.duration_ms AS duration_ms
+    FROM tool_hour AS h
+    WHERE {_HOURLY} AND {_whole_hours("h.hour")} AND {_tenant("h")}
+    UNION ALL
+    SELECT {_bucket("t.minute")} AS bucket, t.tool AS tool, t.calls AS calls, t.errors AS errors,
+        t.duration_ms AS duration_ms
+    FROM tool_minute AS t
+    WHERE {_between("t.minute")} AND {_tenant("t")}
+      AND NOT ({_HOURLY} AND {_whole_hours("toStartOfHour(t.minute)")})
 )
 SELECT
     c.bucket AS bucket,
@@ -119,15 +146,14 @@ SELECT
 FROM
 (
     SELECT
-        {_bucket("t.minute")} AS bucket,
-        t.tool AS tool,
-        sum(t.calls) AS calls,
-        sum(t.errors) AS errors,
-        quantilesBFloat16Merge(0.5, 0.95)(t.duration_ms) AS q,
+        s.bucket AS bucket,
+        s.tool AS tool,
+        sum(s.calls) AS calls,
+        sum(s.errors) AS errors,
+        quantilesBFloat16Merge(0.5, 0.95)(s.duration_ms) AS q,
         round(toFloat64(q[1]), 1) AS p50_ms,
         round(toFloat64(q[2]), 1) AS p95_ms
-    FROM tool_minute AS t
-    WHERE {_between("t.minute")} AND {_tenant("t")}
+    FROM states AS s
     GROUP BY bucket, tool
     HAVING calls > 0
 ) AS c
