@@ -223,15 +223,21 @@ _SUMS += (("h", "first"), ("y", "first"), ("h", "last"), ("y", "last"))
 
 def _learning_sql() -> str:
     """The query is written to be cheap to plan as well as to run: chDB spends about a
-    millisecond per expression analysing it, so the sums travel as one array (one
-    ``sumForEach``) and the three metrics share one set of expressions (rows, not columns)."""
+    millisecond per expression analysing it, so the sums travel as one array from the
+    cells on and the three metrics share one set of expressions (rows, not columns). Per
+    run the sums are plain ``sum``s (one array per run cost more than their planning), the
+    agent and fleet scopes one ``GROUPING SETS`` over the cells (``HAVING``: the empty set's
+    row exists even when no run is in range)."""
     per_run = ",\n".join(
         f"        toUInt8({has}) AS h{i},\n        if(h{i}, {value}, 0) AS y{i}"
         for i, (has, value) in enumerate(_LEARNING_METRICS.values())
     )
     n = len(_LEARNING_METRICS)
-    values = ", ".join(f"{v}{i}" for i in range(n) for v, _ in _SUMS)
-    weights = ", ".join(w for _ in range(n) for _, w in _SUMS)
+    sums = ",\n            ".join(
+        f"toFloat64(sum({v}{i}))" if w == "1" else f"toFloat64(sum({v}{i} * {w}))"
+        for i in range(n)
+        for v, w in _SUMS
+    )
     offsets = ", ".join(f"('{m}', {i * len(_SUMS)})" for i, m in enumerate(_LEARNING_METRICS))
     last = n * len(_SUMS)
     start = "ifNull(a.run_started_at, a.first_time)"
@@ -272,18 +278,20 @@ cells AS
         max(x) AS c_to,
         min(run_start) AS c_started,
         count() AS c_runs,
-        sumForEach(arrayMap((v, w) -> v * w,
-            [{values}, decided, recalled],
-            [{weights}, 1, 1])) AS c
+        [
+            {sums},
+            sum(decided), sum(recalled)
+        ] AS c
     FROM numbered
     GROUP BY agent, at
 ),
 points AS
 (
     SELECT
-        tupleElement(k, 1) AS scope,
-        tupleElement(k, 2) AS who,
-        tupleElement(k, 3) = 1 AS whole,
+        grouping(agent, at) AS g,
+        if(g >= 2, 'fleet', 'agent') AS scope,
+        if(g >= 2, '', agent) AS who,
+        g % 2 = 1 AS whole,
         if(whole, NULL, at) AS pt,
         min(c_from) AS run_from,
         max(c_to) AS run_to,
@@ -291,8 +299,8 @@ points AS
         sum(c_runs) AS n_runs,
         sumForEach(c) AS t
     FROM cells
-    ARRAY JOIN [('agent', agent, 0), ('fleet', '', 0), ('agent', agent, 1), ('fleet', '', 1)] AS k
-    GROUP BY scope, who, whole, pt
+    GROUP BY GROUPING SETS ((agent, at), (agent), (at), ())
+    HAVING n_runs > 0
 ),
 series AS
 (
