@@ -596,6 +596,34 @@ def _graph_prepare(settings: Settings) -> None:
 # --- the Python parts -------------------------------------------------------------------
 PROCESSOR_GROUP = "agentstream-processor"
 ARCHIVER_GROUP = "agentstream-archiver"
+ARCHIVE_DRAIN_S = 30.0  # ``down``: how long the archiver may take to archive the log's tail
+
+
+def _archiver_drain(settings: Settings, deadline_s: float = ARCHIVE_DRAIN_S) -> str:
+    """``down``, before the archiver's SIGTERM: wait until its files hold every offset of
+    the log. The gate was closed first, so the log no longer grows; without this, records
+    acknowledged in the last moments before ``down`` were lost with the in-memory broker.
+    A dead broker (nothing left to read) or the deadline ends the wait; what it had read
+    is written on SIGTERM either way."""
+    from streams.archive import archive_state
+    from streams.state_reader import fetch_high_watermarks
+
+    inner = internal_settings(settings).bootstrap_servers
+    try:
+        hw = run_sync(lambda: fetch_high_watermarks(inner, EVENTS, timeout_s=5.0))
+    except Exception as err:  # the broker is gone: nothing more to read
+        return f"log not drained ({type(err).__name__})"
+    end = time.monotonic() + deadline_s
+    while True:
+        last = archive_state(settings.archive_location).last_offsets
+        short = sum(n - 1 - last.get(p, -1) for p, n in hw.items() if last.get(p, -1) < n - 1)
+        if not short:
+            return f"archived to the end of the log ({sum(hw.values()):,} records)"
+        if time.monotonic() > end:
+            return f"{short:,} records of the log not archived after {deadline_s:.0f}s"
+        time.sleep(0.1)
+
+
 # what each projection's consumer group reads (the ``topics`` of each Projection class;
 # tests/test_supervisor.py checks these stay equal)
 PROJECTION_TOPICS: dict[str, tuple[str, ...]] = {
@@ -611,6 +639,12 @@ def _projection_groups(settings: Settings) -> dict[str, tuple[str, ...]]:
         for name in settings.projections
         if name in PROJECTION_TOPICS
     }
+
+
+def _with_before_stop(service: Service, hook: Callable[[Settings], str]) -> Service:
+    from dataclasses import replace
+
+    return replace(service, before_stop=hook)
 
 
 def default_services() -> list[Service]:
@@ -661,17 +695,20 @@ def default_services() -> list[Service]:
             external=True,
             note="persistent: AOF with an RDB preamble in DATA_DIR/falkordb, compacted at stop",
         ),
-        python_service(
-            "archiver",
-            ["archive"],  # closes files every archive_flush_s: the loss window of the in-memory log
-            depends_on=("broker", "gate"),
-            # the durable copy of an in-memory log; next to real Kafka it runs as its own service
-            enabled=lambda s: s.archive_embedded and s.kafka_embedded,
-            groups=lambda s: {ARCHIVER_GROUP: (EVENTS,)},
-            metrics_part="archiver",
-            stop_timeout_s=30.0,  # it writes what it has read before it exits
-            note="agent-events -> Parquet in ARCHIVE_DIR (default DATA_DIR/archive): "
-            "the durable copy of the log (`agentstream archive --info`)",
+        _with_before_stop(
+            python_service(
+                "archiver",
+                ["archive"],  # closes files every archive_flush_s: the in-memory log's loss window
+                depends_on=("broker", "gate"),
+                # the durable copy of an in-memory log; next to real Kafka it runs on its own
+                enabled=lambda s: s.archive_embedded and s.kafka_embedded,
+                groups=lambda s: {ARCHIVER_GROUP: (EVENTS,)},
+                metrics_part="archiver",
+                stop_timeout_s=30.0,  # it writes what it has read before it exits
+                note="agent-events -> Parquet in ARCHIVE_DIR (default DATA_DIR/archive): "
+                "the durable copy of the log (`agentstream archive --info`)",
+            ),
+            _archiver_drain,
         ),
         python_service(
             "worker",

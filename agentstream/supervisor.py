@@ -49,6 +49,7 @@ from agentstream.stack import (
     Service,
     StackState,
     call_wait_ready,
+    internal_settings,
     owned,
     read_state,
     registry_service,
@@ -59,6 +60,7 @@ from agentstream.stack import (
     write_state,
 )
 
+BROKER_SIDE = ("broker", "gate")  # run with the clients' settings (see _part_settings)
 log = logging.getLogger("agentstream.supervisor")
 
 BACKOFF_BASE_S = 0.5
@@ -322,6 +324,14 @@ class Supervisor:
         self._spawn(part)
         self._ready(part)
 
+    def _part_settings(self, part: Part) -> Settings:
+        """The settings a part runs with. The stack's own parts reach the embedded broker on
+        its own port: the gate is for outside clients only, so ``down`` can close it first
+        (no producer can add to the log any more) and the archiver still drains the log."""
+        if self.settings.kafka_embedded and part.name not in BROKER_SIDE:
+            return internal_settings(self.settings)
+        return self.settings
+
     def _spawn(self, part: Part) -> None:
         """Start the process (not yet ready: see :meth:`_ready`)."""
         svc = part.svc
@@ -334,7 +344,7 @@ class Supervisor:
         proc = ManagedProcess(part.name, part.argv, log_path)
         self._set(part, "starting", "starting")
         try:
-            pid = proc.start(env=settings_env(self.settings))
+            pid = proc.start(env=settings_env(self._part_settings(part)))
         except OSError as err:
             raise StackError(
                 part.name, f"cannot start {part.argv[0]}: {err}", f"see {log_path}"
@@ -626,7 +636,11 @@ class Supervisor:
     # --- stopping ----------------------------------------------------------------------------
     def shutdown(self) -> None:
         rows: list[dict[str, Any]] = []
-        for name in reversed(self.order):
+        # the gate first: outside producers are cut off (they retry, and deliver after the
+        # next ``up``), so what the archiver drains before it stops is the whole log
+        order = list(reversed(self.order))
+        order.sort(key=lambda n: n != "gate")
+        for name in order:
             part = self.parts[name]
             part.next_start = None
             row = self._stop_part(part)

@@ -902,10 +902,13 @@ class Chaos:
             flog.errors.append(obs.errors[0])
             converged = False
         watch.cancel()
+        # counted once, in the scenario where they went missing: taken before the running
+        # totals are updated (they used to be taken after, which made both always 0)
         new_lost = sorted(obs.lost_all - self.lost_so_far)
+        new_reported = max(0, obs.loss_reported - self.reported_so_far)
         obs.lost_ids = new_lost[:20]
         self.lost_so_far |= obs.lost_all
-        self.reported_so_far = obs.loss_reported
+        self.reported_so_far = max(self.reported_so_far, obs.loss_reported)
         restarts1 = await asyncio.to_thread(self.h.restarts)
         crashes = sum(
             max(0, restarts1.get(p, 0) - restarts0.get(p, 0) - expected_restarts.get(p, 0))
@@ -916,8 +919,8 @@ class Chaos:
             faults=fault_count,
             produced=self.tally.produced - produced0,
             acknowledged=len(self.tally.acked) - acked0,
-            lost=len(obs.lost_all - self.lost_so_far),
-            loss_reported=obs.loss_reported - self.reported_so_far,
+            lost=len(new_lost),
+            loss_reported=new_reported,
             missing=sum(obs.missing.values()),
             duplicated=sum(obs.duplicated.values()),
             wrong_states=sum(obs.wrong_states.values()),
