@@ -12,18 +12,22 @@ topic-partition.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from conftest import HOST, Broker
 
 from agentstream.processes import free_port
 from agentstream.settings import Settings, load_settings
 from agentstream.stack import Stack
-from schemas.topics import EPISODES, STATE, VIOLATIONS
+from schemas.codec import decode_event, encode_event
+from schemas.envelope import Event
+from schemas.topics import EPISODES, EVENTS, STATE, VIOLATIONS
 from streams.archive import archive_state
 from streams.processor import KafkaProcessor, OutRecord, Publisher, processor_progress
 from streams.producer import EventProducer, partition_for_key
@@ -189,3 +193,98 @@ async def test_a_worker_left_running_across_stack_down_and_up_re_emits_in_few_ba
         if task is not None:
             await asyncio.wait_for(task, 30)
         await asyncio.to_thread(stack.down)
+
+
+# --- the whole stack: `down` while a producer writes ---------------------------------------
+
+
+async def _log_ids(bootstrap: str) -> set[str]:
+    """Every event id in agent-events, read up to the fetch high watermarks."""
+    hw = await fetch_high_watermarks(bootstrap, EVENTS)
+    todo = {TopicPartition(EVENTS, p): end for p, end in hw.items() if end}
+    ids: set[str] = set()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(todo))
+        await consumer.seek_to_beginning(*todo)
+        end = time.monotonic() + 60
+        while todo and time.monotonic() < end:
+            for tp, msgs in (await consumer.getmany(*todo, timeout_ms=300)).items():
+                ids.update(decode_event(m.value).id for m in msgs if m.offset < todo.get(tp, 0))
+            for tp in [tp for tp, n in todo.items() if await consumer.position(tp) >= n]:
+                del todo[tp]
+        assert not todo, f"could not read {EVENTS} to its end: {todo}"
+    finally:
+        await consumer.stop()
+    return ids
+
+
+async def test_down_while_a_producer_writes_loses_no_acknowledged_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the gate stayed open until after the archiver had stopped, so events
+    acknowledged in between were lost with the in-memory broker."""
+    monkeypatch.setenv("AGENTSTREAM_CONFIG", str(tmp_path / "no-such-config.toml"))
+    settings = _stack_settings(tmp_path / "data").model_copy(update={"worker_enabled": False})
+    stack = Stack(settings)
+    bootstrap = settings.bootstrap_servers
+    events = iter(generate(SimulationConfig(agents=4, runs=None, seed=43, max_events=100_000)))
+    acked: set[str] = set()
+    stop = asyncio.Event()
+
+    async def produce() -> None:
+        """acks=all, 50 at a time, retrying what was not acknowledged (the broker restarts)."""
+        producer: AIOKafkaProducer | None = None
+        pending: list[Event] = []
+        while not stop.is_set():
+            pending = pending or [e for _, e in zip(range(50), events, strict=False)]
+            try:
+                if producer is None:
+                    producer = AIOKafkaProducer(
+                        bootstrap_servers=bootstrap, acks="all", request_timeout_ms=5000
+                    )
+                    await producer.start()
+                futures = [
+                    await producer.send(EVENTS, encode_event(e), key=e.agentid.encode())
+                    for e in pending
+                ]
+                results = await asyncio.gather(*futures, return_exceptions=True)
+            except Exception:  # the gate is closed: start over with a new client
+                if producer is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(producer.stop(), 5)
+                producer = None
+                await asyncio.sleep(0.2)  # back off before reconnecting (not a sync point)
+                continue
+            failed = [e for e, r in zip(pending, results, strict=True) if isinstance(r, Exception)]
+            acked.update(e.id for e, r in zip(pending, results, strict=True) if e not in failed)
+            pending = failed
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 5)
+
+    task: asyncio.Task[None] | None = None
+    try:
+        await asyncio.to_thread(stack.up)
+        task = asyncio.create_task(produce())
+        await _until(lambda: _true(len(acked) >= 1_000), 60, "events flowing")
+        await asyncio.to_thread(stack.down)  # the producer keeps writing through it
+        during = len(acked)
+        await asyncio.to_thread(stack.up)
+        await _until(lambda: _true(len(acked) >= during + 500), 90, "events flowing again")
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        missing = acked - await _log_ids(bootstrap)
+        assert not missing, f"{len(missing)} acknowledged events are not in the restored log"
+    finally:
+        stop.set()
+        if task is not None and not task.done():
+            await asyncio.wait_for(task, 30)
+        await asyncio.to_thread(stack.down)
+
+
+async def _true(value: bool) -> bool:
+    return value
