@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -157,27 +158,34 @@ def headers_array(rows: Sequence[RecordHeaders | None]) -> pa.ListArray:
     )
 
 
-def headers_lists(
+def headers_per_row(
     column: pa.Array | pa.ChunkedArray | None, rows: int
-) -> list[list[tuple[str, bytes | None]] | None]:
-    """Per row, the headers as aiokafka takes them; None where the archive does not know
-    them (a version-1 row, or ``column`` None: the file has no such column)."""
+) -> Iterator[list[tuple[str, bytes | None]] | None]:
+    """Per row, lazily, the headers as aiokafka takes them (a list of (key, value)); None
+    where the archive does not know them (a version-1 row, or ``column`` None: no such
+    column).
+
+    Built run by run of equal header counts (``zip`` over one iterator groups the pairs
+    in C; the SDK's records all have three headers, so a segment is usually one run), and
+    lazily: a list per row held for a whole segment would cost more in garbage-collector
+    passes than building it.
+    """
     if column is None:
-        return [None] * rows
+        return itertools.repeat(None, rows)
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks else pa.array([], HEADERS_TYPE)
-    lengths = pc.list_value_length(column).to_pylist()
     keys_arr, values_arr = column.flatten().flatten()
-    keys, values = keys_arr.to_pylist(), values_arr.to_pylist()
-    out: list[list[tuple[str, bytes | None]] | None] = []
-    pos = 0
-    for n in lengths:
+    pairs = zip(keys_arr.to_pylist(), values_arr.to_pylist(), strict=True)
+    runs: list[Iterable[list[tuple[str, bytes | None]] | None]] = []
+    for n, run in itertools.groupby(pc.list_value_length(column).to_pylist()):
+        count = len(list(run))
         if n is None:
-            out.append(None)
-            continue
-        out.append(list(zip(keys[pos : pos + n], values[pos : pos + n], strict=True)))
-        pos += n
-    return out
+            runs.append(itertools.repeat(None, count))
+        elif n == 0:
+            runs.append([] for _ in range(count))
+        else:  # consumed in order (chain), each run takes its own pairs from the iterator
+            runs.append(map(list, itertools.islice(zip(*[pairs] * n, strict=False), count)))
+    return itertools.chain.from_iterable(runs)
 
 
 _NAME_RE = re.compile(r"^g(?P<g>\d+)-p(?P<p>\d+)-o(?P<a>\d+)-o(?P<b>\d+)\.parquet$")

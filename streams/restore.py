@@ -55,7 +55,7 @@ from streams.archive import (
     complete_segments,
     fetch_high_watermarks,
     fetch_record,
-    headers_lists,
+    headers_per_row,
 )
 from streams.log_identity import (
     EPOCH_TOPIC,
@@ -255,7 +255,7 @@ def _rows(
     stamps = pc.cast(table.column("log_timestamp"), pa.int64()).to_pylist()
     keys = table.column("log_key").to_pylist()
     raws = table.column("raw").to_pylist()
-    headers = headers_lists(table.column("log_headers"), table.num_rows)
+    headers = headers_per_row(table.column("log_headers"), table.num_rows)
     return zip(offsets, stamps, keys, raws, headers, strict=True)
 
 

@@ -40,7 +40,7 @@ from streams.archive import (
     compact,
     complete_segments,
     headers_array,
-    headers_lists,
+    headers_per_row,
     scan_files,
 )
 from streams.log_reader import ArchiveLogSource
@@ -142,7 +142,7 @@ def archived(root: Path) -> dict[int, list[Row]]:
     out: dict[int, list[Row]] = {}
     for seg in complete_segments(root):
         for offset, ts, key, raw, headers in _rows(read_segment(root, seg)):
-            out.setdefault(seg.partition, []).append((offset, ts, key, raw, headers or []))
+            out.setdefault(seg.partition, []).append((offset, ts, key, raw, list(headers or ())))
     return out
 
 
@@ -193,11 +193,12 @@ header_lists = st.none() | st.lists(
 def test_headers_column_round_trips_nulls_empties_and_order(rows, cut):
     arr = headers_array(rows)
     assert arr.type == ARCHIVE_SCHEMA.field("log_headers").type
-    assert headers_lists(arr, len(rows)) == [None if h is None else list(h) for h in rows]
+    assert list(headers_per_row(arr, len(rows))) == [None if h is None else list(h) for h in rows]
     # sliced and chunked, as a read of several row groups gives it
     cut = min(cut, len(rows))
     chunked = pa.chunked_array([arr.slice(0, cut), arr.slice(cut)], arr.type)
-    assert headers_lists(chunked, len(rows)) == headers_lists(arr, len(rows))
+    assert list(headers_per_row(chunked, len(rows))) == list(headers_per_row(arr, len(rows)))
+    assert list(headers_per_row(None, len(rows))) == [None] * len(rows)  # a version-1 file
 
 
 def test_schemas_are_version_2_with_a_headers_column():
@@ -336,5 +337,5 @@ async def test_compaction_of_version_1_and_2_segments_writes_a_valid_version_2_f
         assert [r[0] for r in rows] == list(range(90))
         for offset, *_, headers in rows:
             want = None if (seg.partition, offset) in v1 else sent[(seg.partition, offset)]
-            assert headers == want, (seg.partition, offset)
+            assert (None if headers is None else list(headers)) == want, (seg.partition, offset)
     assert await history() == before
