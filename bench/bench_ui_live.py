@@ -12,7 +12,8 @@
      p50/p95 of ``--repeats`` requests, against the same SQL run bare through
      clickhouse-connect's chDB client (sum over the panels). Goal: p95 <= 200 ms. Also the
      by-model panel's SQL as it was before the ``model_minute`` rollup (a scan of
-     ``events``), bare, for the before/after of the query itself.
+     ``events``), and the tools panel's as it was before ``tool_hour`` (every tool-minute's
+     quantile state merged), bare, for the before/after of the query itself.
    - SQL workspace: ``GET /api/v1/sql?…&fresh=true`` (the guarded read path, paging, JSON)
      against the bare chDB query, for ``SELECT 1`` and a named query. Goal: overhead <= 20
      ms. The overhead is the median of (request time - the engine's own elapsed time for
@@ -101,6 +102,39 @@ WHERE e.model IS NOT NULL
   AND ({tenant:String} = '' OR e.tenant = {tenant:String})
 GROUP BY bucket, model
 ORDER BY bucket, model
+"""
+
+# dash_tool_reliability before the tool_hour rollup: every tool-minute's quantile state merged
+TOOLS_FROM_MINUTES = """
+WITH mismatched AS
+(
+    SELECT toDateTime64(toStartOfInterval(v.time, toIntervalSecond({bucket:UInt32})), 0, 'UTC')
+        AS bucket, assumeNotNull(v.tool) AS tool, count() AS n
+    FROM violations AS v FINAL
+    WHERE v.category = 'wrong_result' AND v.tool IS NOT NULL
+      AND v.time >= {since:DateTime64(6, 'UTC')} AND v.time < {until:DateTime64(6, 'UTC')}
+      AND ({tenant:String} = '' OR v.tenant = {tenant:String})
+    GROUP BY bucket, tool
+)
+SELECT c.bucket AS bucket, c.tool AS tool, c.calls AS calls, c.errors AS errors,
+    ifNull(x.n, 0) AS mismatches, errors + mismatches AS failed,
+    round(1 - failed / calls, 4) AS success_rate, c.p50_ms AS p50_ms, c.p95_ms AS p95_ms
+FROM
+(
+    SELECT
+        toDateTime64(toStartOfInterval(t.minute, toIntervalSecond({bucket:UInt32})), 0, 'UTC')
+            AS bucket,
+        t.tool AS tool, sum(t.calls) AS calls, sum(t.errors) AS errors,
+        quantilesBFloat16Merge(0.5, 0.95)(t.duration_ms) AS q,
+        round(toFloat64(q[1]), 1) AS p50_ms, round(toFloat64(q[2]), 1) AS p95_ms
+    FROM tool_minute AS t
+    WHERE t.minute >= {since:DateTime64(6, 'UTC')} AND t.minute < {until:DateTime64(6, 'UTC')}
+      AND ({tenant:String} = '' OR t.tenant = {tenant:String})
+    GROUP BY bucket, tool
+    HAVING calls > 0
+) AS c
+LEFT JOIN mismatched AS x ON x.bucket = c.bucket AND x.tool = c.tool
+ORDER BY bucket, tool
 """
 
 
@@ -224,6 +258,33 @@ def dashboards_and_sql(
             baseline_name="the same figures from events (before)",
         )
     )
+    # the tools panel: tool_hour for whole hours against tool_minute alone (both bare)
+    if not only or "tools" in only:
+        params = NAMED_QUERIES["dash_tool_reliability"].bind()
+        new_sql = NAMED_QUERIES["dash_tool_reliability"].sql
+        rows = bare.query(new_sql, parameters=params).result_rows
+        assert rows and rows == bare.query(TOOLS_FROM_MINUTES, parameters=params).result_rows, (
+            "tool_hour and tool_minute disagree"
+        )
+        old, new = [], []
+        for _ in range(repeats):
+            old.append(bare_ms(TOOLS_FROM_MINUTES, params))
+            new.append(bare_ms(new_sql, params))
+        details["tools_sql"] = {
+            "rollup_p50_ms": pct(new, 0.5),
+            "rollup_p95_ms": pct(new, 0.95),
+            "minutes_p50_ms": pct(old, 0.5),
+            "minutes_p95_ms": pct(old, 0.95),
+        }
+        figures.append(
+            Figure(
+                "dash_tool_reliability SQL p95, tool_hour for whole hours (bare)",
+                pct(new, 0.95),
+                "ms",
+                baseline=pct(old, 0.95),
+                baseline_name="tool_minute alone (before)",
+            )
+        )
     cases = {
         "SELECT 1": ({"sql": "SELECT 1"}, "SELECT 1", {}),
         "agent_leaderboard": (
