@@ -1663,6 +1663,7 @@ class Stack:
             names = [n for n in state.parts if n not in order] + [
                 n for n in reversed(order) if n in state.parts
             ]
+            names.sort(key=lambda n: n != "gate")  # as the daemon: outside producers first
             for name in names:
                 rec = state.record(name)
                 if rec is None or name in done:

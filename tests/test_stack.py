@@ -26,6 +26,7 @@ from agentstream.settings import Settings, load_settings
 from agentstream.stack import (
     Service,
     Stack,
+    broker_internal_port,
     cmdline_matches,
     default_services,
     format_uptime,
@@ -459,7 +460,9 @@ def test_python_child_gets_the_supervisors_settings(env: Env, tmp_path: Path):
     assert wait_until(lambda: out.exists() and out.read_text() != "")
     assert json.loads(out.read_text()) == [
         str(env.data_dir.resolve()),
-        f"kafka://{HOST}:{env.kafka_port}",
+        # a part of the stack reaches the broker on its own port: the gate is for outside
+        # clients, so that `down` can close it before the parts drain the log
+        f"kafka://{HOST}:{broker_internal_port(env.settings())}",
         PARTITIONS,
     ]
     status = {p.part: p for p in stack.status()}
