@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from projections.analytics.readonly import QueryStats
 
 TABLES = (
-    "events, violations, episodes, agent_state, agent_minute, tool_minute, model_minute, "
-    "run_agent, run_totals; view runs"
+    "events, violations, episodes, agent_state, agent_minute, tool_minute, tool_hour, "
+    "model_minute, run_agent, run_totals; view runs"
 )
 
 
