@@ -238,9 +238,15 @@ def broker_internal_port(settings: Settings) -> int:
     the history it must follow. The port is ``kafka_internal_port`` if set, else picked
     once and kept in ``DATA_DIR/run/broker-internal-port``.
     """
-    if settings.kafka_internal_port:
-        return settings.kafka_internal_port
     path = settings.data_dir / "run" / "broker-internal-port"
+    if settings.kafka_internal_port:
+        # recorded too, so a later command run without the setting finds the same port
+        recorded = f"{settings.kafka_internal_port}\n"
+        with contextlib.suppress(OSError):
+            if not path.exists() or path.read_text() != recorded:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(recorded)
+        return settings.kafka_internal_port
     with contextlib.suppress(OSError, ValueError):
         port = int(path.read_text().strip())
         if port != settings.kafka_port and (
@@ -254,9 +260,11 @@ def broker_internal_port(settings: Settings) -> int:
 
 
 def internal_settings(settings: Settings) -> Settings:
-    """The same settings, with the broker's own port instead of the gate's."""
-    url = f"kafka://{_broker_host(settings)}:{broker_internal_port(settings)}"
-    return settings.model_copy(update={"kafka_url": url})
+    """The same settings, with the broker's own port instead of the gate's (and that port
+    pinned: a part running with these never picks, or rewrites, the recorded one)."""
+    port = broker_internal_port(settings)
+    url = f"kafka://{_broker_host(settings)}:{port}"
+    return settings.model_copy(update={"kafka_url": url, "kafka_internal_port": port})
 
 
 def _broker_argv(settings: Settings) -> list[str]:

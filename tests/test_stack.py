@@ -557,3 +557,16 @@ def test_settings_env_round_trips(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
 def test_format_uptime():
     assert [format_uptime(s) for s in (5, 65, 3725, 90000)] == ["5s", "1m05s", "1h02m", "1d01h"]
+
+
+def test_an_internal_port_given_in_settings_is_recorded_for_commands_run_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`up` with AGENTSTREAM_KAFKA_INTERNAL_PORT, then `status` in a shell without it: both
+    must talk to the same broker port (status once picked a new one and saw 'unhealthy')."""
+    monkeypatch.setenv("AGENTSTREAM_CONFIG", str(tmp_path / "no-such-config.toml"))
+    port = free_port(HOST)
+    given = load_settings(data_dir=tmp_path / "data", kafka_internal_port=port)
+    assert broker_internal_port(given) == port
+    later = load_settings(data_dir=tmp_path / "data")
+    assert broker_internal_port(later) == port
