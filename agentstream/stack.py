@@ -230,7 +230,8 @@ def _broker_host(settings: Settings) -> str:
 
 
 def broker_internal_port(settings: Settings) -> int:
-    """The embedded broker's own port, reachable only by the supervisor's hooks.
+    """The embedded broker's own port, used by the supervisor's hooks and the stack's own
+    parts (the supervisor starts them with it: ``internal_settings``).
 
     Clients use ``kafka_url``'s port, served by the gate (Tansu's Kafka proxy), which the
     supervisor opens only once a fresh broker holds the whole log again (topics created,
