@@ -117,7 +117,8 @@ ARCHIVE_SCHEMA = pa.schema(
     list(EVENT_ROW_SCHEMA) + LOG_COLUMNS,
     metadata={**(EVENT_ROW_SCHEMA.metadata or {}), VERSION_KEY: str(ARCHIVE_VERSION).encode()},
 )
-"""An archived valid event: the flat event row + where it was in the log + its bytes."""
+"""An archived valid event: the flat event row + where it was in the log + its bytes and
+headers."""
 
 DLQ_SCHEMA = pa.schema(
     [
@@ -1167,6 +1168,7 @@ class Archiver:
                     for p, off in plan.start_offsets.items():
                         consumer.seek(TopicPartition(self.topic, p), off)
                         self.stats.positions[p] = off
+                    await self._commit_positions(consumer, plan.start_offsets)
                     self.stats.started = True
                     self._reset = False
                     await self._loop(consumer, plan.generation, stop)
@@ -1191,6 +1193,24 @@ class Archiver:
                 await watch.stop()
                 await close_consumer(consumer)  # a dead broker must not hold the exit
         return self.stats
+
+    async def _commit_positions(
+        self, consumer: AIOKafkaConsumer, positions: dict[int, int]
+    ) -> None:
+        """Mirror where the archive resumes into the group, for lag monitoring only.
+
+        A restored log has no group offsets: without this, a partition that gets no new
+        record would show its whole length as the archiver's lag in ``status``.
+        """
+        if not positions:
+            return
+        with contextlib.suppress(KafkaError, TimeoutError):
+            await asyncio.wait_for(
+                consumer.commit(
+                    {TopicPartition(self.topic, p): off for p, off in positions.items()}
+                ),
+                5,
+            )
 
     async def _settled(self, stop: asyncio.Event, grace_s: float) -> None:
         """Wait until the live log has an identity and no restore is writing into it.

@@ -393,3 +393,46 @@ async def test_records_clients_wrote_before_the_restore_are_moved_after_it(
         assert marker.restored_next == {p: len(v) for p, v in before.items()}
     finally:
         proc.stop()
+
+
+async def test_after_a_restore_the_archiver_reports_no_lag_on_partitions_without_new_records(
+    kafka: Broker, tmp_path: Path
+):
+    """A fresh broker has no group offsets. The archiver resumes from its files and must
+    mirror those positions into its group, or `status` shows every restored partition that
+    gets no new record as archiver lag (seen: 3,476 'behind' with everything archived)."""
+    root = tmp_path / "archive"
+    events = sim(runs=4, seed=111)
+    await publish(kafka.bootstrap, events)
+    await archive_all(kafka.bootstrap, root, len(events))
+    kafka.process.stop()
+    proc = await start_broker_on(kafka.port, tmp_path)
+    try:
+        report = await restore_log_async(kafka.bootstrap, root, partitions=TEST_PARTITIONS)
+        assert report.ok, report.summary()
+        ends = {p: rows[-1][0] + 1 for p, rows in (await log_records(kafka.bootstrap)).items()}
+        stop = asyncio.Event()
+        archiver = Archiver(kafka.bootstrap, root, max_segment_age_s=0.3)
+        task = asyncio.create_task(archiver.run(stop))
+        # the group's commits, read as `status` reads them (a consumer of the group that
+        # never joins: `committed` only asks the coordinator)
+        watcher = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap,
+            group_id=archiver.group_id,
+            enable_auto_commit=False,
+        )
+        await watcher.start()
+        try:
+            committed: dict[int, int | None] = {}
+            deadline = time.monotonic() + 60
+            while committed != ends:
+                assert time.monotonic() < deadline, f"committed {committed}, log ends {ends}"
+                assert not task.done(), task
+                committed = {p: await watcher.committed(TopicPartition(EVENTS, p)) for p in ends}
+                await asyncio.sleep(0.1)
+        finally:
+            await watcher.stop()
+            stop.set()
+            await task
+    finally:
+        proc.stop()
