@@ -98,7 +98,12 @@
   }
   /* a series' slices as a line; the values are also on the element, for checking */
   function Trend({ s, name, label, height }) {
-    return html`<div data-trend=${name} data-x=${JSON.stringify(s.x)} data-values=${JSON.stringify(s.values)}><${Chart} name=${name} height=${height} x=${s.x} series=${[{ label, values: s.values }]} label=${label} /></div>`;
+    /* no point to draw (a planner never acts or decides): no empty chart; the fit line
+     * below says "no runs with one yet" */
+    const body = s.values.length
+      ? html`<${Chart} name=${name} height=${height} x=${s.x} series=${[{ label, values: s.values }]} label=${label} />`
+      : null;
+    return html`<div data-trend=${name} data-x=${JSON.stringify(s.x)} data-values=${JSON.stringify(s.values)}>${body}</div>`;
   }
   const TRENDS = [['success_rate', 'success rate', 'action success rate'], ['feedback_score', 'feedback', 'feedback score'], ['recall_rate', 'recall rate', 'decisions citing a recalled episode']];
   const FIT = ['slope', 'first_tenth', 'last_tenth', 'change'];
