@@ -160,21 +160,28 @@ def headers_array(rows: Sequence[RecordHeaders | None]) -> pa.ListArray:
 
 
 def headers_per_row(
-    column: pa.Array | pa.ChunkedArray | None, rows: int
+    column: pa.Array | pa.ChunkedArray | None, rows: int, chunk_rows: int = 4096
 ) -> Iterator[list[tuple[str, bytes | None]] | None]:
     """Per row, lazily, the headers as aiokafka takes them (a list of (key, value)); None
     where the archive does not know them (a version-1 row, or ``column`` None: no such
     column).
 
-    Built run by run of equal header counts (``zip`` over one iterator groups the pairs
-    in C; the SDK's records all have three headers, so a segment is usually one run), and
-    lazily: a list per row held for a whole segment would cost more in garbage-collector
-    passes than building it.
+    Cheap because the restore calls it for every record: rows are converted
+    ``chunk_rows`` at a time (large Python lists of keys and values, held for a whole
+    segment, make every garbage-collector pass slower), and within a chunk run by run of
+    equal header counts, ``zip`` over one iterator grouping the pairs in C (the SDK's
+    records all have three headers, so a chunk is usually one run).
     """
     if column is None:
         return itertools.repeat(None, rows)
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks else pa.array([], HEADERS_TYPE)
+    return itertools.chain.from_iterable(
+        _headers_of_chunk(column.slice(i, chunk_rows)) for i in range(0, len(column), chunk_rows)
+    )
+
+
+def _headers_of_chunk(column: pa.Array) -> Iterator[list[tuple[str, bytes | None]] | None]:
     keys_arr, values_arr = column.flatten().flatten()
     pairs = zip(keys_arr.to_pylist(), values_arr.to_pylist(), strict=True)
     runs: list[Iterable[list[tuple[str, bytes | None]] | None]] = []

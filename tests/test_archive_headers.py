@@ -193,7 +193,9 @@ header_lists = st.none() | st.lists(
 def test_headers_column_round_trips_nulls_empties_and_order(rows, cut):
     arr = headers_array(rows)
     assert arr.type == ARCHIVE_SCHEMA.field("log_headers").type
-    assert list(headers_per_row(arr, len(rows))) == [None if h is None else list(h) for h in rows]
+    expected = [None if h is None else list(h) for h in rows]
+    for chunk_rows in (1, 3, 4096):  # converted a chunk of rows at a time
+        assert list(headers_per_row(arr, len(rows), chunk_rows)) == expected
     # sliced and chunked, as a read of several row groups gives it
     cut = min(cut, len(rows))
     chunked = pa.chunked_array([arr.slice(0, cut), arr.slice(cut)], arr.type)
