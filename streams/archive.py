@@ -1096,7 +1096,7 @@ class Archiver:
         verify_deadline_s: float = 5.0,
         max_partition_fetch_bytes: int = 4 << 20,
         marker_grace_s: float = 10.0,
-        log_check_s: float = 1.0,
+        log_check_s: float = 0.2,
         compact_every_s: float = 60.0,
     ) -> None:
         self.bootstrap, self.root, self.topic, self.group_id = bootstrap, root, topic, group_id
@@ -1108,7 +1108,9 @@ class Archiver:
         self.verify_deadline_s = verify_deadline_s
         self.max_partition_fetch_bytes = max_partition_fetch_bytes
         self.marker_grace_s = marker_grace_s
-        self.log_check_s = log_check_s  # how often the log's identity is read while busy
+        # how often the log's identity is read while busy; a high watermark seen counts
+        # toward a loss report only once the identity was read after it
+        self.log_check_s = log_check_s
         self.compact_every_s = compact_every_s  # 0: never merge small files
         self._compaction: asyncio.Future[tuple[int, int]] | None = None
         self._compacted_at = time.monotonic()
@@ -1142,6 +1144,9 @@ class Archiver:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=self.max_partition_fetch_bytes,
+                # a record (and the high watermark) seen sooner: what a broker crash loses
+                # is reported only up to the last high watermark confirmed
+                fetch_max_wait_ms=100,
             )
             watch = self.log_watch = LogWatch(
                 self.bootstrap, "archiver", interval_s=self.log_check_s
@@ -1370,7 +1375,13 @@ class Archiver:
             self._reset = True
             self._pending_hw.clear()
             return
-        if watch.confirmed_at >= fetched and self._pending_hw:
+        # The identity was read after these fetches -- or could not be read because the
+        # broker is gone: then the high watermarks fetched since the last read came from
+        # the log that just died (a new log would have answered the read, or shown a
+        # high watermark below our position, which resets). Counting them is what lets a
+        # crash report the acknowledged records the archiver had not fetched yet.
+        broker_gone = watch.failed and not self._reset
+        if (watch.confirmed_at >= fetched or broker_gone) and self._pending_hw:
             seen = self._state.seen_hw
             for p, hw in self._pending_hw.items():
                 if hw > seen.get(p, 0):
