@@ -64,7 +64,8 @@ def otlp(
     console.print(
         f"otlp: {stats.requests} exports, {stats.spans_received} spans: {stats.spans_mapped} "
         f"mapped, {stats.spans_skipped} skipped (not agent steps), {stats.spans_rejected} "
-        f"rejected; {stats.events_published} events published, {stats.events_deduplicated} "
+        f"rejected, {stats.spans_altered} with U+0000 replaced; {stats.events_published} "
+        f"events published, {stats.events_deduplicated} "
         "retried events not written again",
         highlight=False,
         soft_wrap=True,
