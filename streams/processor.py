@@ -629,6 +629,7 @@ class _Processor(ABC):
         self.log_watch: LogWatch | None = None
         self._check_log_now = False  # set on a rebalance: look at the log's identity at once
         self._reemit: set[int] = set()  # partitions to re-emit from offset 0 (a new log)
+        self._log_lock = asyncio.Lock()  # one identity read at a time (one marker consumer)
 
     async def handle(self, records: Sequence[InRecord]) -> BatchOutput:
         """Process one batch end to end: rebuild if needed, reduce, publish."""
@@ -733,7 +734,8 @@ class _Processor(ABC):
         watch = self.log_watch
         if watch is None:
             return True
-        change = await watch.check(dict(self.core.next_offset), self._highwaters(), force=force)
+        async with self._log_lock:
+            change = await watch.check(dict(self.core.next_offset), self._highwaters(), force=force)
         if change is None:
             return True
         self._log_replaced(change)
@@ -955,6 +957,16 @@ class StreamProcessor(_Processor):
         super()._log_replaced(change)
         raise LogReplaced(change)
 
+    async def _watch_log(self, interval_s: float = 1.0) -> None:
+        """Look at the log's identity every second even when no batch arrives.
+
+        faust's consumer can spend a long time re-joining its group on a new broker; the
+        batch path would not look at the log until then. Raises ``LogReplaced``.
+        """
+        while True:
+            await asyncio.sleep(interval_s)
+            await self._same_log(force=False)
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set (or the app crashes: then raise its reason)."""
         stop = stop or asyncio.Event()
@@ -964,10 +976,13 @@ class StreamProcessor(_Processor):
             await self.app.start()
             stopped = asyncio.ensure_future(self.app.wait_until_stopped())
             asked = asyncio.ensure_future(stop.wait())
+            watched = asyncio.ensure_future(self._watch_log())
             try:
-                await asyncio.wait({stopped, asked}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({stopped, asked, watched}, return_when=asyncio.FIRST_COMPLETED)
+                if watched.done() and not watched.cancelled() and watched.exception():
+                    raise watched.exception()  # type: ignore[misc]
             finally:
-                for f in (stopped, asked):
+                for f in (stopped, asked, watched):
                     f.cancel()
         finally:
             with contextlib.suppress(Exception):
