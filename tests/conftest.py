@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from agentstream.processes import ManagedProcess, falkordb_argv, free_port, tansu_argv
+from projections.analytics.projection import AnalyticsProjection
 from streams.admin import ensure_topics, wait_for_broker
 
 HOST = "127.0.0.1"
@@ -74,3 +75,19 @@ def falkordb(tmp_path: Path) -> Iterator[FalkorServer]:
         yield FalkorServer(HOST, port, data, proc)
     finally:
         proc.stop()
+
+
+# --- an analytics store (chDB) in a temp dir, set up, for the analytics tests ------------
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"chdb://{tmp_path / 'ch'}"
+
+
+@pytest.fixture
+def projection(url: str) -> Iterator[AnalyticsProjection]:
+    p = AnalyticsProjection(url)
+    p.setup()
+    try:
+        yield p
+    finally:
+        p.close()

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -36,21 +35,6 @@ from schemas.state import AgentState, Outlook, encode_state
 from schemas.topics import EPISODES, EVENTS, STATE, VIOLATIONS
 
 N = 3000
-
-
-@pytest.fixture
-def url(tmp_path) -> str:
-    return f"chdb://{tmp_path / 'ch'}"
-
-
-@pytest.fixture
-def projection(url) -> Iterator[AnalyticsProjection]:
-    p = AnalyticsProjection(url)
-    p.setup()
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 @pytest.fixture(scope="module")

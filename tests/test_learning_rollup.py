@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -32,21 +31,6 @@ def workload() -> tuple[list, list[Violation]]:
     events = list(generate(SimulationConfig(agents=6, runs=40, seed=5)))
     _, derived = fold(events)
     return events, [d for d in derived if isinstance(d, Violation)]
-
-
-@pytest.fixture
-def url(tmp_path) -> str:
-    return f"chdb://{tmp_path / 'ch'}"
-
-
-@pytest.fixture
-def projection(url) -> Iterator[AnalyticsProjection]:
-    p = AnalyticsProjection(url)
-    p.setup()
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 @dataclass

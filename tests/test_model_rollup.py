@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -69,21 +68,6 @@ def events() -> list:
         )
     )
     return a + b
-
-
-@pytest.fixture
-def url(tmp_path) -> str:
-    return f"chdb://{tmp_path / 'ch'}"
-
-
-@pytest.fixture
-def projection(url) -> Iterator[AnalyticsProjection]:
-    p = AnalyticsProjection(url)
-    p.setup()
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def records(events, start: int = 0) -> list[Record]:
