@@ -19,16 +19,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from conftest import HOST, TEST_PARTITIONS, Broker
+from conftest import Broker
 from hypothesis import given
 from hypothesis import strategies as st
+from test_restore import start_broker_on
 
-from agentstream.processes import ManagedProcess, tansu_argv
 from schemas.admission import admit
 from schemas.codec import EventCodec, encode_event
 from schemas.envelope import Event
 from schemas.topics import EVENTS
-from streams.admin import ensure_topics, wait_for_broker
 from streams.archive import (
     ARCHIVE_SCHEMA,
     DLQ_SCHEMA,
@@ -159,17 +158,6 @@ async def archive_all(bootstrap: str, root: Path, total: int) -> None:
         await task
 
 
-async def fresh_broker_on(port: int, log_dir: Path) -> ManagedProcess:
-    """A new, empty broker on ``port`` (what `agentstream up` starts after a stop)."""
-    log = log_dir / f"tansu-{port}-{time.monotonic_ns()}.log"
-    proc = ManagedProcess("broker", tansu_argv(HOST, port), log)
-    proc.start()
-    proc.wait_for_port(HOST, port, deadline_s=10)
-    await wait_for_broker(f"{HOST}:{port}")
-    await ensure_topics(f"{HOST}:{port}", TEST_PARTITIONS)
-    return proc
-
-
 def downgrade_to_v1(path: Path) -> int:
     """Rewrite one archive file as the version-1 archiver wrote it (no ``log_headers``,
     version 1 in the footer, same segment footer); returns its row count."""
@@ -231,7 +219,7 @@ async def test_headers_survive_archive_and_restore_into_a_fresh_broker(
     assert any(f.kind == "dlq" for s in complete_segments(root) for f in s.files)
 
     kafka.process.stop()
-    proc = await fresh_broker_on(kafka.port, tmp_path)
+    proc = await start_broker_on(kafka.port, tmp_path)
     try:
         report = await restore_log_async(kafka.bootstrap, root)
         assert report.ok and report.offsets_preserved and report.records == total
@@ -263,7 +251,7 @@ async def test_a_version_1_archive_still_restores_without_headers(
     assert expected != before  # some of the downgraded records had headers
 
     kafka.process.stop()
-    proc = await fresh_broker_on(kafka.port, tmp_path)
+    proc = await start_broker_on(kafka.port, tmp_path)
     try:
         with caplog.at_level(logging.WARNING, logger="streams.restore"):
             report = await restore_log_async(kafka.bootstrap, root)
