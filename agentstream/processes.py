@@ -68,9 +68,12 @@ def tansu_argv(host: str, port: int) -> list[str]:
     ]
 
 
-def tansu_proxy_argv(host: str, port: int, origin_port: int) -> list[str]:
+def tansu_proxy_argv(
+    host: str, port: int, origin_port: int, advertised_port: int | None = None
+) -> list[str]:
     """Tansu's Kafka proxy: listens on ``port``, forwards to the broker on ``origin_port``
-    and rewrites metadata so that clients only ever see ``port``."""
+    and rewrites metadata so that clients only ever see ``advertised_port`` (default
+    ``port``; the stack advertises the gate in front of it)."""
     url = f"tcp://{host}:{port}"
     return [
         str(tansu_binary()),
@@ -78,7 +81,7 @@ def tansu_proxy_argv(host: str, port: int, origin_port: int) -> list[str]:
         "--listener-url",
         url,
         "--advertised-listener-url",
-        url,
+        f"tcp://{host}:{advertised_port or port}",
         "--origin-url",
         f"tcp://{host}:{origin_port}",
     ]

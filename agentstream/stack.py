@@ -272,9 +272,37 @@ def _broker_argv(settings: Settings) -> list[str]:
     return tansu_argv(_broker_host(settings), broker_internal_port(settings))
 
 
-def _gate_argv(settings: Settings) -> list[str]:
+def proxy_port(settings: Settings) -> int:
+    """The port of Tansu's proxy, between the gate and the broker: picked once and kept in
+    ``DATA_DIR/run/proxy-port`` (only the gate connects to it)."""
+    path = settings.data_dir / "run" / "proxy-port"
     host = _broker_host(settings)
-    return tansu_proxy_argv(host, settings.kafka_port, broker_internal_port(settings))
+    with contextlib.suppress(OSError, ValueError):
+        port = int(path.read_text().strip())
+        if port not in (settings.kafka_port, broker_internal_port(settings)) and (
+            port_bindable(host, port) or port_open(host, port)
+        ):
+            return port
+    port = free_port(host)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{port}\n")
+    return port
+
+
+def gate_upstream(settings: Settings) -> tuple[str, int]:
+    """Where the gate forwards to: Tansu's proxy, which rewrites the broker's address in
+    metadata answers to the gate's (``kafka_url``), so clients only ever see the gate."""
+    return (_broker_host(settings), proxy_port(settings))
+
+
+def _proxy_argv(settings: Settings) -> list[str]:
+    host = _broker_host(settings)
+    return tansu_proxy_argv(
+        host,
+        proxy_port(settings),
+        broker_internal_port(settings),
+        advertised_port=settings.kafka_port,
+    )
 
 
 def _gate_wait_ready(settings: Settings, deadline_s: float, report: Report | None = None) -> None:
@@ -293,7 +321,10 @@ def _gate_wait_ready(settings: Settings, deadline_s: float, report: Report | Non
 def _gate_probe(settings: Settings) -> str:
     counts = _probe_counts(settings, "gate")
     _check_topics(settings, counts)
-    return f"clients' port {settings.kafka_port} -> broker {broker_internal_port(settings)}"
+    return (
+        f"clients' port {settings.kafka_port} -> proxy {proxy_port(settings)} -> "
+        f"broker {broker_internal_port(settings)}"
+    )
 
 
 def _broker_wait_ready(settings: Settings, deadline_s: float, report: Report | None = None) -> None:
@@ -678,16 +709,30 @@ def default_services() -> list[Service]:
             note=BROKER_NOTE,
         ),
         Service(
-            name="gate",
-            argv=_gate_argv,
+            name="proxy",
+            argv=_proxy_argv,
             enabled=lambda s: s.kafka_embedded,
-            endpoint=lambda s: (_broker_host(s), s.kafka_port),
+            endpoint=gate_upstream,
+            port_setting=None,
+            depends_on=("broker",),
+            note="Tansu's Kafka proxy between the gate and the broker: it gives clients the "
+            "gate's address in metadata",
+        ),
+        python_service(
+            "gate",
+            ["gate"],
+            enabled=lambda s: s.kafka_embedded,
+            host=_broker_host,
+            port=lambda s: s.kafka_port,
             port_setting="AGENTSTREAM_KAFKA_URL=kafka://127.0.0.1:PORT",
             wait_ready=_gate_wait_ready,
             probe=_gate_probe,
-            depends_on=("broker",),
-            note="the clients' Kafka port (Tansu's proxy to the broker): open only while the "
-            "broker holds the whole log, closed while a fresh broker is restored",
+            depends_on=("broker", "proxy"),
+            available=command_available("gate"),
+            metrics_part="gate",
+            note="the clients' Kafka port: open only while the broker holds the whole log, "
+            "closed first at `down`; records every acknowledgement before the producer gets "
+            "it (the ack ledger), so a broker crash's loss is measured exactly",
         ),
         Service(
             name="graph",

@@ -44,6 +44,7 @@ PART_OFFSETS: dict[str, int] = {
     "archiver": 3,
     "ui": 4,
     "otlp": 5,
+    "gate": 6,
 }
 
 UP_SINCE = Gauge("agentstream_process_start_time_seconds", "Unix time this part started", ["part"])

@@ -68,6 +68,8 @@ from schemas.codec import EventCodec
 from schemas.envelope import Event
 from schemas.errors import InvalidEvent
 from schemas.topics import EVENTS
+from streams.ack_ledger import prune as prune_ledgers
+from streams.ack_ledger import read_acked
 from streams.log_identity import EpochMarker, LogWatch, close_consumer, ensure_epoch
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,14 @@ DLQ_DIR = "dlq"
 TMP_DIR = "_tmp"
 LOCK_FILE = ".lock"
 LOG_DIR = "_log"  # the archiver's view of the live log (state.json) and loss.json
+ACKS_DIR = "acks"  # under LOG_DIR: the ack ledgers (streams/ack_ledger.py)
+
+
+def ack_ledger_dir(root: Path) -> Path:
+    """Where the gate and the stack's producers record acknowledgements for this archive."""
+    return Path(root) / LOG_DIR / ACKS_DIR
+
+
 SEGMENT_KEY = b"agentstream.segment"
 DEFAULT_GROUP = "agentstream-archiver"
 STAGE = "archiver"  # in the detail of a dlq row whose event row could not be built
@@ -885,9 +895,11 @@ class LossIncident:
     """Records gone with a log incarnation before the archiver read them.
 
     ``ranges`` maps partition -> (first, last) offsets of that log that are in no archive:
-    the archiver had seen the partition's high watermark reach ``last + 1`` but had read
-    only up to ``first``. A lower bound: records acknowledged after its last fetch of the
-    old log are invisible to it (the producer's own check, ``simulate --verify``, sees them).
+    the log reached ``last + 1`` -- by the ack ledger (every acknowledgement the gate and
+    the stack's own producers gave, :mod:`streams.ack_ledger`) or by a high watermark the
+    archiver fetched -- but the archive holds it only up to ``first``. Exact for records
+    acknowledged through the gate or a ledger-keeping producer; a producer that reached
+    the broker's own port directly is covered only up to the archiver's last fetch.
     """
 
     detected_ms: int
@@ -1098,8 +1110,10 @@ class Archiver:
         marker_grace_s: float = 10.0,
         log_check_s: float = 0.2,
         compact_every_s: float = 60.0,
+        ack_dir: Path | None = None,
     ) -> None:
         self.bootstrap, self.root, self.topic, self.group_id = bootstrap, root, topic, group_id
+        self.ack_dir = ack_dir or ack_ledger_dir(root)
         self.max_segment_bytes = max_segment_bytes
         self.max_segment_records = max_segment_records
         self.max_segment_age_s = max_segment_age_s
@@ -1301,11 +1315,20 @@ class Archiver:
     def _lost(
         self, generation: int, old: str | None, new: str | None, archived: dict[int, int]
     ) -> None:
-        ranges = lost_ranges(archived, self._state.seen_hw)
+        """Report what the log ``old`` had (by its ledger or the high watermarks seen) and
+        the archive does not; then drop the ledgers of every log but ``new``."""
+        reached = dict(self._state.seen_hw)
+        if old is not None:
+            for p, end in read_acked(self.ack_dir, old, self.topic).items():
+                reached[p] = max(reached.get(p, 0), end)
+        ranges = lost_ranges(archived, reached)
         if ranges:
             incident = LossIncident(int(time.time() * 1000), generation, old, new, ranges)
             record_loss(self.root, incident, self.topic)
             self.stats.lost += incident.records
+        if new is not None:
+            for path in prune_ledgers(self.ack_dir, {new}):
+                log.info("archive: ledger of an earlier log accounted for; removed %s", path)
 
     async def _loop(self, consumer: AIOKafkaConsumer, generation: int, stop: asyncio.Event) -> None:
         while not stop.is_set() and not self._reset:
