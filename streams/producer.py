@@ -201,7 +201,11 @@ class EventProducer:
         delivery_timeout_ms: int = 30_000,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         client_id: str | None = None,
+        on_acked: Callable[[str, int, int], None] | None = None,
     ) -> None:
+        """``on_acked(topic, partition, end)`` runs for every acknowledged batch before
+        anyone waiting on it (``flush``) resumes: the stack's ingest parts record it in
+        the ack ledger (:mod:`streams.ack_ledger`)."""
         if buffer_events < 1:
             raise ValueError("buffer_events must be >= 1")
         if not compression_available(compression):
@@ -220,6 +224,7 @@ class EventProducer:
         self.delivery_timeout_ms = delivery_timeout_ms
         self.max_event_bytes = max_event_bytes
         self.client_id = client_id
+        self.on_acked = on_acked
         self.stats = ProducerStats()
         self._producer: AIOKafkaProducer | None = None
         self._partitions: list[int] = []
@@ -582,6 +587,12 @@ class EventProducer:
             return
         cancelled = fut.cancelled()
         err = asyncio.CancelledError("delivery cancelled") if cancelled else fut.exception()
+        if err is None and self.on_acked is not None:
+            lane, batch = entry
+            try:
+                self.on_acked(self.topic, lane.partition, fut.result().offset + batch.count)
+            except Exception as hook_err:  # a ledger problem must not lose the delivery
+                log.error("producer: on_acked failed: %r", hook_err)
         self._delivered(*entry, err)
 
     def _delivered(self, lane: _Lane, batch: _Batch, err: BaseException | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,6 +18,10 @@ from test_otlp_receiver import CHAT, request, span
 from test_otlp_support import read_log
 
 from agentstream.processes import free_port
+from schemas.topics import EVENTS
+from streams.ack_ledger import read_acked
+from streams.archive import ack_ledger_dir
+from streams.log_identity import fetch_marker
 
 pytestmark = pytest.mark.integration
 
@@ -82,6 +87,11 @@ def test_command_serves_health_exports_and_stops(kafka: Broker, tmp_path: Path) 
     assert f"OTLP/gRPC on 127.0.0.1:{grpc}" in out
     assert "2 spans: 1 mapped, 1 skipped" in out and "1 events published" in out, out
     assert [e.type for e in read_log(kafka.bootstrap)] == ["agent.think.thought.v1"]
+    # the acknowledged event is in the ack ledger of this log: a broker crash would count it
+    marker = asyncio.run(fetch_marker(kafka.bootstrap))
+    assert marker is not None
+    ledger = ack_ledger_dir(tmp_path / "data" / "archive")
+    assert sum(read_acked(ledger, marker.epoch, EVENTS).values()) == 1
 
 
 def test_command_refuses_to_bind_off_loopback_without_a_token(
