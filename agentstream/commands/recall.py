@@ -15,8 +15,6 @@ import time
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from agentstream.console import console, fail, settings_or_exit
 
@@ -92,6 +90,9 @@ def recall(
     if not episodes:
         console.print("no matching episodes", highlight=False)
         return
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title=f"episodes similar to: {text[:80]}", title_justify="left")
     table.add_column("#", style="dim", no_wrap=True)
     table.add_column("dist", no_wrap=True)

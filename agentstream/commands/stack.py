@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from agentstream.console import console, err_console, fail, settings_or_exit
 
@@ -159,6 +158,8 @@ def status(data_dir: DataDir = None, as_json: AsJson = False) -> None:
             rows.insert(0, sup.as_dict())
         _print_json(rows)
     else:
+        from rich.table import Table
+
         table = Table(title=f"agentstream stack ({stack.data_dir})", title_justify="left")
         for col in ("part", "state", "pid", "restarts", "lag", "uptime", "detail"):
             table.add_column(col, overflow="fold")

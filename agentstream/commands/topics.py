@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from agentstream.console import console, fail, settings_or_exit
 
@@ -43,6 +42,8 @@ def create(
         counts = asyncio.run(go())
     except KafkaError as err:
         fail(f"broker: {err} — is Kafka reachable at {bootstrap}? (AGENTSTREAM_KAFKA_URL)")
+    from rich.table import Table
+
     table = Table("topic", "partitions", "compacted")
     for spec in TOPICS:
         table.add_row(spec.name, str(counts.get(spec.name, "?")), "yes" if spec.compacted else "")
