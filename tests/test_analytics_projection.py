@@ -542,6 +542,77 @@ def test_docs_describe_every_column_of_the_runs_view(projection):
         assert f"### `{name}`" in doc
 
 
+def _state_field(path: str) -> bool:
+    """Whether ``path`` (``world.actions``, ``run.goal``) names a field of AgentState's JSON."""
+    import typing
+
+    from schemas.state import RunState
+
+    nested = {"world": Outlook, "run": RunState}
+    head, _, rest = path.partition(".")
+    if head not in AgentState.__struct_fields__:
+        return False
+    if not rest:
+        return True
+    inner = nested.get(head)
+    assert inner is not None, f"no struct known for {head}"
+    assert typing.get_type_hints(AgentState)[head] in (inner, inner | None)
+    return rest in inner.__struct_fields__
+
+
+def test_docs_map_every_agent_state_column_to_the_state_json(projection):
+    """docs/analytics.md maps the `agent_state` table to `agentstream state --json` column by
+    column (issue 15: the state nests totals under `world`, the table is flat): every
+    column is in the mapping exactly once, every state field it names exists, and every
+    top-level field of the state is either mapped or listed as not in the table."""
+    import re
+    from pathlib import Path
+
+    from schemas.state import ToolStats
+
+    doc = (Path(__file__).parent.parent / "docs" / "analytics.md").read_text()
+    start = doc.index("#### `agent_state` columns and the state's JSON")
+    section = doc[start : doc.index("\n### ", start)]
+    columns = {
+        name
+        for (name,) in projection.store.rows(
+            "SELECT name FROM system.columns WHERE database = {db:String} "
+            "AND table = 'agent_state'",
+            {"db": projection.store.database},
+        )
+    }
+    mapped: list[str] = []
+    named_fields: set[str] = set()
+    not_in_table: set[str] = set()
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 2 or cells[0] in ("column", "---"):
+            continue
+        left = re.findall(r"`([\w.]+)`", cells[0])
+        right = re.findall(r"`([\w.]+)`", cells[1])
+        if cells[0] == "—":  # state fields the table leaves out
+            assert right and all(_state_field(f) for f in right), right
+            not_in_table |= {f.split(".")[0] for f in right if "." not in f}
+            continue
+        mapped += left
+        if cells[1].startswith("—"):  # a column of the table only
+            continue
+        if cells[1] == "the field of the same name":
+            fields = left
+        elif cells[1].startswith("`world.` + the same name"):
+            fields = [f"world.{name}" for name in left]
+        else:
+            mapping, _, per_tool = cells[1].partition("(per tool:")
+            fields = re.findall(r"`([\w.]+)`", mapping)
+            for name in re.findall(r"`(\w+)`", per_tool):
+                assert name in ToolStats.__struct_fields__, name
+        assert fields and all(_state_field(f) for f in fields), (left, fields)
+        named_fields |= {f.split(".")[0] for f in fields}
+    assert sorted(mapped) == sorted(columns), "each agent_state column mapped exactly once"
+    unaccounted = set(AgentState.__struct_fields__) - named_fields - not_in_table
+    assert not unaccounted, f"state fields neither mapped nor listed as left out: {unaccounted}"
+
+
 QUANTILE_LOW_BOUND = 2**-7
 """Documented (docs/analytics.md, "Quantiles"): a rollup quantile is at most 2^-7 (0.78125%)
 below the exact nearest-rank quantile and never above it by more than 2^-24 (float32)."""
