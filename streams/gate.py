@@ -278,3 +278,42 @@ async def run_gate(gate: Gate, stop: asyncio.Event) -> GateStats:
     finally:
         await gate.stop()
     return gate.stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m streams.gate HOST PORT UPSTREAM_HOST UPSTREAM_PORT LEDGER_DIR EPOCH_BOOTSTRAP``:
+    a gate without the stack's settings (benchmarks, a broker run by hand)."""
+    import argparse
+    import signal
+
+    ap = argparse.ArgumentParser(prog="python -m streams.gate", description=main.__doc__)
+    ap.add_argument("host")
+    ap.add_argument("port", type=int)
+    ap.add_argument("upstream_host")
+    ap.add_argument("upstream_port", type=int)
+    ap.add_argument("ledger_dir", type=Path)
+    ap.add_argument("epoch_bootstrap", help="the broker's own address, to read the log's epoch")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+    async def serve() -> GateStats:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        gate = Gate(
+            args.host,
+            args.port,
+            (args.upstream_host, args.upstream_port),
+            args.ledger_dir,
+            args.epoch_bootstrap,
+        )
+        return await run_gate(gate, stop)
+
+    stats = asyncio.run(serve())
+    print(f"gate: {stats.requests} requests, {stats.acked_records} records acknowledged")
+
+
+if __name__ == "__main__":
+    main()
