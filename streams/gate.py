@@ -41,7 +41,7 @@ from streams.log_identity import LogWatch, ensure_epoch
 
 log = logging.getLogger(__name__)
 
-MAX_FRAME = 256 << 20  # larger than any request the broker accepts
+MAX_FRAME = 100 << 20  # Kafka's own default socket.request.max.bytes
 _SIZE = struct.Struct(">i")
 
 ACKED_RECORDS = Counter(
@@ -207,9 +207,12 @@ class Gate:
         upstream_w: asyncio.StreamWriter,
         pending: deque[_Pending],
     ) -> None:
-        while (frame := await _read_frame(client_r)) is not None:
-            self.stats.requests += 1
+        while True:
             try:
+                frame = await _read_frame(client_r)
+                if frame is None:
+                    return
+                self.stats.requests += 1
                 header = request_header(frame)
             except WireError:
                 GATE_ERRORS.labels("request").inc()

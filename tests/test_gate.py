@@ -237,6 +237,43 @@ async def test_librdkafka_produces_and_consumes_through_the_gate_and_is_recorded
     assert await asyncio.to_thread(consume) == len(events)
 
 
+async def test_hostile_connections_end_alone_and_the_gate_keeps_serving(
+    gated: GatedBroker,
+) -> None:
+    host, port = gated.bootstrap.rsplit(":", 1)
+    garbage = [
+        b"\xff\xff\xff\xff",  # a negative frame size
+        b"\x7f\xff\xff\xff" + b"x" * 100,  # a frame far beyond Kafka's request limit
+        b"\x00\x00\x00\x02ab",  # a frame too short for a request header
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # not Kafka at all
+        # a Produce v9 request (flexible) whose topic array claims more than it holds
+        b"\x00\x00\x00\x14"
+        + bytes.fromhex("0000000900000007ffff00")
+        + b"\x00\x00\x01"
+        + b"\x00\x00\x00\x10"
+        + b"\xff\x7f",
+    ]
+    for payload in garbage:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(payload)
+        await writer.drain()
+        # the gate closes the connection (or the broker answers nothing): never hangs
+        with contextlib.suppress(ConnectionError):
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+    # and it still serves real clients, recording their acknowledgements
+    events = _events(20, seed=13)
+    producer = AIOKafkaProducer(bootstrap_servers=gated.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for e in events:
+            await producer.send_and_wait(EVENTS, encode_event(e), key=e.agentid.encode())
+    finally:
+        await producer.stop()
+    assert sum((await gated.acked()).values()) == len(events)
+    assert gated.gate.stats.unreadable == len(garbage)  # each one counted
+
+
 # --- the wire format, on its own -----------------------------------------------------------
 
 
