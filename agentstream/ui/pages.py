@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import uuid
 from functools import cache
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -38,13 +39,14 @@ PAGES = (
 
 
 @cache
-def _hash(name: str) -> str:
+def _hash(name: str, mtime_ns: int) -> str:
     return hashlib.sha256((STATIC / name).read_bytes()).hexdigest()[:12]
 
 
 def static_url(root: str, name: str) -> str:
-    """A static file's URL with a content hash, so a changed file is never served stale."""
-    return f"{root}/static/{name}?v={_hash(name)}"
+    """A static file's URL with a content hash, so a changed file is never served stale
+    (the files are served with a year's ``immutable`` cache: security.py)."""
+    return f"{root}/static/{name}?v={_hash(name, (STATIC / name).stat().st_mtime_ns)}"
 
 
 def _render(request: Request, template: str, **context: object) -> HTMLResponse:
@@ -56,8 +58,32 @@ def _render(request: Request, template: str, **context: object) -> HTMLResponse:
     )
 
 
+def _js_component(value: str) -> str:
+    """``encodeURIComponent`` as app.js writes it, so a preloaded URL is the one it fetches."""
+    return quote(value, safe="!'()*-._~")
+
+
+def preloads(request: Request) -> list[str]:
+    """API answers the page will ask for first, fetched by the browser while it is still
+    loading the scripts (``<link rel=preload as=fetch>``): on a run page the timeline (2 MB
+    for a 5,000-event run) and the run's summary, and the selected event if there is one.
+    The URLs are exactly those app.js builds, so the browser hands it the preloaded answer."""
+    root = request.scope.get("root_path", "").rstrip("/")
+    run_id = request.path_params.get("run_id")
+    if request.scope["route"].path != "/runs/{run_id}" or not run_id:
+        return []
+    run = f"{root}/api/v1/runs/{_js_component(run_id)}"
+    out = [f"{run}/timeline", run]
+    event = request.query_params.get("event", "")
+    try:
+        uuid.UUID(event)
+    except ValueError:
+        return out
+    return [*out, f"{root}/api/v1/events/{_js_component(event)}"]
+
+
 def shell(request: Request) -> HTMLResponse:
-    return _render(request, "index.html")
+    return _render(request, "index.html", preloads=preloads(request))
 
 
 for _page in PAGES:

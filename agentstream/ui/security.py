@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import socket
+from urllib.parse import quote
 
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
@@ -89,10 +90,15 @@ class SecurityMiddleware(BaseHTTPMiddleware):
                     status_code=401,
                     headers={"WWW-Authenticate": "Bearer"},
                 )
-            else:
-                response = RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+            else:  # back to the very page after login, its query (?event=…) included
+                where = path + (f"?{request.url.query}" if request.url.query else "")
+                response = RedirectResponse(f"/login?next={quote(where)}", status_code=303)
         else:
             response = await call_next(request)
         for k, v in HEADERS.items():
             response.headers.setdefault(k, v)
+        if path.startswith("/static/") and "v=" in request.url.query and response.status_code == 200:
+            # asset URLs carry their content hash (pages.static_url): a changed file gets a
+            # new URL, so the browser may keep this one for good
+            response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
         return response

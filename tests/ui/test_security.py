@@ -65,3 +65,51 @@ def test_links_for_other_commands(tmp_path) -> None:
     assert run_url(s, "run 1/x", "e1") == "http://127.0.0.1:8123/runs/run%201%2Fx?event=e1"
     assert debug_url(s, "r") == "http://127.0.0.1:8123/runs/r/debug"
     assert why_url(s, "e") == "http://127.0.0.1:8123/events/e?mode=why"
+
+
+def test_login_leads_back_to_the_page_asked_for(tmp_path) -> None:
+    app = create_app(load_settings(data_dir=tmp_path), token=TOKEN)
+    c = TestClient(app)
+    page = c.get(
+        "/runs/run-1?event=e&view=list", headers={"Accept": "text/html"}, follow_redirects=False
+    )
+    assert page.headers["location"] == "/login?next=/runs/run-1%3Fevent%3De%26view%3Dlist"
+    form = c.get(page.headers["location"])
+    assert 'value="/runs/run-1?event=e&amp;view=list"' in form.text
+    ok = c.post(
+        "/login", data={"token": TOKEN, "next": "/runs/run-1?event=e"}, follow_redirects=False
+    )
+    assert ok.headers["location"] == "/runs/run-1?event=e"
+
+
+def test_the_run_page_shell_preloads_its_data(tmp_path) -> None:
+    """The browser fetches a run's timeline, summary and selected event while it loads the
+    scripts; the URLs are app.js's own (encodeURIComponent), so the answers are reused."""
+    c = TestClient(create_app(load_settings(data_dir=tmp_path)))
+    event = "019cb0fe-947c-7081-a5dd-b2c0b798775f"
+
+    def preloaded(path: str) -> list[str]:
+        links = [x for x in c.get(path).text.splitlines() if 'rel="preload"' in x]
+        assert all('as="fetch" crossorigin="anonymous"' in x for x in links)
+        return [x.split('href="')[1].split('"')[0] for x in links]
+
+    assert preloaded(f"/runs/run%201(b)?event={event}") == [
+        "/api/v1/runs/run%201(b)/timeline",
+        "/api/v1/runs/run%201(b)",
+        f"/api/v1/events/{event}",
+    ]
+    assert preloaded("/runs/run-1?event=not-a-uuid") == [
+        "/api/v1/runs/run-1/timeline",
+        "/api/v1/runs/run-1",
+    ]
+    assert preloaded("/runs") == preloaded("/runs/run-1/debug") == []
+
+
+def test_static_files_are_cached_for_good_under_their_hash(tmp_path) -> None:
+    from agentstream.ui.pages import static_url
+
+    c = TestClient(create_app(load_settings(data_dir=tmp_path)))
+    hashed = c.get(static_url("", "app.js"))
+    assert hashed.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert "immutable" not in c.get("/static/app.js").headers.get("cache-control", "")
+    assert static_url("", "app.js") in c.get("/runs").text

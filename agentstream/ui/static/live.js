@@ -8,7 +8,7 @@
   const { Chart } = window.AgentStreamCharts(kit);
   const TAIL_MAX = 200;
 
-  const fmtRate = (r) => (r >= 100 ? Math.round(r).toLocaleString('en-US') : r.toFixed(1));
+  const fmtRate = (r) => (r >= 100 ? fmtInt(Math.round(r)) : r.toFixed(1));
   const timeOf = (iso) => fmtTime(Date.parse(iso) * 1000);
   const eventLink = (e) => (e.run ? href.run(e.run, { event: e.id }) : href.event(e.id));
 
