@@ -61,6 +61,28 @@ def hostile_run() -> list[Event]:
     return out
 
 
+TENANT = "acme"
+
+
+def tenant_run() -> list[Event]:
+    """A short run of another tenant, on a day of its own (the runs list's tenant and
+    time-range filters)."""
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2026, 1, 5, 12, tzinfo=UTC)
+    clock = iter(t0 + timedelta(seconds=i) for i in range(10))
+    f = EventFactory(
+        "acme-agent",
+        run_id="run-acme",
+        tenant=TENANT,
+        source="/test/tenant",
+        clock=lambda: next(clock),
+    )
+    started = f.run_started("a run of another tenant")
+    thought = f.thought("one look", model="gpt-4o-mini", input_tokens=3, causes=(started.id,))
+    return [started, thought, f.run_finished("succeeded", causes=(thought.id,))]
+
+
 @dataclass
 class UIStack:
     root: Path
@@ -150,7 +172,7 @@ def build(root: Path, timeout_s: float = 180.0) -> UIStack:
         ui_token=None,
         metrics_port_base=0,  # free ports for the parts' metrics, never the defaults
     )
-    stack = UIStack(root, settings, simulated() + hostile_run())
+    stack = UIStack(root, settings, simulated() + hostile_run() + tenant_run())
     try:
         broker = _start("broker", tansu_argv(HOST, kport), logs / "tansu.log")
         stack.procs.append(broker)
