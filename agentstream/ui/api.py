@@ -77,13 +77,8 @@ def run_facets(request: Request) -> FastJSON:
     return FastJSON(runs.facets(_backends(request)))
 
 
-@router.get("/runs/{run_id}", summary="One run's row of the runs table")
-def get_run(request: Request, run_id: str) -> FastJSON:
-    return FastJSON(runs.get_run(_backends(request), run_id))
-
-
 @router.get(
-    "/runs/{run_id}/timeline",
+    "/runs/{run_id:path}/timeline",
     summary="A run's events as lanes, action bars, marks and messages (lean; no payloads)",
 )
 def run_timeline(
@@ -95,7 +90,7 @@ def run_timeline(
 
 
 @router.get(
-    "/runs/{run_id}/steps",
+    "/runs/{run_id:path}/steps",
     summary="Step-through index of a run (`replay debug`): one line per step, failures",
 )
 async def run_steps(
@@ -106,12 +101,20 @@ async def run_steps(
 
 
 @router.get(
-    "/runs/{run_id}/steps/{index}",
+    "/runs/{run_id:path}/steps/{index}",
     summary="One step (`replay debug --json`): the event, the state after it, the changes",
 )
 async def run_step(request: Request, run_id: str, index: int, source: Source = "kafka") -> FastJSON:
     built = await request.app.state.steps.get(run_id, source)
     return FastJSON(steps.step(built, index))
+
+
+# Run and agent ids are free text: `{…:path}` lets one hold a "/" (sent as %2F, which the
+# server decodes before routing). The run's own row comes after its sub-routes, which its
+# pattern would otherwise swallow.
+@router.get("/runs/{run_id:path}", summary="One run's row of the runs table")
+def get_run(request: Request, run_id: str) -> FastJSON:
+    return FastJSON(runs.get_run(_backends(request), run_id))
 
 
 @router.get("/events/{event_id}", summary="One event: envelope, payload, violations, effects")
@@ -147,7 +150,7 @@ def path(
 
 
 @router.get(
-    "/agents/{agent_id}",
+    "/agents/{agent_id:path}",
     summary="An agent: state (`agentstream state`), tools, recent runs, violations",
 )
 async def agent(request: Request, agent_id: str) -> FastJSON:

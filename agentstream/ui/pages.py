@@ -22,13 +22,13 @@ STATIC = HERE / "static"
 templates = Jinja2Templates(directory=str(HERE / "templates"))  # autoescapes .html
 router = APIRouter(include_in_schema=False)
 
-PAGES = (
+PAGES = (  # a run or agent id may hold a "/" (path-typed; the debugger before the run)
     "/runs",
-    "/runs/{run_id}",
-    "/runs/{run_id}/debug",
+    "/runs/{run_id:path}/debug",
+    "/runs/{run_id:path}",
     "/events/{event_id}",
     "/path",
-    "/agents/{agent_id}",
+    "/agents/{agent_id:path}",
     "/deadletters",
     "/live",
     "/dashboards",
@@ -70,7 +70,7 @@ def preloads(request: Request) -> list[str]:
     The URLs are exactly those app.js builds, so the browser hands it the preloaded answer."""
     root = request.scope.get("root_path", "").rstrip("/")
     run_id = request.path_params.get("run_id")
-    if request.scope["route"].path != "/runs/{run_id}" or not run_id:
+    if request.scope["route"].path != "/runs/{run_id:path}" or not run_id:
         return []
     run = f"{root}/api/v1/runs/{_js_component(run_id)}"
     out = [f"{run}/timeline", run]

@@ -97,7 +97,8 @@ class SecurityMiddleware(BaseHTTPMiddleware):
             response = await call_next(request)
         for k, v in HEADERS.items():
             response.headers.setdefault(k, v)
-        if path.startswith("/static/") and "v=" in request.url.query and response.status_code == 200:
+        hashed = path.startswith("/static/") and "v=" in request.url.query
+        if hashed and response.status_code == 200:
             # asset URLs carry their content hash (pages.static_url): a changed file gets a
             # new URL, so the browser may keep this one for good
             response.headers["Cache-Control"] = "public, max-age=31536000, immutable"

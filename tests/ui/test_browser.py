@@ -197,8 +197,17 @@ def test_runs_list_filters_sorts_and_pages(page, stack: UIStack) -> None:
     page.select_option("select[name=tenant]", TENANT)
     page.click("button[type=submit]")
     expect(page.locator("table.runs tbody tr")).to_have_count(1)
-    assert page.locator("table.runs tbody tr").get_attribute("data-run") == "run-acme"
+    assert page.locator("table.runs tbody tr").get_attribute("data-run") == "acme/run-1"
     assert f"tenant={TENANT}" in page.url
+    # its id holds a "/": the link, the run page and its step-through still work
+    page.click('tr[data-run="acme/run-1"] a.mono')
+    page.wait_for_selector('canvas[data-bars-painted="0"]')
+    assert page.url.endswith("/runs/acme%2Frun-1")
+    assert page.locator(".lane-label").all_inner_texts() == ["acme-agent"]
+    page.goto(stack.url + "/runs/acme%2Frun-1/debug?step=2")
+    page.wait_for_selector('.step-event[data-step="2"]')
+    page.goto(stack.url + "/agents/acme-agent")
+    page.wait_for_selector('h2:has-text("Recent runs") + div a.mono:has-text("acme/run-1")')
     # start time range (UTC): the runs whose first event is on 2026-01-05
     started = {r: min(e.time for e in stack.run_events(r)) for r in ids}
     day = (datetime(2026, 1, 5, tzinfo=UTC), datetime(2026, 1, 6, tzinfo=UTC))

@@ -73,7 +73,7 @@ def tenant_run() -> list[Event]:
     clock = iter(t0 + timedelta(seconds=i) for i in range(10))
     f = EventFactory(
         "acme-agent",
-        run_id="run-acme",
+        run_id="acme/run-1",
         tenant=TENANT,
         source="/test/tenant",
         clock=lambda: next(clock),
