@@ -12,7 +12,11 @@ next to the CLI command that answers the same question on the same data.
    time: the runs list (first page, a filtered page, a deep page), the 2,000-event run's
    timeline, and debugger steps (the timeline is built once, then each step is served).
 3. Chromium (Debian's, via Playwright) opens the 500- and 5,000-event run pages; "usable"
-   is when the lanes are labelled and every action bar is painted on the canvas.
+   is when the lanes are labelled and every action bar is painted on the canvas, timed
+   from asking Playwright to navigate until it sees that (its IPC and polling included);
+   "painted" is the same moment by the page's own clock from the navigation's start; and
+   the longest main-thread task until then says whether the page froze on the way. The
+   1-minute load average is recorded with every figure (the machine is shared).
 4. Baselines, same data, same run: ``agentstream query`` for the runs list and the run's
    events, ``agentstream replay debug --run R --json`` for a step (the CLI rebuilds the
    timeline on every call). Ratio = UI time / CLI time (below 1: the UI is faster).
@@ -266,38 +270,60 @@ def cli_s(args: list[str], env: dict[str, str], stdin: str | None = None) -> flo
     return time.perf_counter() - t0
 
 
-def browser_usable(
-    url: str, run_id: str, bars: int, repeats: int
-) -> tuple[list[float], list[float]]:
-    """Seconds from navigation to usable (lanes labelled, every bar painted), per try; and
-    the canvas's own draw time (ms) for each of 10 wheel zooms after it."""
+PAINTED_JS = """
+window.__painted = null; window.__longest = 0;
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) window.__longest = Math.max(window.__longest, e.duration);
+}).observe({ type: 'longtask', buffered: true });
+new MutationObserver(() => {
+  const c = document.querySelector('canvas[data-bars-painted]');
+  if (c && window.__painted === null && c.dataset.barsPainted === String(window.__bars)) {
+    window.__painted = performance.now();
+  }
+}).observe(document, { attributes: true, subtree: true, attributeFilter: ['data-bars-painted'] });
+"""
+
+
+def browser_usable(url: str, run_id: str, bars: int, repeats: int) -> dict[str, list[float]]:
+    """Per try: ``wall`` seconds from asking Playwright to navigate until it sees the lanes
+    labelled and every action bar painted (its polling and IPC included); ``painted``
+    seconds from the navigation's start to the end of that first full drawing, by the page's
+    own clock; ``longest`` the longest main-thread task (ms) until then; and ``frames``, the
+    canvas's own draw time (ms) for each of 10 wheel zooms after it."""
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium")
     if chromium is None:
         raise SystemExit("chromium is not installed (apt-get install chromium)")
-    out: list[float] = []
-    frames: list[float] = []
+    out: dict[str, list[float]] = {"wall": [], "painted": [], "longest": [], "frames": []}
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=chromium)
         for _ in range(repeats):
             ctx = b.new_context(viewport={"width": 1400, "height": 900})
             page = ctx.new_page()
+            page.add_init_script(f"window.__bars = {bars};" + PAINTED_JS)
             t0 = time.perf_counter()
-            page.goto(f"{url}/runs/{run_id}")
+            page.goto(f"{url}/runs/{run_id}", wait_until="commit")
             page.wait_for_selector(f'canvas[data-bars-painted="{bars}"]', timeout=60_000)
             page.wait_for_selector(".lane-label")
-            out.append(time.perf_counter() - t0)
+            out["wall"].append(time.perf_counter() - t0)
+            out["painted"].append(page.evaluate("window.__painted") / 1000)
+            out["longest"].append(page.evaluate("window.__longest"))
             box = page.locator("canvas").bounding_box()
             assert box is not None
             page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
             for _ in range(10):
                 page.mouse.wheel(0, -120)
                 page.wait_for_timeout(50)
-                frames.append(float(page.get_attribute("canvas", "data-draw-ms") or "nan"))
+                out["frames"].append(float(page.get_attribute("canvas", "data-draw-ms") or "nan"))
             ctx.close()
         b.close()
-    return out, frames
+    return out
+
+
+def load1() -> float:
+    """The 1-minute load average now (the machine is shared: every figure carries it)."""
+    return round(os.getloadavg()[0], 2)
 
 
 def main() -> None:
@@ -315,6 +341,14 @@ def main() -> None:
     stack = Stack(root)
     figures: list[Figure] = []
     params: dict[str, Any] = {"events": args.events, "repeats": args.repeats, "goals": GOALS}
+    loads: dict[str, float] = {}
+    params["load_avg_1m_per_figure"] = loads
+
+    def mark(done: list[Figure]) -> None:
+        """The load average when each figure of this group was taken."""
+        for f in done:
+            loads.setdefault(f.name, load1())
+
     try:
         stack.start()
         sim = generate(SimulationConfig(agents=12, runs=None, seed=5, max_events=args.events))
@@ -337,6 +371,7 @@ def main() -> None:
                 )
             )
             params["catch_up_s"] = round(wait_caught_up(stack, bar, args.timeout), 1)
+        params["load_avg_1m_after_catch_up"] = load1()
         stack.start_ui()
         url, env, n = stack.url, stack.env, args.repeats
         # the runs list
@@ -369,6 +404,7 @@ def main() -> None:
             Figure("runs list p95 (agent + status filter)", pct(filtered, 0.95), "ms"),
             Figure("runs list p95 (last page, sorted by events)", pct(deep, 0.95), "ms"),
         ]
+        mark(figures)
         # the 2,000-event run's timeline
         rid = BIG_RUNS[2000]
         tl = [http_ms(url + f"/api/v1/runs/{rid}/timeline") for _ in range(n)]
@@ -387,6 +423,7 @@ def main() -> None:
             ),
             Figure("timeline p50 (2,000-event run)", pct(tl, 0.5), "ms"),
         ]
+        mark(figures)
         # the debugger
         build = http_ms(url + f"/api/v1/runs/{rid}/steps")
         count = json.loads(urllib.request.urlopen(url + f"/api/v1/runs/{rid}/steps").read())[
@@ -417,6 +454,7 @@ def main() -> None:
                 baseline_name="replay debug --json",
             ),
         ]
+        mark(figures)
         if sim_runs:  # a simulated run (none when --events 0)
             sim_run = sim_runs[0]["run_id"]
             build_sim = http_ms(url + f"/api/v1/runs/{sim_run}/steps")
@@ -430,11 +468,13 @@ def main() -> None:
                     baseline_name="replay debug --json",
                 )
             )
+        mark(figures)
         # the run page in Chromium
         for size in (500, 5000):
             rid = BIG_RUNS[size]
             bars = json.loads(urllib.request.urlopen(url + f"/api/v1/runs/{rid}/timeline").read())
-            times, frames = browser_usable(url, rid, len(bars["bars"]), 5)
+            got = browser_usable(url, rid, len(bars["bars"]), 5)
+            times, frames = got["wall"], got["frames"]
             ev_sql = (
                 "SELECT time, agent_id, type, status, tool, call_id, summary FROM events "
                 f"WHERE run_id = '{rid}' ORDER BY time"
@@ -449,8 +489,19 @@ def main() -> None:
                     baseline_name="agentstream query of the run's events",
                 ),
                 Figure(f"run page usable, {size}-event run (worst of 5)", max(times), "s"),
+                Figure(
+                    f"run page painted, {size}-event run, page clock (median of 5)",
+                    statistics.median(got["painted"]),
+                    "s",
+                ),
+                Figure(
+                    f"longest main-thread task while loading, {size}-event run (worst of 5)",
+                    max(got["longest"]),
+                    "ms",
+                ),
                 Figure(f"timeline redraw on zoom, {size}-event run (p95)", pct(frames, 0.95), "ms"),
             ]
+            mark(figures)
     finally:
         stack.stop()
         shutil.rmtree(root, ignore_errors=True)
