@@ -69,7 +69,6 @@ from agentstream.processes import (
     port_open,
     stop_pid,
     tansu_argv,
-    tansu_proxy_argv,
 )
 from agentstream.settings import Settings
 from schemas.topics import EPISODES, EVENTS, STATE, TOPICS, VIOLATIONS
@@ -233,7 +232,7 @@ def broker_internal_port(settings: Settings) -> int:
     """The embedded broker's own port, used by the supervisor's hooks and the stack's own
     parts (the supervisor starts them with it: ``internal_settings``).
 
-    Clients use ``kafka_url``'s port, served by the gate (Tansu's Kafka proxy), which the
+    Clients use ``kafka_url``'s port, served by the gate (``streams.gate``), which the
     supervisor opens only once a fresh broker holds the whole log again (topics created,
     archive restored). So no producer can write into a restarted, still-empty log ahead of
     the history it must follow. The port is ``kafka_internal_port`` if set, else picked
@@ -272,37 +271,10 @@ def _broker_argv(settings: Settings) -> list[str]:
     return tansu_argv(_broker_host(settings), broker_internal_port(settings))
 
 
-def proxy_port(settings: Settings) -> int:
-    """The port of Tansu's proxy, between the gate and the broker: picked once and kept in
-    ``DATA_DIR/run/proxy-port`` (only the gate connects to it)."""
-    path = settings.data_dir / "run" / "proxy-port"
-    host = _broker_host(settings)
-    with contextlib.suppress(OSError, ValueError):
-        port = int(path.read_text().strip())
-        if port not in (settings.kafka_port, broker_internal_port(settings)) and (
-            port_bindable(host, port) or port_open(host, port)
-        ):
-            return port
-    port = free_port(host)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{port}\n")
-    return port
-
-
 def gate_upstream(settings: Settings) -> tuple[str, int]:
-    """Where the gate forwards to: Tansu's proxy, which rewrites the broker's address in
-    metadata answers to the gate's (``kafka_url``), so clients only ever see the gate."""
-    return (_broker_host(settings), proxy_port(settings))
-
-
-def _proxy_argv(settings: Settings) -> list[str]:
-    host = _broker_host(settings)
-    return tansu_proxy_argv(
-        host,
-        proxy_port(settings),
-        broker_internal_port(settings),
-        advertised_port=settings.kafka_port,
-    )
+    """Where the gate forwards to: the broker's own port. The gate writes its own address
+    (``kafka_url``'s) over the broker's in metadata answers, so clients only see the gate."""
+    return (_broker_host(settings), broker_internal_port(settings))
 
 
 def _gate_wait_ready(settings: Settings, deadline_s: float, report: Report | None = None) -> None:
@@ -321,10 +293,7 @@ def _gate_wait_ready(settings: Settings, deadline_s: float, report: Report | Non
 def _gate_probe(settings: Settings) -> str:
     counts = _probe_counts(settings, "gate")
     _check_topics(settings, counts)
-    return (
-        f"clients' port {settings.kafka_port} -> proxy {proxy_port(settings)} -> "
-        f"broker {broker_internal_port(settings)}"
-    )
+    return f"clients' port {settings.kafka_port} -> broker {broker_internal_port(settings)}"
 
 
 def _broker_wait_ready(settings: Settings, deadline_s: float, report: Report | None = None) -> None:
@@ -708,16 +677,6 @@ def default_services() -> list[Service]:
             external=True,
             note=BROKER_NOTE,
         ),
-        Service(
-            name="proxy",
-            argv=_proxy_argv,
-            enabled=lambda s: s.kafka_embedded,
-            endpoint=gate_upstream,
-            port_setting=None,
-            depends_on=("broker",),
-            note="Tansu's Kafka proxy between the gate and the broker: it gives clients the "
-            "gate's address in metadata",
-        ),
         python_service(
             "gate",
             ["gate"],
@@ -727,7 +686,7 @@ def default_services() -> list[Service]:
             port_setting="AGENTSTREAM_KAFKA_URL=kafka://127.0.0.1:PORT",
             wait_ready=_gate_wait_ready,
             probe=_gate_probe,
-            depends_on=("broker", "proxy"),
+            depends_on=("broker",),
             available=command_available("gate"),
             metrics_part="gate",
             note="the clients' Kafka port: open only while the broker holds the whole log, "
@@ -1348,7 +1307,8 @@ class Stack:
     def _classify(
         self, plan: list[dict[str, Any]], state: StackState, supervised: bool
     ) -> set[str]:
-        """Names of parts already running (owned processes with the same argv)."""
+        """Names of parts already running (owned processes with the same argv and port:
+        a Python part takes its settings from the environment, so its port tells)."""
         running: set[str] = set()
         for entry in plan:
             if entry["not_installed"]:
@@ -1356,7 +1316,9 @@ class Stack:
             rec = state.record(entry["name"])
             if rec is None or not owned(rec):
                 continue
-            if rec.argv != entry["argv"]:
+            if rec.argv != entry["argv"] or (
+                entry["port"] is not None and rec.port != entry["port"]
+            ):
                 raise StackError(
                     entry["name"],
                     f"already running (pid {rec.pid}, port {rec.port}) with other settings",

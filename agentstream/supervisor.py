@@ -60,7 +60,7 @@ from agentstream.stack import (
     write_state,
 )
 
-BROKER_SIDE = ("broker", "proxy", "gate")  # run with the clients' settings (see _part_settings)
+BROKER_SIDE = ("broker", "gate")  # run with the clients' settings (see _part_settings)
 log = logging.getLogger("agentstream.supervisor")
 
 BACKOFF_BASE_S = 0.5

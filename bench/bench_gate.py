@@ -2,14 +2,17 @@
 
     python bench/bench_gate.py [--events 100000] [--pings 300] [--repeats 3]
 
-The embedded stack's clients reach the broker through two hops: the gate
-(:mod:`streams.gate`, recording every acknowledgement in the ack ledger) and Tansu's proxy
-behind it (which rewrites metadata). Before the gate kept a ledger, clients went through
-Tansu's proxy alone. Three paths, same broker build, fresh broker per trial, alternating:
+The embedded stack's clients reach the broker through the gate (:mod:`streams.gate`: it
+records every acknowledgement in the ack ledger and writes its own address into metadata).
+Before, the gate was Tansu's own proxy. Three paths, same broker build, fresh broker per
+trial, in rotating order after a discarded warm-up:
 
 - ``direct``: the broker's own port (the baseline);
-- ``tansu proxy``: the path before the ledger;
-- ``gate -> tansu proxy``: the path now (the gate in its own process, as the stack runs it).
+- ``tansu proxy``: the gate before (``tansu proxy``);
+- ``gate``: the gate now, in its own process, as the stack runs it.
+
+Optionally (``--idle-consumers N``) N consumers sit at the end of the log through the same
+path while it is measured, as the stack's own readers once did through Tansu's proxy.
 
 Per path: the SDK's publish rate (``EventProducer.send`` per event, then ``flush``; acks=all,
 1 MiB batches) over simulator events, and the round trip of one acknowledged record
@@ -34,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Figure, print_table, write_results
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from agentstream.processes import ManagedProcess, free_port, port_open, tansu_argv, tansu_proxy_argv
 from schemas.codec import encode_event
@@ -44,7 +47,7 @@ from streams.producer import EventProducer
 from streams.simulator import SimulationConfig, generate
 
 HOST = "127.0.0.1"
-PATHS = ("direct", "tansu proxy", "gate -> tansu proxy")
+PATHS = ("direct", "tansu proxy", "gate")
 
 
 def _cpu_s(pid: int) -> float:
@@ -52,9 +55,39 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def trial(path: str, events: list, pings: int, tmp: Path) -> dict[str, object]:
+async def _start_gate(gate_port: int, broker_port: int, tmp: Path) -> subprocess.Popen[bytes]:
+    own = f"{HOST}:{broker_port}"
+    gate = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "streams.gate", HOST, str(gate_port)),
+            *(HOST, str(broker_port), str(tmp / "acks"), own),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    end = time.monotonic() + 30
+    while not port_open(HOST, gate_port):
+        if gate.poll() is not None or time.monotonic() > end:
+            raise RuntimeError("the gate did not start")
+        await asyncio.sleep(0.02)
+    return gate
+
+
+async def _idle_consumers(bootstrap: str, n: int) -> list[AIOKafkaConsumer]:
+    """Group consumers at the end of the log, each holding a fetch open (500 ms)."""
+    out = []
+    for i in range(n):
+        c = AIOKafkaConsumer(EVENTS, bootstrap_servers=bootstrap, group_id=f"idle-{i}")
+        await c.start()
+        out.append(c)
+    return out
+
+
+async def trial(path: str, events: list, pings: int, idle: int, tmp: Path) -> dict[str, object]:
     procs: list[ManagedProcess] = []
     gate: subprocess.Popen[bytes] | None = None
+    consumers: list[AIOKafkaConsumer] = []
+    tasks: list[asyncio.Task[None]] = []
     broker_port = free_port(HOST)
     broker = ManagedProcess("broker", tansu_argv(HOST, broker_port), tmp / f"b{broker_port}.log")
     broker.start()
@@ -65,33 +98,27 @@ async def trial(path: str, events: list, pings: int, tmp: Path) -> dict[str, obj
         await wait_for_broker(own)
         await ensure_topics(own, 6)
         bootstrap = own
-        if path != "direct":
-            proxy_port = free_port(HOST)
-            gate_port = free_port(HOST) if path.startswith("gate") else proxy_port
+        if path == "tansu proxy":
+            port = free_port(HOST)
             proxy = ManagedProcess(
-                "proxy",
-                tansu_proxy_argv(HOST, proxy_port, broker_port, advertised_port=gate_port),
-                tmp / f"p{proxy_port}.log",
+                "proxy", tansu_proxy_argv(HOST, port, broker_port), tmp / f"p{port}.log"
             )
             proxy.start()
             procs.append(proxy)
-            proxy.wait_for_port(HOST, proxy_port, deadline_s=10)
-            bootstrap = f"{HOST}:{gate_port}"
-            if path.startswith("gate"):
-                gate = subprocess.Popen(
-                    [
-                        *(sys.executable, "-m", "streams.gate", HOST, str(gate_port)),
-                        *(HOST, str(proxy_port), str(tmp / "acks"), own),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                end = time.monotonic() + 30
-                while not port_open(HOST, gate_port):
-                    if gate.poll() is not None or time.monotonic() > end:
-                        raise RuntimeError("the gate did not start")
-                    await asyncio.sleep(0.02)
-            await wait_for_broker(bootstrap)
+            proxy.wait_for_port(HOST, port, deadline_s=10)
+            bootstrap = f"{HOST}:{port}"
+        elif path == "gate":
+            port = free_port(HOST)
+            gate = await _start_gate(port, broker_port, tmp)
+            bootstrap = f"{HOST}:{port}"
+        await wait_for_broker(bootstrap)
+        consumers = await _idle_consumers(bootstrap, idle)
+
+        async def poll(c: AIOKafkaConsumer) -> None:
+            while True:
+                await c.getmany(timeout_ms=500)
+
+        tasks = [asyncio.create_task(poll(c)) for c in consumers]
         cpu0 = _cpu_s(gate.pid) if gate else 0.0
         async with EventProducer(bootstrap, acks="all", max_batch_bytes=1 << 20) as producer:
             t0 = time.perf_counter()
@@ -113,6 +140,11 @@ async def trial(path: str, events: list, pings: int, tmp: Path) -> dict[str, obj
             await producer.stop()
         return {"rate": rate, "rtts": rtts, "gate_cpu_s": gate_cpu}
     finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for c in consumers:
+            await c.stop()
         if gate is not None:
             gate.terminate()
             gate.wait(30)
@@ -125,15 +157,18 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--pings", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--idle-consumers", type=int, default=0)
     args = ap.parse_args()
     events = list(generate(SimulationConfig(agents=32, runs=None, seed=0, max_events=args.events)))
     rates: dict[str, list[float]] = {p: [] for p in PATHS}
     rtts: dict[str, list[float]] = {p: [] for p in PATHS}
     cpu: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
+        # one discarded warm-up trial; then each repeat starts with another path
+        asyncio.run(trial("direct", events[:2000], 5, 0, Path(tmp)))
         for rep in range(args.repeats):
-            for path in PATHS:
-                got = asyncio.run(trial(path, events, args.pings, Path(tmp)))
+            for path in PATHS[rep % len(PATHS) :] + PATHS[: rep % len(PATHS)]:
+                got = asyncio.run(trial(path, events, args.pings, args.idle_consumers, Path(tmp)))
                 rates[path].append(got["rate"])  # type: ignore[arg-type]
                 rtts[path].extend(got["rtts"])  # type: ignore[arg-type]
                 if got["gate_cpu_s"] is not None:
@@ -151,15 +186,15 @@ def main() -> None:
             "SDK publish, tansu proxy (before)", best["tansu proxy"], "events/s", direct, "direct"
         ),
         Figure(
-            "SDK publish, gate -> tansu proxy (now)",
-            best["gate -> tansu proxy"],
+            "SDK publish, gate (now)",
+            best["gate"],
             "events/s",
             direct,
             "direct",
         ),
         Figure(
             "  now vs before",
-            best["gate -> tansu proxy"],
+            best["gate"],
             "events/s",
             best["tansu proxy"],
             "tansu proxy",
@@ -175,12 +210,16 @@ def main() -> None:
         "events": len(events),
         "pings": args.pings,
         "repeats": args.repeats,
+        "idle_consumers": args.idle_consumers,
         "load_average": os.getloadavg(),
         "samples_events_per_s": {k: [round(r) for r in v] for k, v in rates.items()},
         "gate_cpu_s_per_trial": [round(c, 3) for c in cpu],
     }
-    path = write_results("bench_gate", figures, params)
-    print_table(f"the gate: {len(events):,} events, acks=all", figures)
+    name = "bench_gate" + (f"_idle{args.idle_consumers}" if args.idle_consumers else "")
+    path = write_results(name, figures, params)
+    print_table(
+        f"the gate: {len(events):,} events, acks=all, {args.idle_consumers} idle consumers", figures
+    )
     print(f"load average {os.getloadavg()}; wrote {path}")
 
 

@@ -9,8 +9,9 @@ answer. So whatever a producer was told is in the log is in the ledger, and a br
 that takes unarchived records with it is measured exactly: the archiver subtracts what it
 archived from what the ledger says was acknowledged.
 
-Upstream is Tansu's proxy, which rewrites the broker's address in metadata answers to the
-gate's (the gate does not parse metadata). The gate reads the log's epoch
+Upstream is the broker's own port. In the answers that name brokers (Metadata,
+FindCoordinator, DescribeCluster) the gate writes its own address over the broker's, so a
+client never learns a way around it. The gate reads the log's epoch
 (:mod:`streams.log_identity`) to know which log its ledger belongs to, re-reads it after
 any upstream connection broke, and switches ledger files when the log changed.
 """
@@ -29,6 +30,7 @@ from prometheus_client import Counter
 
 from streams.ack_ledger import AckLedger
 from streams.kafka_wire import (
+    ADDRESS_APIS,
     PRODUCE,
     ProduceRequest,
     WireError,
@@ -36,6 +38,7 @@ from streams.kafka_wire import (
     produce_response,
     request_header,
     response_correlation_id,
+    rewrite_addresses,
 )
 from streams.log_identity import LogWatch, ensure_epoch
 
@@ -99,8 +102,12 @@ class Gate:
         epoch_bootstrap: str,
         *,
         writer: str = "gate",
+        advertise: tuple[str, int] | None = None,
     ) -> None:
+        """``advertise``: the address clients must use, written over every broker address
+        in metadata and coordinator answers (None: the upstream rewrites them itself)."""
         self.host, self.port, self.upstream = host, port, upstream
+        self.advertise = advertise
         self.ledger_dir, self.writer = Path(ledger_dir), writer
         self.epoch_bootstrap = epoch_bootstrap
         self.stats = GateStats()
@@ -251,6 +258,13 @@ class Gate:
             req = pending.popleft() if pending else None
             if req is not None and req.produce is not None:
                 self._record(req, frame)
+            elif req is not None and self.advertise and req.api_key in ADDRESS_APIS:
+                try:
+                    frame = rewrite_addresses(frame, req.api_key, req.api_version, *self.advertise)
+                except WireError:
+                    GATE_ERRORS.labels("response").inc()
+                    self.stats.unreadable += 1
+                    raise  # never hand out the broker's own address: the client reconnects
             client_w.write(_SIZE.pack(len(frame)) + frame)
             await client_w.drain()
 
@@ -285,7 +299,8 @@ async def run_gate(gate: Gate, stop: asyncio.Event) -> GateStats:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m streams.gate HOST PORT UPSTREAM_HOST UPSTREAM_PORT LEDGER_DIR EPOCH_BOOTSTRAP``:
-    a gate without the stack's settings (benchmarks, a broker run by hand)."""
+    a gate without the stack's settings (benchmarks, a broker run by hand); it gives
+    clients HOST:PORT as the broker's address."""
     import argparse
     import signal
 
@@ -311,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
             (args.upstream_host, args.upstream_port),
             args.ledger_dir,
             args.epoch_bootstrap,
+            advertise=(args.host, args.port),
         )
         return await run_gate(gate, stop)
 

@@ -233,3 +233,111 @@ def produce_response(frame: bytes | memoryview, version: int) -> list[PartitionA
         if flexible:
             r.skip_tags()
     return acks
+
+
+# --- addresses in answers: what the gate rewrites so clients only ever see the gate --------
+
+METADATA = 3
+FIND_COORDINATOR = 10
+DESCRIBE_CLUSTER = 60
+FIRST_FLEXIBLE_METADATA = 9
+FIRST_FLEXIBLE_FIND_COORDINATOR = 3
+FIRST_BATCHED_FIND_COORDINATOR = 4  # a ``coordinators`` array instead of one coordinator
+ADDRESS_APIS = frozenset({METADATA, FIND_COORDINATOR, DESCRIBE_CLUSTER})
+
+
+def _encode_string(value: str, flexible: bool) -> bytes:
+    raw = value.encode()
+    if not flexible:
+        return _I16.pack(len(raw)) + raw
+    n, out = len(raw) + 1, bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out) + raw
+
+
+def _address_spans(frame: bytes | memoryview, api_key: int, version: int) -> list[tuple[int, int]]:
+    """(start, end) of every broker address -- a host string followed by its int32 port --
+    in a Metadata, FindCoordinator or DescribeCluster response frame."""
+    spans: list[tuple[int, int]] = []
+
+    def address(r: _Reader, flexible: bool) -> None:
+        start = r.pos
+        r.skip_string(flexible)
+        r.i32()
+        spans.append((start, r.pos))
+
+    if api_key == METADATA:
+        flexible = version >= FIRST_FLEXIBLE_METADATA
+        r = _Reader(frame, 4)
+        if flexible:
+            r.skip_tags()
+        if version >= 3:
+            r.i32()  # throttle_time_ms
+        for _ in range(r.array_len(flexible)):
+            r.i32()  # node_id
+            address(r, flexible)
+            if version >= 1:
+                r.skip_string(flexible)  # rack
+            if flexible:
+                r.skip_tags()
+    elif api_key == FIND_COORDINATOR:
+        flexible = version >= FIRST_FLEXIBLE_FIND_COORDINATOR
+        r = _Reader(frame, 4)
+        if flexible:
+            r.skip_tags()
+        if version >= 1:
+            r.i32()  # throttle_time_ms
+        if version < FIRST_BATCHED_FIND_COORDINATOR:
+            r.i16()  # error_code
+            if version >= 1:
+                r.skip_string(flexible)  # error_message
+            r.i32()  # node_id
+            address(r, flexible)
+        else:
+            for _ in range(r.array_len(flexible)):
+                r.skip_string(flexible)  # key
+                r.i32()  # node_id
+                address(r, flexible)
+                r.i16()  # error_code
+                r.skip_string(flexible)  # error_message
+                r.skip_tags()
+    elif api_key == DESCRIBE_CLUSTER:
+        r = _Reader(frame, 4)
+        r.skip_tags()
+        r.i32()  # throttle_time_ms
+        r.i16()  # error_code
+        r.skip_string(True)  # error_message
+        if version >= 1:
+            r.take(1)  # endpoint_type
+        r.skip_string(True)  # cluster_id
+        r.i32()  # controller_id
+        for _ in range(r.array_len(True)):
+            r.i32()  # broker_id
+            address(r, True)
+            r.skip_string(True)  # rack
+            r.skip_tags()
+    return spans
+
+
+def rewrite_addresses(
+    frame: bytes | memoryview, api_key: int, version: int, host: str, port: int
+) -> bytes:
+    """The response frame with every broker address replaced by ``host:port``; the rest of
+    the frame is copied unchanged. Raises :class:`WireError` on a malformed frame."""
+    flexible = {
+        METADATA: version >= FIRST_FLEXIBLE_METADATA,
+        FIND_COORDINATOR: version >= FIRST_FLEXIBLE_FIND_COORDINATOR,
+        DESCRIBE_CLUSTER: True,
+    }[api_key]
+    spans = _address_spans(frame, api_key, version)
+    replacement = _encode_string(host, flexible) + _I32.pack(port)
+    out, last = bytearray(), 0
+    for start, end in spans:
+        out += frame[last:start]
+        out += replacement
+        last = end
+    out += frame[last:]
+    return bytes(out)

@@ -154,7 +154,6 @@ def test_up_status_up_again_down_via_cli(env: Env):
     started = {r["part"]: r for r in json.loads(first.stdout)}
     assert {p: r["action"] for p, r in started.items()} == {
         "broker": "started",
-        "proxy": "started",
         "gate": "started",
         "graph": "started",
         "archiver": "started",
@@ -175,7 +174,6 @@ def test_up_status_up_again_down_via_cli(env: Env):
     assert {p: s["state"] for p, s in parts.items()} == {
         "supervisor": "running",
         "broker": "running",
-        "proxy": "running",
         "gate": "running",
         "graph": "running",
         "archiver": "running",
@@ -197,7 +195,6 @@ def test_up_status_up_again_down_via_cli(env: Env):
     second = {r["part"]: r for r in json.loads(again.stdout)}
     assert {p: r["action"] for p, r in second.items()} == {
         "broker": "already running",
-        "proxy": "already running",
         "gate": "already running",
         "graph": "already running",
         "archiver": "already running",
@@ -212,7 +209,7 @@ def test_up_status_up_again_down_via_cli(env: Env):
         p: ("stopped", pid) for p, pid in pids.items()
     }
     # the gate first (outside producers cut off), then dependents first
-    assert [r["part"] for r in json.loads(down.stdout)] == ["gate", "archiver", "graph", "proxy", "broker"]
+    assert [r["part"] for r in json.loads(down.stdout)] == ["gate", "archiver", "graph", "broker"]
     assert not any(pid_alive(pid) for pid in pids.values())
     assert not env.state_path.exists()
     assert not port_open(HOST, env.kafka_port) and not port_open(HOST, env.graph_port)
@@ -427,10 +424,10 @@ def test_partition_mismatch_on_running_broker_is_a_clear_error(env: Env):
 
 
 def test_changed_port_while_running_asks_for_down_first(env: Env):
-    first = Stack(env.settings(), services=default_services()[:3]).up()  # broker + proxy + gate
+    first = Stack(env.settings(), services=default_services()[:2]).up()  # broker + gate
     moved = env.settings(kafka_url=f"kafka://{HOST}:{free_port(HOST)}")
     with pytest.raises(StackError, match=r"already running .* with other settings"):
-        Stack(moved, services=default_services()[:3]).up()
+        Stack(moved, services=default_services()[:2]).up()
     assert pid_alive(first[0].pid)
 
 
@@ -487,7 +484,6 @@ def test_external_parts_are_not_started_and_are_probed(env: Env):
     stack = Stack(settings)
     assert [(r.part, r.action) for r in stack.up()] == [
         ("broker", "external"),
-        ("proxy", "disabled"),
         ("gate", "disabled"),  # real Kafka: clients talk to it directly
         ("graph", "external"),
         ("archiver", "disabled"),  # next to real Kafka the archiver is its own service

@@ -114,7 +114,6 @@ def test_pipeline_is_supervised_restarted_stopped_in_order_and_restored(data_dir
     ups = {r.part: r for r in stack.up()}
     assert {p: r.action for p, r in ups.items()} == {
         "broker": "started",
-        "proxy": "started",
         "gate": "started",
         "graph": "started",
         "archiver": "started",
@@ -157,15 +156,12 @@ def test_pipeline_is_supervised_restarted_stopped_in_order_and_restored(data_dir
         ("worker", "stopped"),
         ("archiver", "stopped"),
         ("graph", "stopped"),
-        ("proxy", "stopped"),
         ("broker", "stopped"),
     ]
-    # Tansu's proxy has no SIGTERM handler (it dies of the signal, -15: it holds no data)
-    assert all(
-        r.detail.startswith("exit 0 after SIGTERM")
-        or (r.part == "proxy" and r.detail.startswith("exit -15 after SIGTERM"))
-        for r in down
-    ), [(r.part, r.detail) for r in down]
+    # every part stops cleanly on SIGTERM (the gate too, since it is ours)
+    assert all(r.detail.startswith("exit 0 after SIGTERM") for r in down), [
+        (r.part, r.detail) for r in down
+    ]
     assert not any(pid_alive(pid) for pid in [*pids.values(), sup_pid])
     assert not (data_dir / "run" / "stack.json").exists()
     assert not port_open(HOST, settings.kafka_port) and not port_open(HOST, settings.graph_port)
@@ -179,7 +175,7 @@ def test_pipeline_is_supervised_restarted_stopped_in_order_and_restored(data_dir
     last_round = log[max(i for i, ln in enumerate(log) if "broker: starting" in ln) :]
     order = [ln.split("agentstream.supervisor ")[1] for ln in last_round if ": running" in ln]
     # the gate (clients' port) opens only after the restore, before any reader starts
-    assert [o.split(":")[0] for o in order] == ["broker", "graph", "proxy", "gate", "archiver"]
+    assert [o.split(":")[0] for o in order] == ["broker", "graph", "gate", "archiver"]
 
 
 def _ports(settings: Settings) -> dict[str, object]:
@@ -374,7 +370,7 @@ def test_ui_and_otlp_parts_are_started_and_up_prints_the_ui_url(data_dir: Path):
 
 def test_consumer_lag_counts_from_the_fetch_high_watermark(data_dir: Path):
     settings = make_settings(data_dir)
-    Stack(settings, services=default_services()[:3]).up()  # broker + proxy + gate
+    Stack(settings, services=default_services()[:2]).up()  # broker + gate
     n = produce(settings, 250)
     lags = asyncio.run(consumer_lag(settings.bootstrap_servers, {"nobody-yet": (EVENTS,)}))
     assert lags == {"nobody-yet": n}

@@ -1,8 +1,9 @@
 """``agentstream gate``: the clients' Kafka port of the embedded stack (``streams.gate``).
 
-Run by ``agentstream up`` as the ``gate`` part: it listens on ``kafka_url``'s port and
-forwards to Tansu's proxy (the ``proxy`` part), recording every acknowledgement in the ack
-ledger under the archive's ``_log/acks`` so that a broker crash's loss is measured exactly.
+Run by ``agentstream up`` as the ``gate`` part: it listens on ``kafka_url``'s port, forwards
+to the broker's own port (giving clients its own address in metadata), and records every
+acknowledgement in the ack ledger under the archive's ``_log/acks``, so that a broker
+crash's loss is measured exactly.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ async def _run(settings: Any) -> Any:
         gate_upstream(settings),
         ack_ledger_dir(settings.archive_location),
         internal_settings(settings).bootstrap_servers,
+        advertise=(host, settings.kafka_port),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
