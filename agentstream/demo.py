@@ -412,8 +412,10 @@ async def explain(
         _timed(timings, "  recall", _recall_in_time(settings, reader, out, wait_memory_until)),
         _timed(timings, "  replay verify", _verify(settings, out)),
     )
-    if ui and out.run_id:
-        out.ui_url = f"http://{settings.ui_host}:{settings.ui_port}/runs/{out.run_id}"
+    if ui and out.run_id:  # the run, with the explained failure open in the inspector
+        from agentstream.ui.urls import run_url
+
+        out.ui_url = run_url(settings, out.run_id, out.event_id)
     return out
 
 

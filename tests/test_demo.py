@@ -117,7 +117,7 @@ def _check_explained(out: str, seed: int, n: int, ui_port: str, live: bool) -> s
     assert re.search(held, recall) or re.search(loading, recall), recall
     # replay verify of that agent passes
     assert re.search(rf"replay verify \(agent {re.escape(agent)}, from the log\):\s+passed:", out)
-    url = f"http://127.0.0.1:{ui_port}/runs/{run}"
+    url = f"http://127.0.0.1:{ui_port}/runs/{run}?event={event_id}"  # the failure selected
     if live:
         assert f"open this run in the UI: {url}" in out
     else:
