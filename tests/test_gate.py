@@ -431,6 +431,14 @@ def test_a_broker_crash_reports_exactly_the_acknowledged_records_no_archive_hold
             timeout=60,
         )
         assert json.loads(out.stdout)["records"] == lost, out.stdout + out.stderr
+        status = subprocess.run(
+            [sys.executable, "-m", "agentstream.cli", "status"],
+            capture_output=True,
+            text=True,
+            env={**env, "COLUMNS": "400"},
+            timeout=60,
+        )
+        assert f"log loss: {lost:,} acknowledged records were lost" in status.stdout, status.stdout
         assert ack_ledger_dir(root).is_dir()
     finally:
         stack.down()
