@@ -307,6 +307,9 @@ def test_up_waits_for_a_loading_graph_with_progress_and_down_compacts_it(data_di
     os.kill(sup.pid, signal.SIGKILL)
     os.kill(first.pid, signal.SIGKILL)
     assert wait_until(lambda: not pid_alive(first.pid) and not pid_alive(sup.pid))
+    # an AOF rewrite the server had forked keeps its listening socket until the child ends:
+    # the crash is over once nobody holds the port (else `up` rightly says it is in use)
+    assert wait_until(lambda: not port_open(settings.graph_host, settings.graph_port), 60)
 
     seen: list[dict[str, Any]] = []
 
