@@ -68,12 +68,10 @@ def tansu_argv(host: str, port: int) -> list[str]:
     ]
 
 
-def tansu_proxy_argv(
-    host: str, port: int, origin_port: int, advertised_port: int | None = None
-) -> list[str]:
+def tansu_proxy_argv(host: str, port: int, origin_port: int) -> list[str]:
     """Tansu's Kafka proxy: listens on ``port``, forwards to the broker on ``origin_port``
-    and rewrites metadata so that clients only ever see ``advertised_port`` (default
-    ``port``; the stack advertises the gate in front of it)."""
+    and rewrites metadata so that clients only ever see ``port`` (the stack's gate before
+    ``streams.gate``; kept for ``bench/bench_gate.py``'s comparison)."""
     url = f"tcp://{host}:{port}"
     return [
         str(tansu_binary()),
@@ -81,7 +79,7 @@ def tansu_proxy_argv(
         "--listener-url",
         url,
         "--advertised-listener-url",
-        f"tcp://{host}:{advertised_port or port}",
+        url,
         "--origin-url",
         f"tcp://{host}:{origin_port}",
     ]

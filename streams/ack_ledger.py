@@ -45,6 +45,7 @@ class AckLedger:
     """One writer's ledger for one log epoch; :meth:`record` before acknowledging."""
 
     def __init__(self, directory: Path, writer: str, epoch: str) -> None:
+        self.epoch = epoch
         self.path = ledger_file(directory, writer, epoch)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -86,6 +87,15 @@ class AckLedger:
         with contextlib.suppress(ValueError, BufferError):
             self._map.flush()
             self._map.close()
+
+
+async def ledger_for_current_log(directory: Path, writer: str, bootstrap: str) -> AckLedger:
+    """``writer``'s ledger for the log the broker at ``bootstrap`` holds now (the log gets
+    its epoch marker here if nobody wrote one yet: a first start without an archive)."""
+    from streams.log_identity import ensure_epoch
+
+    marker = await ensure_epoch(bootstrap)
+    return AckLedger(directory, writer, marker.epoch)
 
 
 def _read_slots(buf: bytes | mmap.mmap) -> list[tuple[str, int, int]]:

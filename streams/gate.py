@@ -28,7 +28,7 @@ from pathlib import Path
 
 from prometheus_client import Counter
 
-from streams.ack_ledger import AckLedger
+from streams.ack_ledger import AckLedger, ledger_for_current_log
 from streams.kafka_wire import (
     ADDRESS_APIS,
     PRODUCE,
@@ -40,7 +40,7 @@ from streams.kafka_wire import (
     response_correlation_id,
     rewrite_addresses,
 )
-from streams.log_identity import LogWatch, ensure_epoch
+from streams.log_identity import LogWatch
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ ACKED_RECORDS = Counter(
 )
 GATE_ERRORS = Counter(
     "agentstream_gate_unreadable_frames",
-    "Produce frames the gate could not read (forwarded unchanged; their acks not recorded)",
+    "Frames the gate could not read: requests end their connection; a Produce request "
+    "is forwarded, its acknowledgement not recorded",
     ["direction"],
 )
 
@@ -105,9 +106,9 @@ class Gate:
         advertise: tuple[str, int] | None = None,
     ) -> None:
         """``advertise``: the address clients must use, written over every broker address
-        in metadata and coordinator answers (None: the upstream rewrites them itself)."""
+        in metadata and coordinator answers (default: where the gate listens)."""
         self.host, self.port, self.upstream = host, port, upstream
-        self.advertise = advertise
+        self.advertise = advertise or (host, port)
         self.ledger_dir, self.writer = Path(ledger_dir), writer
         self.epoch_bootstrap = epoch_bootstrap
         self.stats = GateStats()
@@ -120,20 +121,18 @@ class Gate:
 
     # --- the log's identity and its ledger ------------------------------------------------
     async def _open_ledger(self) -> None:
-        watch = self._watch = LogWatch(self.epoch_bootstrap, "gate")
-        marker = await watch.start()
-        if marker is None:  # a log nobody marked yet (first start without an archive)
-            marker = await ensure_epoch(self.epoch_bootstrap)
-            watch.marker = marker
-        self._switch(marker.epoch)
+        ledger = await ledger_for_current_log(self.ledger_dir, self.writer, self.epoch_bootstrap)
+        self._watch = LogWatch(self.epoch_bootstrap, "gate")
+        await self._watch.start()
+        self._use(ledger)
 
-    def _switch(self, epoch: str) -> None:
+    def _use(self, ledger: AckLedger) -> None:
         if self._ledger is not None:
             self._ledger.close()
             self.stats.ledger_changes += 1
-        self._ledger = AckLedger(self.ledger_dir, self.writer, epoch)
-        self.stats.epoch = epoch
-        log.info("gate: acknowledgements of log %s recorded in %s", epoch, self._ledger.path)
+        self._ledger = ledger
+        self.stats.epoch = ledger.epoch
+        log.info("gate: acknowledgements of log %s recorded in %s", ledger.epoch, ledger.path)
 
     async def _confirm_epoch(self) -> None:
         """After an upstream connection broke: which log is behind the gate now?"""
@@ -148,7 +147,7 @@ class Gate:
                 if marker is None:
                     raise ConnectionError("the new log has no epoch marker yet")
                 log.warning("gate: the log behind the gate changed (%s)", change)
-                self._switch(marker.epoch)
+                self._use(AckLedger(self.ledger_dir, self.writer, marker.epoch))
             self._suspect = False
 
     # --- serving ---------------------------------------------------------------------------
@@ -234,14 +233,10 @@ class Gate:
                     GATE_ERRORS.labels("request").inc()
                     self.stats.unreadable += 1
                     log.error("gate: unreadable Produce request (acks not recorded): %s", err)
-                if produce is not None and produce.acks == 0:
-                    produce = None  # no answer will come: nothing is acknowledged
-                    upstream_w.write(_SIZE.pack(len(frame)) + frame)
-                    await upstream_w.drain()
-                    continue
-            pending.append(
-                _Pending(header.correlation_id, header.api_key, header.api_version, produce)
-            )
+            if produce is None or produce.acks != 0:  # acks=0: no answer will come
+                pending.append(
+                    _Pending(header.correlation_id, header.api_key, header.api_version, produce)
+                )
             upstream_w.write(_SIZE.pack(len(frame)) + frame)
             await upstream_w.drain()
 
@@ -258,7 +253,7 @@ class Gate:
             req = pending.popleft() if pending else None
             if req is not None and req.produce is not None:
                 self._record(req, frame)
-            elif req is not None and self.advertise and req.api_key in ADDRESS_APIS:
+            elif req is not None and req.api_key in ADDRESS_APIS:
                 try:
                     frame = rewrite_addresses(frame, req.api_key, req.api_version, *self.advertise)
                 except WireError:
@@ -326,7 +321,6 @@ def main(argv: list[str] | None = None) -> None:
             (args.upstream_host, args.upstream_port),
             args.ledger_dir,
             args.epoch_bootstrap,
-            advertise=(args.host, args.port),
         )
         return await run_gate(gate, stop)
 

@@ -258,36 +258,39 @@ def _encode_string(value: str, flexible: bool) -> bytes:
     return bytes(out) + raw
 
 
-def _address_spans(frame: bytes | memoryview, api_key: int, version: int) -> list[tuple[int, int]]:
+def _address_spans(
+    frame: bytes | memoryview, api_key: int, version: int
+) -> tuple[list[tuple[int, int]], bool]:
     """(start, end) of every broker address -- a host string followed by its int32 port --
-    in a Metadata, FindCoordinator or DescribeCluster response frame."""
+    in a Metadata, FindCoordinator or DescribeCluster response frame, and whether the
+    frame uses the flexible (compact) encoding."""
     spans: list[tuple[int, int]] = []
+    flexible = {
+        METADATA: version >= FIRST_FLEXIBLE_METADATA,
+        FIND_COORDINATOR: version >= FIRST_FLEXIBLE_FIND_COORDINATOR,
+        DESCRIBE_CLUSTER: True,
+    }[api_key]
+    r = _Reader(frame, 4)
+    if flexible:
+        r.skip_tags()  # response header v1
 
-    def address(r: _Reader, flexible: bool) -> None:
+    def address() -> None:
         start = r.pos
         r.skip_string(flexible)
         r.i32()
         spans.append((start, r.pos))
 
     if api_key == METADATA:
-        flexible = version >= FIRST_FLEXIBLE_METADATA
-        r = _Reader(frame, 4)
-        if flexible:
-            r.skip_tags()
         if version >= 3:
             r.i32()  # throttle_time_ms
         for _ in range(r.array_len(flexible)):
             r.i32()  # node_id
-            address(r, flexible)
+            address()
             if version >= 1:
                 r.skip_string(flexible)  # rack
             if flexible:
                 r.skip_tags()
     elif api_key == FIND_COORDINATOR:
-        flexible = version >= FIRST_FLEXIBLE_FIND_COORDINATOR
-        r = _Reader(frame, 4)
-        if flexible:
-            r.skip_tags()
         if version >= 1:
             r.i32()  # throttle_time_ms
         if version < FIRST_BATCHED_FIND_COORDINATOR:
@@ -295,18 +298,16 @@ def _address_spans(frame: bytes | memoryview, api_key: int, version: int) -> lis
             if version >= 1:
                 r.skip_string(flexible)  # error_message
             r.i32()  # node_id
-            address(r, flexible)
+            address()
         else:
             for _ in range(r.array_len(flexible)):
                 r.skip_string(flexible)  # key
                 r.i32()  # node_id
-                address(r, flexible)
+                address()
                 r.i16()  # error_code
                 r.skip_string(flexible)  # error_message
                 r.skip_tags()
-    elif api_key == DESCRIBE_CLUSTER:
-        r = _Reader(frame, 4)
-        r.skip_tags()
+    else:  # DESCRIBE_CLUSTER
         r.i32()  # throttle_time_ms
         r.i16()  # error_code
         r.skip_string(True)  # error_message
@@ -316,10 +317,10 @@ def _address_spans(frame: bytes | memoryview, api_key: int, version: int) -> lis
         r.i32()  # controller_id
         for _ in range(r.array_len(True)):
             r.i32()  # broker_id
-            address(r, True)
+            address()
             r.skip_string(True)  # rack
             r.skip_tags()
-    return spans
+    return spans, flexible
 
 
 def rewrite_addresses(
@@ -327,12 +328,7 @@ def rewrite_addresses(
 ) -> bytes:
     """The response frame with every broker address replaced by ``host:port``; the rest of
     the frame is copied unchanged. Raises :class:`WireError` on a malformed frame."""
-    flexible = {
-        METADATA: version >= FIRST_FLEXIBLE_METADATA,
-        FIND_COORDINATOR: version >= FIRST_FLEXIBLE_FIND_COORDINATOR,
-        DESCRIBE_CLUSTER: True,
-    }[api_key]
-    spans = _address_spans(frame, api_key, version)
+    spans, flexible = _address_spans(frame, api_key, version)
     replacement = _encode_string(host, flexible) + _I32.pack(port)
     out, last = bytearray(), 0
     for start, end in spans:

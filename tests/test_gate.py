@@ -77,14 +77,7 @@ async def gated(kafka: Broker, tmp_path: Path) -> AsyncIterator[GatedBroker]:
     """The gate in front of the broker, giving clients its own address, as `up` runs it."""
     gate_port = free_port(HOST)
     ledger_dir = tmp_path / "acks"
-    gate = Gate(
-        HOST,
-        gate_port,
-        (HOST, kafka.port),
-        ledger_dir,
-        kafka.bootstrap,
-        advertise=(HOST, gate_port),
-    )
+    gate = Gate(HOST, gate_port, (HOST, kafka.port), ledger_dir, kafka.bootstrap)
     await gate.start()
     try:
         yield GatedBroker(f"{HOST}:{gate_port}", gate, kafka, ledger_dir)

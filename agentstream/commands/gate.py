@@ -51,7 +51,6 @@ async def _run(settings: Any) -> Any:
         gate_upstream(settings),
         ack_ledger_dir(settings.archive_location),
         internal_settings(settings).bootstrap_servers,
-        advertise=(host, settings.kafka_port),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

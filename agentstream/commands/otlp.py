@@ -132,12 +132,12 @@ async def _ack_ledger(settings: Any) -> Any:
     to the broker's own port, not through the gate that records outside producers)."""
     if not settings.kafka_embedded:
         return None
-    from streams.ack_ledger import AckLedger
+    from streams.ack_ledger import ledger_for_current_log
     from streams.archive import ack_ledger_dir
-    from streams.log_identity import ensure_epoch
 
-    marker = await ensure_epoch(settings.bootstrap_servers)
-    return AckLedger(ack_ledger_dir(settings.archive_location), "otlp", marker.epoch)
+    return await ledger_for_current_log(
+        ack_ledger_dir(settings.archive_location), "otlp", settings.bootstrap_servers
+    )
 
 
 def register(app: typer.Typer) -> None:
